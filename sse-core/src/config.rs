@@ -1,0 +1,123 @@
+//! Engine configuration and its defaults.
+
+use std::time::Duration;
+
+/// What to do when continuity is lost (cursor behind retention, epoch changed, unusable id).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ResetPolicy {
+    /// After the `reset` event, send every event still retained that the client cannot have
+    /// seen (after an epoch change, the whole new epoch; behind retention, from the oldest
+    /// retained). The default: the client loses as little as possible.
+    #[default]
+    ReplayRetained,
+    /// After the `reset` event, continue from the head: the client refetches its state and
+    /// only needs what comes next.
+    SkipToHead,
+}
+
+/// Engine configuration. Every field has a documented default; build with
+/// `Config::default()` and the `with_*` methods.
+///
+/// ```
+/// use std::time::Duration;
+/// use sse_core::Config;
+///
+/// let config = Config::default().with_heartbeat(Duration::from_secs(5));
+/// assert_eq!(config.heartbeat, Duration::from_secs(5));
+/// assert_eq!(config.session_ttl, Duration::from_secs(30));
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// How long a session is kept after its last connection ends (default 30 s). Long enough
+    /// for a reload or a network blip; short enough that abandoned tabs do not pile up.
+    pub session_ttl: Duration,
+    /// How long a session token stays valid (default 24 h). Every response carries a freshly
+    /// signed token, so an active client never sees it expire.
+    pub token_ttl: Duration,
+    /// Interval of heartbeat comments on an idle connection (default 15 s, below the 30–60 s
+    /// idle timeouts common in proxies and load balancers).
+    pub heartbeat: Duration,
+    /// The `retry:` hint sent first on every response (default 2 s; browsers otherwise wait
+    /// about 3 s).
+    pub retry: Duration,
+    /// Events kept in memory per stream with readers, the hot window live delivery is served
+    /// from (default 1024).
+    pub hot_window: usize,
+    /// Most events written in one batch and read from the store in one page (default 512).
+    pub page_size: usize,
+    /// Largest accepted event data in bytes (default 256 KiB).
+    pub max_event_bytes: usize,
+    /// Most streams one connection may read, its private session stream not counted
+    /// (default 32).
+    pub max_streams: usize,
+    /// What follows a `reset` (default [`ResetPolicy::ReplayRetained`]).
+    pub reset_policy: ResetPolicy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            session_ttl: Duration::from_secs(30),
+            token_ttl: Duration::from_secs(24 * 3600),
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+            hot_window: 1024,
+            page_size: 512,
+            max_event_bytes: 256 * 1024,
+            max_streams: 32,
+            reset_policy: ResetPolicy::ReplayRetained,
+        }
+    }
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident, $field:ident: $ty:ty) => {
+        $(#[$doc])*
+        #[must_use]
+        pub fn $name(mut self, $field: $ty) -> Self {
+            self.$field = $field;
+            self
+        }
+    };
+}
+
+impl Config {
+    setter!(
+        /// Sets [`Config::session_ttl`].
+        with_session_ttl, session_ttl: Duration
+    );
+    setter!(
+        /// Sets [`Config::token_ttl`].
+        with_token_ttl, token_ttl: Duration
+    );
+    setter!(
+        /// Sets [`Config::heartbeat`].
+        with_heartbeat, heartbeat: Duration
+    );
+    setter!(
+        /// Sets [`Config::retry`].
+        with_retry, retry: Duration
+    );
+    setter!(
+        /// Sets [`Config::hot_window`] (at least 1 is used).
+        with_hot_window, hot_window: usize
+    );
+    setter!(
+        /// Sets [`Config::page_size`] (at least 1 is used).
+        with_page_size, page_size: usize
+    );
+    setter!(
+        /// Sets [`Config::max_event_bytes`].
+        with_max_event_bytes, max_event_bytes: usize
+    );
+    setter!(
+        /// Sets [`Config::max_streams`].
+        with_max_streams, max_streams: usize
+    );
+    setter!(
+        /// Sets [`Config::reset_policy`].
+        with_reset_policy, reset_policy: ResetPolicy
+    );
+}

@@ -1,0 +1,609 @@
+//! The hub: one per process. It owns the hot windows (a bounded in-memory tail per stream that
+//! has readers), keeps them filled from the store's live feed, repairs gaps from the store, and
+//! is the entry point for publishing, sessions and connections.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::connection::{self, ConnectRequest, Connection};
+use crate::session::{SessionRecord, SessionStore};
+use crate::token::{TokenClaims, TokenError, TokenKeys};
+use crate::{
+    Appended, Config, Epoch, Error, EventBuffer, FeedItem, NewEvent, Notification, Position,
+    Result, SessionId, SseTransport, StreamName, Transport,
+};
+
+/// The protocol engine of one process. Cheap to clone (a reference count); create one per
+/// process and share it.
+///
+/// Creating a hub spawns its feed task on the current tokio runtime; the task ends when the
+/// last clone is dropped.
+///
+/// ```
+/// use std::sync::Arc;
+/// use futures_util::StreamExt;
+/// use sse_core::{codec, ConnectRequest, Config, Hub, NewEvent, StreamName};
+/// use sse_store_memory::MemoryStore;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> sse_core::Result<()> {
+/// let store = Arc::new(MemoryStore::default());
+/// let hub = Hub::builder(store.clone(), store).config(Config::default()).build();
+///
+/// let news = StreamName::new("news")?;
+/// let session = hub.resolve_session(None, None).await?;
+/// let mut connection = hub
+///     .connect(ConnectRequest::new(vec![news.clone()]).session(session.context()))
+///     .await?;
+/// hub.publish(&news, NewEvent::new("hello")).await?;
+///
+/// // The first chunk is the retry hint and the `connected` event; the event follows.
+/// let mut parser = codec::Parser::new();
+/// let mut seen = Vec::new();
+/// while seen.len() < 2 {
+///     let chunk = connection.next().await.unwrap();
+///     for item in parser.feed(&chunk) {
+///         if let codec::Item::Event(e) = item { seen.push(e) }
+///     }
+/// }
+/// assert_eq!(seen[0].event, "connected");
+/// assert_eq!(seen[1].data, "hello");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Hub {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("buffer", &self.inner.buffer)
+            .field("streams", &self.inner.streams.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Hub`]: stores are required, everything else has a default.
+#[derive(Debug)]
+#[must_use]
+pub struct HubBuilder {
+    buffer: Arc<dyn EventBuffer>,
+    sessions: Arc<dyn SessionStore>,
+    transport: Arc<dyn Transport>,
+    keys: Option<TokenKeys>,
+    config: Config,
+}
+
+impl HubBuilder {
+    /// The engine configuration (default: [`Config::default`]).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The session token keys (default: one random key, so tokens do not survive a restart
+    /// and are not shared between instances: set real keys in production).
+    pub fn keys(mut self, keys: TokenKeys) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// The wire transport (default: [`SseTransport::default`]).
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Builds the hub and spawns its feed task.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a tokio runtime.
+    pub fn build(self) -> Hub {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut config = self.config;
+        config.hot_window = config.hot_window.max(1);
+        config.page_size = config.page_size.max(1);
+        // Subscribe before the hub exists, so no append made through it can be missed.
+        let feed = self.buffer.live_feed();
+        let inner = Arc::new(Inner {
+            buffer: self.buffer,
+            sessions: self.sessions,
+            transport: self.transport,
+            keys: self.keys.unwrap_or_else(TokenKeys::random),
+            config,
+            streams: Mutex::new(HashMap::new()),
+            init: tx,
+            closing: watch::channel(false).0,
+        });
+        tokio::spawn(run_feed(Arc::downgrade(&inner), rx, feed));
+        Hub { inner }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) buffer: Arc<dyn EventBuffer>,
+    pub(crate) sessions: Arc<dyn SessionStore>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) keys: TokenKeys,
+    pub(crate) config: Config,
+    streams: Mutex<HashMap<StreamName, Arc<StreamState>>>,
+    init: mpsc::UnboundedSender<StreamName>,
+    pub(crate) closing: watch::Sender<bool>,
+}
+
+/// The hot window of one stream: bodies of positions `start ..= start + len - 1`, contiguous.
+pub(crate) struct Window {
+    pub(crate) ready: bool,
+    pub(crate) epoch: Option<Epoch>,
+    pub(crate) start: Position,
+    pub(crate) entries: VecDeque<Bytes>,
+}
+
+impl Window {
+    pub(crate) fn head(&self) -> Position {
+        self.start + self.entries.len() as Position - 1
+    }
+}
+
+pub(crate) struct StreamState {
+    pub(crate) name: StreamName,
+    pub(crate) window: RwLock<Window>,
+    pub(crate) changed: watch::Sender<u64>,
+    watchers: AtomicUsize,
+}
+
+impl StreamState {
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+/// A connection's hold on a stream's window; dropping the last one frees the window.
+pub(crate) struct Watch {
+    pub(crate) state: Arc<StreamState>,
+    pub(crate) rx: watch::Receiver<u64>,
+    hub: Weak<Inner>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            let mut streams = hub.streams.lock();
+            if self.state.watchers.fetch_sub(1, Ordering::AcqRel) == 1 {
+                streams.remove(&self.state.name);
+            }
+        }
+    }
+}
+
+/// The outcome of [`Hub::resolve_session`].
+#[derive(Clone, Debug)]
+pub struct ResolvedSession {
+    /// The session.
+    pub record: SessionRecord,
+    /// A freshly signed token for it, to return to the client.
+    pub token: String,
+    /// How it was found.
+    pub status: SessionStatus,
+}
+
+impl ResolvedSession {
+    /// What [`ConnectRequest::session`] needs.
+    pub fn context(&self) -> connection::SessionContext {
+        connection::SessionContext {
+            id: self.record.id,
+            cursor: self.record.cursor.clone(),
+            status: self.status,
+        }
+    }
+}
+
+/// How a request's session was resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionStatus {
+    /// No token, or one that is not genuine: a new session.
+    New,
+    /// A genuine token of a live session.
+    Resumed,
+    /// A genuine token whose session (or the token itself) has expired: a new session, and any
+    /// cursor of the old one is answered with a `reset` (reason `session_expired`).
+    Expired,
+}
+
+impl Hub {
+    /// Starts building a hub over an event store and a session store (one value may be both).
+    pub fn builder(
+        buffer: Arc<dyn EventBuffer>,
+        sessions: Arc<dyn SessionStore>,
+    ) -> HubBuilder {
+        HubBuilder {
+            buffer,
+            sessions,
+            transport: Arc::new(SseTransport::default()),
+            keys: None,
+            config: Config::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The event store.
+    pub fn buffer(&self) -> &Arc<dyn EventBuffer> {
+        &self.inner.buffer
+    }
+
+    /// The session store.
+    pub fn sessions(&self) -> &Arc<dyn SessionStore> {
+        &self.inner.sessions
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.inner.transport
+    }
+
+    /// Appends an event to a stream. Returns once the store has it (fan-out to connections
+    /// happens afterwards, from the live feed).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidStreamName`] for a reserved (`@…`) stream, [`Error::TooLarge`] for data
+    /// over [`Config::max_event_bytes`], and the store's errors.
+    pub async fn publish(&self, stream: &StreamName, event: NewEvent) -> Result<Appended> {
+        if stream.is_reserved() {
+            return Err(Error::InvalidStreamName(
+                "names starting with '@' are reserved; use send_to_session for a session".into(),
+            ));
+        }
+        self.check_size(&event)?;
+        self.inner.buffer.append(stream, event).await
+    }
+
+    /// Appends several events to one stream, in order, in one store operation where the
+    /// backend supports it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Hub::publish`]; nothing is appended when a check fails.
+    pub async fn publish_many(&self, stream: &StreamName, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+        if stream.is_reserved() {
+            return Err(Error::InvalidStreamName("names starting with '@' are reserved".into()));
+        }
+        for event in &events {
+            self.check_size(event)?;
+        }
+        self.inner.buffer.append_many(stream, events).await
+    }
+
+    /// Sends an event to one session's private stream: every connection of that session gets
+    /// it, and a session that is away gets it when it reconnects (within its TTL).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when the session does not exist (or has expired), and as
+    /// [`Hub::publish`].
+    pub async fn send_to_session(&self, session: &SessionId, event: NewEvent) -> Result<Appended> {
+        self.check_size(&event)?;
+        if self.inner.sessions.load(session).await?.is_none() {
+            return Err(Error::NotFound(format!("session {session}")));
+        }
+        self.inner.buffer.append(&session.stream(), event).await
+    }
+
+    fn check_size(&self, event: &NewEvent) -> Result<()> {
+        let size = event.data().len();
+        let limit = self.inner.config.max_event_bytes;
+        if size > limit {
+            return Err(Error::TooLarge { size, limit });
+        }
+        Ok(())
+    }
+
+    /// Resolves the session of a request from the token it brought (cookie or header) and the
+    /// principal the application authenticated, creating a session when there is none.
+    ///
+    /// Forged, tampered, malformed and expired tokens never resolve to an existing session:
+    /// they yield a new one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Forbidden`] when a genuine token is bound to another principal, and the
+    /// session store's errors.
+    pub async fn resolve_session(
+        &self,
+        token: Option<&str>,
+        principal: Option<&str>,
+    ) -> Result<ResolvedSession> {
+        let inner = &self.inner;
+        let now = SystemTime::now();
+        let status = match token.map(|t| inner.keys.verify(t, now)) {
+            Some(Ok(claims)) => {
+                if claims.principal.as_deref() != principal {
+                    return Err(Error::Forbidden(
+                        "the session belongs to another principal".into(),
+                    ));
+                }
+                match inner.sessions.load(&claims.session).await? {
+                    Some(record) if record.principal.as_deref() == principal => {
+                        let token = self.sign(&record);
+                        return Ok(ResolvedSession {
+                            record,
+                            token,
+                            status: SessionStatus::Resumed,
+                        });
+                    }
+                    Some(_) => {
+                        return Err(Error::Forbidden(
+                            "the session belongs to another principal".into(),
+                        ));
+                    }
+                    None => SessionStatus::Expired,
+                }
+            }
+            Some(Err(TokenError::Expired)) => SessionStatus::Expired,
+            Some(Err(_)) => {
+                tracing::debug!("refused a session token that is not genuine");
+                SessionStatus::New
+            }
+            None => SessionStatus::New,
+        };
+        let record = SessionRecord::new(principal.map(str::to_owned), inner.config.session_ttl);
+        inner.sessions.create(&record).await?;
+        tracing::debug!(session = %record.id, ?status, "created a session");
+        let token = self.sign(&record);
+        Ok(ResolvedSession {
+            record,
+            token,
+            status,
+        })
+    }
+
+    fn sign(&self, record: &SessionRecord) -> String {
+        self.inner.keys.sign(&TokenClaims {
+            session: record.id,
+            expires_at: SystemTime::now() + self.inner.config.token_ttl,
+            principal: record.principal.clone(),
+        })
+    }
+
+    /// Opens a connection: decides where each stream starts (resume, reset or head) and
+    /// returns the byte stream to send, starting with the retry hint and the `connected`
+    /// frame.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Forbidden`] for a reserved stream other than the session's own,
+    /// [`Error::InvalidStreamName`] when no stream or too many are asked for, and the store's
+    /// errors.
+    pub async fn connect(&self, request: ConnectRequest) -> Result<Connection> {
+        connection::open(self.clone(), request).await
+    }
+
+    /// Ends every open connection (now and in the future) with the retry hint, so clients
+    /// reconnect, to another instance or to this one once it is back. Call it on graceful
+    /// shutdown: SSE responses never finish on their own.
+    pub fn close_connections(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Number of streams that currently have a hot window (streams with readers).
+    pub fn active_streams(&self) -> usize {
+        self.inner.streams.lock().len()
+    }
+
+    /// Events currently held in all hot windows: the hub's memory bound is
+    /// `active_streams × hot_window` events.
+    pub fn window_events(&self) -> usize {
+        let streams: Vec<_> = self.inner.streams.lock().values().cloned().collect();
+        streams.iter().map(|s| s.window.read().entries.len()).sum()
+    }
+
+    pub(crate) fn watch(&self, name: &StreamName) -> Watch {
+        let mut streams = self.inner.streams.lock();
+        let state = streams
+            .entry(name.clone())
+            .or_insert_with(|| {
+                let _ = self.inner.init.send(name.clone());
+                Arc::new(StreamState {
+                    name: name.clone(),
+                    window: RwLock::new(Window {
+                        ready: false,
+                        epoch: None,
+                        start: 1,
+                        entries: VecDeque::new(),
+                    }),
+                    changed: watch::channel(0).0,
+                    watchers: AtomicUsize::new(0),
+                })
+            })
+            .clone();
+        state.watchers.fetch_add(1, Ordering::AcqRel);
+        let rx = state.changed.subscribe();
+        Watch {
+            state,
+            rx,
+            hub: Arc::downgrade(&self.inner),
+        }
+    }
+}
+
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
+
+/// The feed task: applies the live feed and window initialisations, one at a time, so each
+/// window only ever moves forward by contiguous positions.
+async fn run_feed(
+    hub: Weak<Inner>,
+    mut init: mpsc::UnboundedReceiver<StreamName>,
+    mut feed: crate::LiveFeed,
+) {
+    let mut failed: HashSet<StreamName> = HashSet::new();
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            name = init.recv() => {
+                let Some(name) = name else { return };
+                let Some(inner) = hub.upgrade() else { return };
+                if inner.refresh_by_name(&name).await.is_err() {
+                    failed.insert(name);
+                }
+            }
+            item = feed.next() => {
+                let Some(inner) = hub.upgrade() else { return };
+                match item {
+                    Some(FeedItem::Appended(n)) => {
+                        let name = n.stream.clone();
+                        if inner.on_appended(n).await.is_err() {
+                            failed.insert(name);
+                        }
+                    }
+                    Some(FeedItem::Resync) => failed.extend(inner.resync_all().await),
+                    None => {
+                        tracing::warn!("live feed ended; subscribing again");
+                        tokio::time::sleep(RETRY_AFTER_ERROR).await;
+                        feed = inner.buffer.live_feed();
+                        failed.extend(inner.resync_all().await);
+                    }
+                }
+            }
+            () = retry => {
+                retry_at = None;
+                let Some(inner) = hub.upgrade() else { return };
+                for name in std::mem::take(&mut failed) {
+                    if inner.refresh_by_name(&name).await.is_err() {
+                        failed.insert(name);
+                    }
+                }
+            }
+        }
+        if !failed.is_empty() && retry_at.is_none() {
+            retry_at = Some(Instant::now() + RETRY_AFTER_ERROR);
+        }
+    }
+}
+
+impl Inner {
+    fn state(&self, name: &StreamName) -> Option<Arc<StreamState>> {
+        self.streams.lock().get(name).cloned()
+    }
+
+    async fn on_appended(&self, n: Notification) -> Result<()> {
+        let Some(state) = self.state(&n.stream) else {
+            return Ok(());
+        };
+        {
+            let mut w = state.window.write();
+            if w.ready && w.epoch == Some(n.epoch) {
+                if n.position <= w.head() {
+                    return Ok(());
+                }
+                if n.position == w.head() + 1 {
+                    if let Some(event) = &n.event {
+                        let body = self.transport.encode_body(event);
+                        push(&mut w, body, self.config.hot_window);
+                        drop(w);
+                        state.notify();
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        // Not initialised, another epoch, a skipped position or no payload: read the store.
+        self.refresh(&state).await
+    }
+
+    async fn resync_all(&self) -> Vec<StreamName> {
+        let states: Vec<_> = self.streams.lock().values().cloned().collect();
+        let mut failed = Vec::new();
+        for state in states {
+            if self.refresh(&state).await.is_err() {
+                failed.push(state.name.clone());
+            }
+        }
+        failed
+    }
+
+    async fn refresh_by_name(&self, name: &StreamName) -> Result<()> {
+        match self.state(name) {
+            Some(state) => self.refresh(&state).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Brings a window up to the store's head: initialises it, follows an epoch change, or
+    /// fills a gap in the feed from the store.
+    async fn refresh(&self, state: &StreamState) -> Result<()> {
+        let (ready, epoch, head) = {
+            let w = state.window.read();
+            (w.ready, w.epoch, w.head())
+        };
+        let limit = if ready { self.config.hot_window } else { 0 };
+        let page = match self.buffer.read(&state.name, head, limit).await {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::warn!(stream = %state.name, error = %err, "could not refresh a hot window");
+                return Err(err);
+            }
+        };
+        {
+            let mut w = state.window.write();
+            if w.ready && (w.epoch != epoch || w.head() != head) {
+                // Someone else moved the window meanwhile; only the feed task writes, so this
+                // cannot happen, but never apply a stale page.
+                return Ok(());
+            }
+            let continues = ready && page.epoch == epoch && page.oldest <= head + 1;
+            if continues {
+                for event in &page.events {
+                    push(&mut w, self.transport.encode_body(event), self.config.hot_window);
+                }
+                if page.head > w.head() {
+                    // Further behind than one page: restart the window at the head; readers
+                    // behind it read the store.
+                    reset_window(&mut w, page.epoch, page.head);
+                }
+            } else {
+                if ready && page.epoch != epoch {
+                    tracing::info!(stream = %state.name, "the stream's epoch changed");
+                }
+                reset_window(&mut w, page.epoch, page.head);
+            }
+        }
+        state.notify();
+        Ok(())
+    }
+}
+
+fn reset_window(w: &mut Window, epoch: Option<Epoch>, head: Position) {
+    w.ready = true;
+    w.epoch = epoch;
+    w.start = head + 1;
+    w.entries.clear();
+}
+
+fn push(w: &mut Window, body: Bytes, cap: usize) {
+    w.entries.push_back(body);
+    while w.entries.len() > cap {
+        w.entries.pop_front();
+        w.start += 1;
+    }
+}

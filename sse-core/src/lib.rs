@@ -1,0 +1,92 @@
+//! Resumable Server-Sent Events: the engine.
+//!
+//! - **Types**: validated [`StreamName`]s, [`Position`]s, [`Epoch`]s, [`Event`]s and the
+//!   [`Cursor`] whose wire form is the SSE `id:`.
+//! - **Traits** for storage and wire: [`EventBuffer`] (the bounded per-stream log and its
+//!   live feed), [`SessionStore`] and [`Transport`], all usable as `Arc<dyn …>`.
+//! - **The protocol engine**, [`Hub`]: hot windows filled from the live feed, gap repair from
+//!   the store, connections that are cursors over the log (never queues), resume from
+//!   `Last-Event-ID` with subscribe-then-replay-then-dedupe, and an in-band `reset` whenever
+//!   continuity cannot be kept.
+//! - **Session tokens** ([`TokenKeys`]): HMAC-SHA256, bound to a principal, with key rotation.
+//! - **One SSE codec** ([`codec`]), exact to the WHATWG rules.
+//! - A backend **conformance suite** behind the `testing` feature.
+//!
+//! | backend | crate |
+//! |---|---|
+//! | in-memory (default) | `sse-store-memory` |
+//! | Redis | `sse-store-redis` (planned) |
+//! | PostgreSQL | `sse-store-postgres` (planned) |
+//!
+//! Most applications use the axum adapter, `sse-axum`, rather than this crate directly.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use futures_util::StreamExt;
+//! use sse_core::{codec, ConnectRequest, Hub, NewEvent, StreamName};
+//! use sse_store_memory::MemoryStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = Arc::new(MemoryStore::default());
+//! let hub = Hub::builder(store.clone(), store).build();
+//! let news = StreamName::new("news")?;
+//!
+//! // A client reads one event, then goes away.
+//! let mut first = hub.connect(ConnectRequest::new(vec![news.clone()])).await?;
+//! hub.publish(&news, NewEvent::new("one")).await?;
+//! let mut parser = codec::Parser::new();
+//! while !parser.feed(&first.next().await.unwrap()).iter().any(|i| matches!(i, codec::Item::Event(e) if e.data == "one")) {}
+//! let last_event_id = parser.last_event_id().to_owned();
+//! drop(first);
+//!
+//! // Two events while it is away; it comes back with its Last-Event-ID and gets both.
+//! hub.publish(&news, NewEvent::new("two")).await?;
+//! hub.publish(&news, NewEvent::new("three")).await?;
+//! let mut again = hub
+//!     .connect(ConnectRequest::new(vec![news]).last_event_id(Some(last_event_id)))
+//!     .await?;
+//! let mut parser = codec::Parser::new();
+//! let mut data = Vec::new();
+//! while data.len() < 3 {
+//!     for item in parser.feed(&again.next().await.unwrap()) {
+//!         if let codec::Item::Event(e) = item { data.push(e.data) }
+//!     }
+//! }
+//! assert_eq!(data[1..], ["two", "three"]);
+//! assert!(data[0].contains("\"resumed\":true"));
+//! # Ok(()) }
+//! ```
+
+mod buffer;
+pub mod codec;
+mod config;
+mod connection;
+pub mod cursor;
+mod error;
+mod hub;
+mod session;
+pub mod token;
+mod transport;
+mod types;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use buffer::{EventBuffer, FeedItem, LiveFeed, Notification};
+pub use config::{Config, ResetPolicy};
+pub use connection::{ConnectRequest, ConnectedInfo, Connection, ResetReason, SessionContext};
+pub use cursor::Cursor;
+pub use error::{BoxError, Error, Result};
+pub use hub::{Hub, HubBuilder, ResolvedSession, SessionStatus};
+pub use session::{ParseSessionIdError, SessionId, SessionRecord, SessionStore};
+pub use token::{TokenClaims, TokenKeys};
+pub use transport::{Frame, SseTransport, Transport};
+pub use types::{
+    RESERVED_PREFIX,
+    Appended, Epoch, Event, MAX_FIELD_LEN, MAX_STREAM_NAME_LEN, NewEvent, ParseEpochError,
+    Position, ReadPage, Retention, StreamName, from_unix_ms, unix_ms,
+};
+
+// Re-exported for the conformance macro and custom stores.
+#[doc(hidden)]
+pub use async_trait::async_trait;
