@@ -1,0 +1,77 @@
+//! Errors as HTTP responses.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde::Serialize;
+
+/// An error answered with a status code and a JSON body `{"error": "...", "code": "..."}`.
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// use sse_axum::ApiError;
+///
+/// let response = ApiError::from(sse_core::StreamName::new("no spaces").unwrap_err()).into_response();
+/// assert_eq!(response.status(), 400);
+/// ```
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    code: &'a str,
+}
+
+impl ApiError {
+    /// An error with this status, machine-readable code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<sse_core::Error> for ApiError {
+    fn from(err: sse_core::Error) -> Self {
+        use sse_core::Error as E;
+        let (status, code) = match &err {
+            E::InvalidStreamName(_) => (StatusCode::BAD_REQUEST, "invalid_stream_name"),
+            E::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
+            E::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+        };
+        if !err.is_client_error() {
+            // Server-side errors keep their source chain in the log, not in the response.
+            tracing::error!(error = ?err, "request failed");
+        }
+        ApiError::new(status, code, err.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(Body {
+                error: &self.message,
+                code: self.code,
+            }),
+        )
+            .into_response()
+    }
+}

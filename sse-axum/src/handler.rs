@@ -1,0 +1,244 @@
+//! The HTTP endpoints of the reference contract: the SSE endpoint, publishing and health.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::request::Parts;
+use http::{HeaderValue, StatusCode};
+use serde::Deserialize;
+use sse_core::{ConnectRequest, Error, Frame, Hub, NewEvent, SessionId, StreamName};
+
+use crate::{ApiError, Session, SseLayer};
+
+/// How long a client told to back off waits before reconnecting.
+const BACKOFF: Duration = Duration::from_secs(5);
+
+/// A `200` answer that asks an `EventSource` to come back later: browsers treat any other
+/// status as fatal, so overload and store outages answer this instead of a 5xx.
+pub(crate) fn backoff_response(hub: &Hub) -> Response {
+    let mut body = BytesMut::new();
+    let retry = hub.config().retry.max(BACKOFF);
+    hub.transport()
+        .write_frame(&mut body, &Frame::Close { retry: Some(retry) });
+    sse_headers(hub, Body::from(body.freeze()))
+}
+
+fn sse_headers(hub: &Hub, body: Body) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(hub.transport().content_type()),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    // Tells nginx not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The SSE endpoint: `GET /events?stream=A&stream=B[&lastEventId=…]`.
+///
+/// Streams come from repeated `stream` parameters (none: the layer's default stream); the
+/// cursor from the `Last-Event-ID` header, or the `lastEventId` parameter for clients that
+/// cannot set headers, or else the session's recorded cursor. The session's private stream is
+/// always included. Invalid names answer 400, streams the authorizer refuses 403, both with a
+/// JSON error; a store outage answers 200 with a retry hint (server-driven backoff).
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use sse_axum::SseLayer;
+///
+/// # let hub = sse_axum::memory_hub(Default::default());
+/// let app: Router = Router::new()
+///     .route("/events", get(sse_axum::events))
+///     .layer(SseLayer::new(hub));
+/// ```
+pub async fn events(session: Session, parts: Parts) -> Response {
+    let shared = &session.shared;
+    let hub = &shared.hub;
+    let mut streams = Vec::new();
+    let mut query_id = None;
+    for (key, value) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+        match &*key {
+            "stream" => match StreamName::new(&*value) {
+                Ok(name) => streams.push(name),
+                Err(err) => return ApiError::from(err).into_response(),
+            },
+            "lastEventId" => query_id = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    if streams.is_empty() {
+        streams.push(shared.default_stream.clone());
+    }
+    let own = session.id().stream();
+    for stream in &streams {
+        if stream == &own {
+            continue;
+        }
+        let allowed = !stream.is_reserved()
+            && shared
+                .authorize
+                .as_ref()
+                .is_none_or(|authorize| authorize(&parts, &session, stream));
+        if !allowed {
+            return ApiError::from(Error::Forbidden(format!("stream {stream} may not be read")))
+                .into_response();
+        }
+    }
+    let last_event_id = parts
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(query_id);
+    let request = ConnectRequest::new(streams)
+        .last_event_id(last_event_id)
+        .session(session.resolved().context());
+    match hub.connect(request).await {
+        Ok(connection) => sse_headers(hub, Body::from_stream(connection.map(Ok::<_, Infallible>))),
+        Err(err) if err.is_client_error() => ApiError::from(err).into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "could not open a connection; asking the client to retry later");
+            backoff_response(hub)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    stream: Option<String>,
+    session: Option<String>,
+    event: Option<String>,
+    id: Option<String>,
+    data: Option<serde_json::Value>,
+}
+
+/// What [`router`]'s publish endpoint is configured with.
+#[derive(Clone, Debug)]
+pub struct PublishState {
+    hub: Hub,
+    default_stream: StreamName,
+}
+
+/// The publish endpoint: `POST /publish` with JSON
+/// `{"stream": "A", "event"?: "type", "id"?: "key", "data": …}` or `{"session": "<id>", …}`.
+///
+/// `data` that is a JSON string is sent as is; any other JSON value as its compact JSON text.
+/// Neither `stream` nor `session`: the default stream. Answers
+/// `200 {"stream", "position", "epoch", "id", "duplicate"}` once the store has the event, 400
+/// with a JSON error for bad input (invalid stream name, CR/LF/NUL in `event` or `id`, bad
+/// JSON), 404 for an unknown session, 413 for an oversized body, 503 when the store is down.
+pub async fn publish(State(state): State<PublishState>, request: Request) -> Response {
+    match publish_inner(&state, request).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn publish_inner(state: &PublishState, request: Request) -> Result<Response, ApiError> {
+    let hub = &state.hub;
+    // Room for JSON escaping of the largest accepted event.
+    let limit = hub.config().max_event_bytes.saturating_mul(2).saturating_add(64 * 1024);
+    let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request body is larger than {limit} bytes"),
+            )
+        })?;
+    let body: PublishBody = serde_json::from_slice(&bytes).map_err(|err| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("invalid JSON body: {err}"))
+    })?;
+    let data = match body.data {
+        Some(serde_json::Value::String(s)) => s,
+        Some(value) => value.to_string(),
+        None => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "missing_data", "`data` is required"));
+        }
+    };
+    let mut event = NewEvent::new(data);
+    if let Some(name) = &body.event {
+        event = event.with_event(name)?;
+    }
+    if let Some(id) = &body.id {
+        event = event.with_id(id)?;
+    }
+    let (stream, appended) = match (body.stream, body.session) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                "give `stream` or `session`, not both",
+            ));
+        }
+        (_, Some(session)) => {
+            let id: SessionId = session.parse().map_err(|_| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_session", "`session` is 32 hex digits")
+            })?;
+            (id.stream(), hub.send_to_session(&id, event).await?)
+        }
+        (stream, None) => {
+            let stream = match stream {
+                Some(name) => StreamName::new(name)?,
+                None => state.default_stream.clone(),
+            };
+            let appended = hub.publish(&stream, event).await?;
+            (stream, appended)
+        }
+    };
+    Ok(Json(serde_json::json!({
+        "stream": stream.as_str(),
+        "position": appended.position,
+        "epoch": appended.epoch.to_string(),
+        "id": format!("{}-{}", appended.epoch, appended.position),
+        "duplicate": appended.duplicate,
+    }))
+    .into_response())
+}
+
+/// `GET /healthz`: 200 when the store answers, 503 with a JSON error otherwise.
+pub async fn healthz(State(state): State<PublishState>) -> Response {
+    match state.hub.buffer().ping().await {
+        Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
+        Err(err) => ApiError::from(match err {
+            Error::Unavailable(e) => Error::Unavailable(e),
+            other => Error::unavailable(other),
+        })
+        .into_response(),
+    }
+}
+
+/// The reference HTTP contract as a router: `GET /events` (behind `layer`), `POST /publish`
+/// and `GET /healthz`. Merge your own routes into it, or build your own from [`events`],
+/// [`publish`] and [`healthz`].
+///
+/// ```
+/// use sse_axum::SseLayer;
+///
+/// # let hub = sse_axum::memory_hub(Default::default());
+/// let app: axum::Router = sse_axum::router(SseLayer::new(hub));
+/// ```
+pub fn router(layer: SseLayer) -> Router {
+    let state = PublishState {
+        hub: layer.hub().clone(),
+        default_stream: layer.default_stream().clone(),
+    };
+    Router::new()
+        .route("/events", get(events).layer(layer))
+        .route("/publish", post(publish))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}

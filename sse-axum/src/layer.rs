@@ -1,0 +1,367 @@
+//! [`SseLayer`]: resolves or creates the session of every request and puts a [`Session`]
+//! handle in its extensions.
+//!
+//! The session token is read from the `x-sse-session` header (non-browser clients) or the
+//! `sse_session` cookie (browsers), verified, and answered on the way out with a freshly
+//! signed token in both places: `Set-Cookie` (HttpOnly, SameSite=Strict, Secure by default)
+//! and the header.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use sse_axum::{Session, SseLayer};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let hub = sse_axum::memory_hub(Default::default());
+//! let app = Router::new()
+//!     .route("/me", get(|session: Session| async move { session.id().to_string() }))
+//!     .layer(SseLayer::new(hub));
+//!
+//! let response = app
+//!     .oneshot(http::Request::get("/me").body(axum::body::Body::empty()).unwrap())
+//!     .await
+//!     .unwrap();
+//! let cookie = response.headers()["set-cookie"].to_str().unwrap();
+//! assert!(cookie.starts_with("sse_session="));
+//! assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+//! assert!(response.headers().contains_key("x-sse-session"));
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::response::{IntoResponse, Response};
+use http::header::{ACCEPT, COOKIE, SET_COOKIE};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use sse_core::{Hub, StreamName};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::ApiError;
+use crate::session::Session;
+
+/// Decides the authenticated principal of a request (for example from a header your
+/// authentication middleware set). A session is bound to the principal it was created for.
+pub type PrincipalFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// Decides whether a request may read a stream. A session's own private stream is always
+/// readable by it and never by anyone else, whatever this says.
+pub type AuthorizeFn = Arc<dyn Fn(&Parts, &Session, &StreamName) -> bool + Send + Sync>;
+
+pub(crate) struct Shared {
+    pub(crate) hub: Hub,
+    pub(crate) cookie_name: String,
+    pub(crate) header: HeaderName,
+    pub(crate) secure: bool,
+    pub(crate) principal: Option<PrincipalFn>,
+    pub(crate) authorize: Option<AuthorizeFn>,
+    pub(crate) default_stream: StreamName,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SseLayer")
+            .field("cookie_name", &self.cookie_name)
+            .field("header", &self.header)
+            .field("secure", &self.secure)
+            .field("principal", &self.principal.is_some())
+            .field("authorize", &self.authorize.is_some())
+            .field("default_stream", &self.default_stream)
+            .finish()
+    }
+}
+
+impl Shared {
+    fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        if let Some(value) = headers.get(&self.header).and_then(|v| v.to_str().ok()) {
+            return Some(value.trim());
+        }
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == self.cookie_name)
+            .map(|(_, value)| value.trim_matches('"'))
+    }
+
+    fn set_cookie(&self, token: &str) -> Option<HeaderValue> {
+        let max_age = self.hub.config().token_ttl.as_secs();
+        let secure = if self.secure { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!(
+            "{}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}",
+            self.cookie_name
+        ))
+        .ok()
+    }
+}
+
+/// The session layer. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct SseLayer {
+    shared: Arc<Shared>,
+}
+
+impl SseLayer {
+    /// A layer over `hub` with the defaults: cookie `sse_session` (Secure), header
+    /// `x-sse-session`, no principal, every stream readable, default stream `broadcast`.
+    pub fn new(hub: Hub) -> Self {
+        SseLayer {
+            shared: Arc::new(Shared {
+                hub,
+                cookie_name: "sse_session".into(),
+                header: HeaderName::from_static("x-sse-session"),
+                secure: true,
+                principal: None,
+                authorize: None,
+                default_stream: StreamName::new("broadcast").expect("valid name"),
+            }),
+        }
+    }
+
+    /// The hub.
+    pub fn hub(&self) -> &Hub {
+        &self.shared.hub
+    }
+
+    /// The stream read when a request names none.
+    pub fn default_stream(&self) -> &StreamName {
+        &self.shared.default_stream
+    }
+
+    fn map(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        // The layer is only shared once it is built into a service; until then this is the
+        // sole owner, and cloning the configuration otherwise is cheap.
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => f(shared),
+            None => {
+                let s = &self.shared;
+                let mut copy = Shared {
+                    hub: s.hub.clone(),
+                    cookie_name: s.cookie_name.clone(),
+                    header: s.header.clone(),
+                    secure: s.secure,
+                    principal: s.principal.clone(),
+                    authorize: s.authorize.clone(),
+                    default_stream: s.default_stream.clone(),
+                };
+                f(&mut copy);
+                self.shared = Arc::new(copy);
+            }
+        }
+        self
+    }
+
+    /// Sets the `Secure` attribute of the cookie (default `true`; browsers accept Secure
+    /// cookies from `http://localhost`, so only plain-HTTP deployments on other hosts need
+    /// `false`).
+    ///
+    /// ```
+    /// # let hub = sse_axum::memory_hub(Default::default());
+    /// let layer = sse_axum::SseLayer::new(hub).with_secure_cookie(false);
+    /// ```
+    #[must_use]
+    pub fn with_secure_cookie(self, secure: bool) -> Self {
+        self.map(|s| s.secure = secure)
+    }
+
+    /// Sets the cookie name (default `sse_session`).
+    ///
+    /// ```
+    /// # let hub = sse_axum::memory_hub(Default::default());
+    /// let layer = sse_axum::SseLayer::new(hub).with_cookie_name("app_sse");
+    /// ```
+    #[must_use]
+    pub fn with_cookie_name(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.map(|s| s.cookie_name = name)
+    }
+
+    /// Sets the request and response header carrying the token (default `x-sse-session`).
+    ///
+    /// ```
+    /// # let hub = sse_axum::memory_hub(Default::default());
+    /// let layer = sse_axum::SseLayer::new(hub)
+    ///     .with_header(http::HeaderName::from_static("x-app-session"));
+    /// ```
+    #[must_use]
+    pub fn with_header(self, header: HeaderName) -> Self {
+        self.map(|s| s.header = header)
+    }
+
+    /// Sets how the authenticated principal of a request is found. Sessions are bound to it:
+    /// another principal presenting the token is refused with 403.
+    ///
+    /// ```
+    /// # let hub = sse_axum::memory_hub(Default::default());
+    /// let layer = sse_axum::SseLayer::new(hub).with_principal(|parts| {
+    ///     parts.headers.get("x-user").and_then(|v| v.to_str().ok()).map(str::to_owned)
+    /// });
+    /// ```
+    #[must_use]
+    pub fn with_principal(
+        self,
+        f: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.map(|s| s.principal = Some(Arc::new(f)))
+    }
+
+    /// Sets which streams a request may read through the SSE endpoint (default: all).
+    ///
+    /// ```
+    /// # let hub = sse_axum::memory_hub(Default::default());
+    /// let layer = sse_axum::SseLayer::new(hub).with_authorizer(|_parts, session, stream| {
+    ///     !stream.as_str().starts_with("admin:") || session.principal() == Some("root")
+    /// });
+    /// ```
+    #[must_use]
+    pub fn with_authorizer(
+        self,
+        f: impl Fn(&Parts, &Session, &StreamName) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.map(|s| s.authorize = Some(Arc::new(f)))
+    }
+
+    /// Sets the stream read when a request names none (default `broadcast`).
+    ///
+    /// ```
+    /// # let hub = sse_axum::memory_hub(Default::default());
+    /// let layer = sse_axum::SseLayer::new(hub).with_default_stream("news".parse()?);
+    /// # Ok::<(), sse_core::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_default_stream(self, stream: StreamName) -> Self {
+        self.map(|s| s.default_stream = stream)
+    }
+}
+
+impl<S> Layer<S> for SseLayer {
+    type Service = SseService<S>;
+    fn layer(&self, inner: S) -> SseService<S> {
+        SseService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`SseLayer`] produces.
+#[derive(Clone, Debug)]
+pub struct SseService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> SseService<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for SseService<S>
+where
+    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = future::ResponseFuture<S::Error>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The clone is fresh (not ready); the ready one goes into the future.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        future::ResponseFuture::new(async move {
+            let (mut parts, body) = request.into_parts();
+            let principal = shared.principal.as_ref().and_then(|f| f(&parts));
+            let token = shared.token(&parts.headers);
+            let resolved = match shared
+                .hub
+                .resolve_session(token, principal.as_deref())
+                .await
+            {
+                Ok(resolved) => resolved,
+                Err(err) => {
+                    let wants_sse = parts
+                        .headers
+                        .get(ACCEPT)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.contains("text/event-stream"));
+                    if wants_sse && !err.is_client_error() {
+                        // EventSource gives up for good on any non-200 answer: ask it to
+                        // come back later instead.
+                        return Ok(crate::handler::backoff_response(&shared.hub));
+                    }
+                    return Ok(ApiError::from(err).into_response());
+                }
+            };
+            let cookie = shared.set_cookie(&resolved.token);
+            let header = HeaderValue::from_str(&resolved.token).ok();
+            parts
+                .extensions
+                .insert(Session::new(shared.clone(), resolved));
+            let mut response = inner.call(Request::from_parts(parts, body)).await?;
+            let headers = response.headers_mut();
+            if let Some(cookie) = cookie {
+                headers.append(SET_COOKIE, cookie);
+            }
+            if let Some(header) = header {
+                headers.insert(shared.header.clone(), header);
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The response future of [`SseService`].
+pub mod future {
+    use super::*;
+
+    /// Resolves the session, then runs the wrapped service.
+    pub struct ResponseFuture<E> {
+        inner: Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>,
+    }
+
+    impl<E> ResponseFuture<E> {
+        pub(super) fn new(f: impl Future<Output = Result<Response, E>> + Send + 'static) -> Self {
+            ResponseFuture { inner: Box::pin(f) }
+        }
+    }
+
+    impl<E> fmt::Debug for ResponseFuture<E> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("ResponseFuture").finish_non_exhaustive()
+        }
+    }
+
+    impl<E> Future for ResponseFuture<E> {
+        type Output = Result<Response, E>;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            self.inner.as_mut().poll(cx)
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! axum adapter for resumable Server-Sent Events.
+//!
+//! - [`SseLayer`]: tower middleware that resolves or creates the session of every request
+//!   (signed token in an HttpOnly cookie or the `x-sse-session` header) and puts a
+//!   [`Session`] handle in request extensions;
+//! - [`Session`]: an extractor to publish or send to the current (or any) session from any
+//!   handler; its rejection names the missing layer;
+//! - [`events`]: the SSE endpoint (`Last-Event-ID` header, `lastEventId` query fallback, an
+//!   authorizer hook, the session's private stream);
+//! - [`router`]: the whole reference HTTP contract (`/events`, `/publish`, `/healthz`);
+//! - backends by Cargo feature: `memory` (default); [`open_store`] picks one by URL.
+//!
+//! ```no_run
+//! use axum::{Router, routing::{get, post}};
+//! use sse_axum::{ApiError, Session, SseLayer};
+//! use sse_core::{NewEvent, StreamName};
+//!
+//! async fn chat(session: Session, body: String) -> Result<(), ApiError> {
+//!     session.publish(&StreamName::new("chat")?, NewEvent::new(body)).await?;
+//!     Ok(())
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() {
+//!     let hub = sse_axum::memory_hub(Default::default());
+//!     let app = Router::new()
+//!         .route("/events", get(sse_axum::events))
+//!         .route("/chat", post(chat))
+//!         .layer(SseLayer::new(hub));
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
+//!     axum::serve(listener, app).await.unwrap();
+//! }
+//! ```
+
+mod error;
+mod handler;
+mod layer;
+mod session;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::ApiError;
+pub use handler::{PublishState, events, healthz, publish, router};
+pub use layer::{AuthorizeFn, PrincipalFn, SseLayer, SseService, future};
+pub use session::{MissingSseLayer, Session};
+#[cfg(feature = "memory")]
+pub use store::memory_hub;
+pub use store::{OpenStoreError, Stores, open_store};
+
+pub use sse_core;

@@ -1,0 +1,135 @@
+//! The [`Session`] handle and extractor.
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::request::Parts;
+use sse_core::{Appended, Hub, NewEvent, ResolvedSession, SessionId, SessionStatus, StreamName};
+
+use crate::layer::Shared;
+
+/// The current request's session, put in request extensions by [`SseLayer`](crate::SseLayer).
+/// Extract it in any handler to publish, or to send to this or another session.
+///
+/// ```
+/// use axum::{Router, routing::post};
+/// use sse_axum::{ApiError, Session, SseLayer};
+/// use sse_core::NewEvent;
+///
+/// async fn notify_me(session: Session) -> Result<&'static str, ApiError> {
+///     // Every connection of this session gets it; if it is away, it gets it on reconnect.
+///     session.send(NewEvent::new("your export is ready")).await?;
+///     Ok("sent")
+/// }
+///
+/// # let hub = sse_axum::memory_hub(Default::default());
+/// let app: Router = Router::new().route("/notify-me", post(notify_me)).layer(SseLayer::new(hub));
+/// ```
+#[derive(Clone)]
+pub struct Session {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) resolved: Arc<ResolvedSession>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a credential: never print it.
+        f.debug_struct("Session")
+            .field("id", &self.resolved.record.id)
+            .field("status", &self.resolved.status)
+            .field("principal", &self.resolved.record.principal)
+            .finish()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, resolved: ResolvedSession) -> Self {
+        Session {
+            shared,
+            resolved: Arc::new(resolved),
+        }
+    }
+
+    /// The session id.
+    pub fn id(&self) -> SessionId {
+        self.resolved.record.id
+    }
+
+    /// How the session was resolved for this request.
+    pub fn status(&self) -> SessionStatus {
+        self.resolved.status
+    }
+
+    /// The principal the session is bound to, if any.
+    pub fn principal(&self) -> Option<&str> {
+        self.resolved.record.principal.as_deref()
+    }
+
+    /// The hub.
+    pub fn hub(&self) -> &Hub {
+        &self.shared.hub
+    }
+
+    /// Publishes to a stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`Hub::publish`].
+    pub async fn publish(&self, stream: &StreamName, event: NewEvent) -> sse_core::Result<Appended> {
+        self.shared.hub.publish(stream, event).await
+    }
+
+    /// Sends to this session's private stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`Hub::send_to_session`].
+    pub async fn send(&self, event: NewEvent) -> sse_core::Result<Appended> {
+        self.shared.hub.send_to_session(&self.id(), event).await
+    }
+
+    /// Sends to another session's private stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`Hub::send_to_session`].
+    pub async fn send_to(&self, session: &SessionId, event: NewEvent) -> sse_core::Result<Appended> {
+        self.shared.hub.send_to_session(session, event).await
+    }
+
+    pub(crate) fn resolved(&self) -> &ResolvedSession {
+        &self.resolved
+    }
+}
+
+/// The [`Session`] extractor's rejection: the handler is not behind an
+/// [`SseLayer`](crate::SseLayer).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("no session: the route is not behind sse_axum::SseLayer; add `.layer(SseLayer::new(hub))` to the router")]
+pub struct MissingSseLayer;
+
+impl IntoResponse for MissingSseLayer {
+    fn into_response(self) -> Response {
+        crate::ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "missing_layer",
+            self.to_string(),
+        )
+        .into_response()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Session {
+    type Rejection = MissingSseLayer;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Session>()
+            .cloned()
+            .ok_or(MissingSseLayer)
+    }
+}

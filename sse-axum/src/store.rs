@@ -1,0 +1,95 @@
+//! Backend selection by URL, with backends compiled in by Cargo feature.
+
+use std::sync::Arc;
+
+use sse_core::{EventBuffer, Retention, SessionStore};
+
+/// The two halves of a backend.
+#[derive(Clone, Debug)]
+pub struct Stores {
+    /// The event log.
+    pub buffer: Arc<dyn EventBuffer>,
+    /// The session store.
+    pub sessions: Arc<dyn SessionStore>,
+}
+
+/// The URL names a backend this build does not have, or is not a store URL.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenStoreError {
+    /// The backend exists but its Cargo feature is off.
+    #[error("this build has no {backend} backend: enable the `{backend}` feature of sse-axum")]
+    NotCompiled {
+        /// The backend's name.
+        backend: &'static str,
+    },
+    /// Not `memory`, `redis://…` or `postgres://…`.
+    #[error("unknown store {0:?}: use memory, redis://… or postgres://…")]
+    Unknown(String),
+    /// The backend could not be opened.
+    #[error("could not open the store")]
+    Open(#[source] sse_core::Error),
+}
+
+/// Opens the backend a URL names: `memory`, `redis://…` or `postgres://…`.
+///
+/// # Errors
+///
+/// [`OpenStoreError`] when the URL is unknown, its backend is not compiled in, or it cannot be
+/// opened.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use sse_core::Retention;
+///
+/// let stores = sse_axum::open_store("memory", Retention::default()).await.unwrap();
+/// assert!(sse_axum::open_store("carrier-pigeon://", Retention::default()).await.is_err());
+/// # }
+/// ```
+pub async fn open_store(url: &str, retention: Retention) -> Result<Stores, OpenStoreError> {
+    let _ = retention;
+    if url == "memory" {
+        #[cfg(feature = "memory")]
+        {
+            let store = sse_store_memory::MemoryStore::new(
+                sse_store_memory::MemoryConfig::default()
+                    .with_max_len(retention.max_len)
+                    .with_max_age(retention.max_age),
+            );
+            let store = Arc::new(store);
+            return Ok(Stores {
+                buffer: store.clone(),
+                sessions: store,
+            });
+        }
+        #[cfg(not(feature = "memory"))]
+        return Err(OpenStoreError::NotCompiled { backend: "memory" });
+    }
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return Err(OpenStoreError::NotCompiled { backend: "redis" });
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(OpenStoreError::NotCompiled { backend: "postgres" });
+    }
+    let _ = OpenStoreError::Open;
+    Err(OpenStoreError::Unknown(url.to_owned()))
+}
+
+/// A hub over a fresh in-memory store: the quickest start, one process only.
+///
+/// # Panics
+///
+/// Outside a tokio runtime.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let hub = sse_axum::memory_hub(sse_core::Config::default());
+/// # }
+/// ```
+#[cfg(feature = "memory")]
+pub fn memory_hub(config: sse_core::Config) -> sse_core::Hub {
+    let store = Arc::new(sse_store_memory::MemoryStore::default());
+    sse_core::Hub::builder(store.clone(), store)
+        .config(config)
+        .build()
+}
