@@ -57,10 +57,12 @@ fn sse_headers(hub: &Hub, body: Body) -> Response {
 /// use axum::{Router, routing::get};
 /// use sse_axum::SseLayer;
 ///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let hub = sse_axum::memory_hub(Default::default());
 /// let app: Router = Router::new()
 ///     .route("/events", get(sse_axum::events))
 ///     .layer(SseLayer::new(hub));
+/// # Ok(()) }
 /// ```
 pub async fn events(session: Session, parts: Parts) -> Response {
     let shared = &session.shared;
@@ -228,8 +230,10 @@ pub async fn healthz(State(state): State<PublishState>) -> Response {
 /// ```
 /// use sse_axum::SseLayer;
 ///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let hub = sse_axum::memory_hub(Default::default());
 /// let app: axum::Router = sse_axum::router(SseLayer::new(hub));
+/// # Ok(()) }
 /// ```
 pub fn router(layer: SseLayer) -> Router {
     let state = PublishState {

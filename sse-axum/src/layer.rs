@@ -163,8 +163,10 @@ impl SseLayer {
     /// `false`).
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let hub = sse_axum::memory_hub(Default::default());
     /// let layer = sse_axum::SseLayer::new(hub).with_secure_cookie(false);
+    /// # Ok(()) }
     /// ```
     #[must_use]
     pub fn with_secure_cookie(self, secure: bool) -> Self {
@@ -174,8 +176,10 @@ impl SseLayer {
     /// Sets the cookie name (default `sse_session`).
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let hub = sse_axum::memory_hub(Default::default());
     /// let layer = sse_axum::SseLayer::new(hub).with_cookie_name("app_sse");
+    /// # Ok(()) }
     /// ```
     #[must_use]
     pub fn with_cookie_name(self, name: impl Into<String>) -> Self {
@@ -186,9 +190,11 @@ impl SseLayer {
     /// Sets the request and response header carrying the token (default `x-sse-session`).
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let hub = sse_axum::memory_hub(Default::default());
     /// let layer = sse_axum::SseLayer::new(hub)
     ///     .with_header(http::HeaderName::from_static("x-app-session"));
+    /// # Ok(()) }
     /// ```
     #[must_use]
     pub fn with_header(self, header: HeaderName) -> Self {
@@ -199,10 +205,12 @@ impl SseLayer {
     /// another principal presenting the token is refused with 403.
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let hub = sse_axum::memory_hub(Default::default());
     /// let layer = sse_axum::SseLayer::new(hub).with_principal(|parts| {
     ///     parts.headers.get("x-user").and_then(|v| v.to_str().ok()).map(str::to_owned)
     /// });
+    /// # Ok(()) }
     /// ```
     #[must_use]
     pub fn with_principal(
@@ -215,10 +223,12 @@ impl SseLayer {
     /// Sets which streams a request may read through the SSE endpoint (default: all).
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let hub = sse_axum::memory_hub(Default::default());
     /// let layer = sse_axum::SseLayer::new(hub).with_authorizer(|_parts, session, stream| {
     ///     !stream.as_str().starts_with("admin:") || session.principal() == Some("root")
     /// });
+    /// # Ok(()) }
     /// ```
     #[must_use]
     pub fn with_authorizer(
@@ -231,9 +241,10 @@ impl SseLayer {
     /// Sets the stream read when a request names none (default `broadcast`).
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let hub = sse_axum::memory_hub(Default::default());
     /// let layer = sse_axum::SseLayer::new(hub).with_default_stream("news".parse()?);
-    /// # Ok::<(), sse_core::Error>(())
+    /// # Ok(()) }
     /// ```
     #[must_use]
     pub fn with_default_stream(self, stream: StreamName) -> Self {

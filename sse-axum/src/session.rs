@@ -25,8 +25,10 @@ use crate::layer::Shared;
 ///     Ok("sent")
 /// }
 ///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let hub = sse_axum::memory_hub(Default::default());
 /// let app: Router = Router::new().route("/notify-me", post(notify_me)).layer(SseLayer::new(hub));
+/// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct Session {
