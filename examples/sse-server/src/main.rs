@@ -1,0 +1,145 @@
+//! The reference server: the HTTP contract of resumable SSE over any backend, usable from any
+//! language, with a demo page.
+//!
+//! Run with: `cargo run -p sse-server` and open <http://127.0.0.1:3000>.
+//!
+//! ```text
+//! GET  /          demo page
+//! GET  /events    ?stream=A&stream=B[&lastEventId=…]   the SSE endpoint
+//! POST /publish   {"stream": "A", "event"?: "type", "id"?: "key", "data": …}
+//!                 or {"session": "<id>", …}
+//! GET  /healthz   200 when the store answers
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::response::Html;
+use axum::routing::get;
+use clap::Parser;
+use sse_axum::SseLayer;
+use sse_core::{Config, Hub, Retention, TokenKeys};
+
+/// Resumable Server-Sent Events: the reference server.
+#[derive(Parser, Debug)]
+#[command(name = "sse-server", version, about)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, env = "SSE_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Backend: `memory`, `redis://…` or `postgres://…`.
+    #[arg(long, env = "SSE_STORE", default_value = "memory")]
+    store: String,
+    /// Events kept per stream.
+    #[arg(long, env = "SSE_MAX_LEN", default_value_t = 1000)]
+    max_len: usize,
+    /// Age after which events are dropped (e.g. `90s`, `1h`).
+    #[arg(long, env = "SSE_MAX_AGE", default_value = "1h", value_parser = humantime::parse_duration)]
+    max_age: Duration,
+    /// How long a session is kept after its last connection ends.
+    #[arg(long, env = "SSE_SESSION_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    session_ttl: Duration,
+    /// Interval of heartbeat comments on idle connections.
+    #[arg(long, env = "SSE_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+    /// Session token signing keys, comma-separated, each at least 32 bytes: the first signs,
+    /// all verify. Without it a random key is used, and sessions do not survive a restart
+    /// nor move between instances.
+    #[arg(long, env = "SSE_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+}
+
+const DEMO: &str = include_str!("../static/index.html");
+
+/// The whole application: the reference contract plus the demo page.
+fn app(hub: Hub) -> Router {
+    sse_axum::router(SseLayer::new(hub)).route("/", get(|| async { Html(DEMO) }))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let retention = Retention {
+        max_len: args.max_len.max(1),
+        max_age: args.max_age,
+    };
+    let stores = sse_axum::open_store(&args.store, retention).await?;
+    let config = Config::default()
+        .with_session_ttl(args.session_ttl)
+        .with_heartbeat(args.heartbeat);
+    let mut builder = Hub::builder(stores.buffer, stores.sessions).config(config);
+    if let Some(secret) = &args.secret {
+        builder = builder.keys(TokenKeys::new(secret.split(',').map(str::trim))?);
+    } else {
+        tracing::warn!("no --secret: sessions will not survive a restart");
+    }
+    let hub = builder.build();
+
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to find the port.
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, store = %store_kind(&args.store), "sse-server started");
+
+    let shutdown_hub = hub.clone();
+    axum::serve(listener, app(hub))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // SSE responses never finish by themselves: end them with a retry hint so
+            // clients reconnect (elsewhere, or here once we are back).
+            shutdown_hub.close_connections();
+        })
+        .await?;
+    Ok(())
+}
+
+/// The backend's kind without credentials from the URL.
+fn store_kind(url: &str) -> &str {
+    url.split("://").next().unwrap_or(url)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sse_axum::testing::{TestServer, connect, publish};
+
+    #[tokio::test]
+    async fn serves_the_demo_and_the_contract() {
+        let server = TestServer::start(app(sse_axum::memory_hub(Config::default()))).await;
+        let page = reqwest::get(server.url("/")).await.unwrap().text().await.unwrap();
+        assert!(page.contains("EventSource"));
+        let mut events = connect(&server.url("/events"), &[]).await;
+        assert_eq!(events.next_event(Duration::from_secs(5)).await.unwrap().event, "connected");
+        let (status, _) = publish(&server, serde_json::json!({"data": "hi"})).await;
+        assert_eq!(status, 200);
+        assert_eq!(events.next_event(Duration::from_secs(5)).await.unwrap().data, "hi");
+    }
+}
