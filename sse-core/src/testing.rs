@@ -1,0 +1,925 @@
+//! The backend conformance suite: the contract of [`EventBuffer`] and [`SessionStore`],
+//! written once as generic async test functions that every store must pass.
+//!
+//! A store crate runs the whole suite with one macro call in `tests/conformance.rs`. The setup
+//! is an async function (or a closure returning a future) that builds a store with the
+//! [`Retention`] a test asks for; stores may share a backend between tests, since every test
+//! works on streams and sessions of its own, with random names.
+//!
+//! ```
+//! // sse-store-memory/tests/conformance.rs
+//! use sse_core::Retention;
+//! use sse_store_memory::{MemoryConfig, MemoryStore};
+//!
+//! async fn setup(retention: Retention) -> MemoryStore {
+//!     MemoryStore::new(
+//!         MemoryConfig::default()
+//!             .with_max_len(retention.max_len)
+//!             .with_max_age(retention.max_age),
+//!     )
+//! }
+//!
+//! sse_core::conformance_tests!(setup);
+//! # fn main() {}
+//! ```
+//!
+//! [`conformance_tests!`](crate::conformance_tests) expands to one `#[test]` per function of
+//! this module, each on its own multi-threaded tokio runtime; callers import nothing else.
+//! A store that implements only one of the traits uses
+//! [`event_buffer_tests!`](crate::event_buffer_tests) or
+//! [`session_store_tests!`](crate::session_store_tests) instead.
+//!
+//! The functions can also be called directly:
+//!
+//! ```
+//! use sse_core::testing;
+//! use sse_store_memory::MemoryStore;
+//!
+//! # #[tokio::main] async fn main() {
+//! testing::buffer_idempotent_publisher_id(MemoryStore::default()).await;
+//! # }
+//! ```
+//!
+//! Time-dependent points (retention by age, session expiry) use real time: lazy backends
+//! (a sweeper) must act within [`DEADLINE`], so give their sweepers an interval of a second
+//! or less in the setup.
+
+// Test support code: a failed expectation is a failed test, and `expect` says which.
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use tokio::time::Instant;
+
+use crate::{
+    Appended, Epoch, EventBuffer, FeedItem, LiveFeed, NewEvent, Position, ReadPage, Retention,
+    SessionId, SessionRecord, SessionStore, StreamName, unix_ms,
+};
+
+/// How long a lazy backend may take to apply retention or expiry, and how long a live feed
+/// may take to deliver a notification, before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// How often a test polls while it waits for something to happen.
+const POLL: Duration = Duration::from_millis(25);
+
+/// The retention [`buffer_retention_by_count`] needs: three events, one hour.
+pub const COUNT_RETENTION: Retention = Retention {
+    max_len: 3,
+    max_age: Duration::from_secs(3600),
+};
+
+/// The retention [`buffer_retention_by_age`] needs: 1000 events, 300 ms.
+pub const AGE_RETENTION: Retention = Retention {
+    max_len: 1000,
+    max_age: Duration::from_millis(300),
+};
+
+/// The retention every other test is given: 1000 events, one hour (the default).
+pub const DEFAULT_RETENTION: Retention = Retention {
+    max_len: 1000,
+    max_age: Duration::from_secs(3600),
+};
+
+/// Runs one conformance test on a fresh multi-threaded runtime (two workers, time and I/O
+/// enabled). The macros call it; it is public only for them.
+///
+/// # Panics
+///
+/// When the runtime cannot be built, and when the test panics.
+#[doc(hidden)]
+pub fn run<F: Future<Output = ()>>(test: F) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the conformance test")
+        .block_on(test);
+}
+
+/// A stream name no other test (and no earlier run against a persistent backend) uses.
+///
+/// # Panics
+///
+/// When `prefix` makes an invalid name.
+pub fn unique_stream(prefix: &str) -> StreamName {
+    StreamName::new(format!("{prefix}-{:016x}", rand::random::<u64>()))
+        .expect("a valid stream name")
+}
+
+/// Polls `probe` until it yields a value, failing the test after [`DEADLINE`].
+async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting until {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn read<B: EventBuffer + ?Sized>(
+    store: &B,
+    stream: &StreamName,
+    after: Position,
+    limit: usize,
+) -> ReadPage {
+    let page = store
+        .read(stream, after, limit)
+        .await
+        .expect("read succeeds");
+    assert_page_consistent(stream, after, limit, &page);
+    page
+}
+
+/// What holds for any page: `oldest <= head + 1`, at most `limit` events, all of this stream,
+/// contiguous, starting right after `after` (or at `oldest` when `after` is behind it),
+/// none past `head`.
+fn assert_page_consistent(stream: &StreamName, after: Position, limit: usize, page: &ReadPage) {
+    assert!(
+        page.oldest >= 1 && page.oldest <= page.head + 1,
+        "{stream}: oldest {} and head {} are inconsistent",
+        page.oldest,
+        page.head
+    );
+    assert!(
+        page.events.len() <= limit,
+        "{stream}: {} events returned for a limit of {limit}",
+        page.events.len()
+    );
+    if page.epoch.is_none() {
+        assert_eq!(
+            (page.head, page.events.len()),
+            (0, 0),
+            "{stream}: a stream without an epoch has no events"
+        );
+    }
+    let first = (after + 1).max(page.oldest);
+    for (i, event) in page.events.iter().enumerate() {
+        assert_eq!(&event.stream, stream, "an event of another stream was read");
+        assert_eq!(
+            event.position,
+            first + i as Position,
+            "{stream}: read after {after} is not contiguous from {first}"
+        );
+        assert!(
+            event.position <= page.head,
+            "{stream}: event {} is past the head {}",
+            event.position,
+            page.head
+        );
+    }
+}
+
+/// Reads every retained event after `after`, page by page.
+async fn read_all<B: EventBuffer + ?Sized>(
+    store: &B,
+    stream: &StreamName,
+    after: Position,
+) -> Vec<crate::Event> {
+    let mut out = Vec::new();
+    let mut position = after;
+    loop {
+        let page = read(store, stream, position, 64).await;
+        let Some(last) = page.events.last() else {
+            return out;
+        };
+        position = last.position;
+        out.extend(page.events);
+    }
+}
+
+/// Follows a live feed for one stream until it has accounted for position `until`, checking
+/// that notifications arrive in position order with neither gap nor duplicate. A
+/// [`FeedItem::Resync`] is honoured as the contract says: the test reads the stream's head
+/// from the store, and notifications it already accounted for may then repeat.
+async fn follow_feed<B: EventBuffer + ?Sized>(
+    store: &B,
+    feed: &mut LiveFeed,
+    stream: &StreamName,
+    epoch: Epoch,
+    until: Position,
+) {
+    let mut seen: Position = 0;
+    let mut resynced = false;
+    while seen < until {
+        let item = tokio::time::timeout(DEADLINE, feed.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{stream}: the live feed announced {seen} of {until} appends before the deadline")
+            })
+            .expect("the live feed does not end while the store is alive");
+        match item {
+            FeedItem::Appended(n) if &n.stream == stream => {
+                assert_eq!(n.epoch, epoch, "{stream}: notification of another epoch");
+                if n.position <= seen {
+                    assert!(
+                        resynced,
+                        "{stream}: the live feed announced {} after {seen}: out of order or twice",
+                        n.position
+                    );
+                    continue;
+                }
+                assert_eq!(
+                    n.position,
+                    seen + 1,
+                    "{stream}: the live feed skipped a position"
+                );
+                seen = n.position;
+                if let Some(event) = n.event {
+                    let page = read(store, stream, n.position - 1, 1).await;
+                    assert_eq!(
+                        page.events.first(),
+                        Some(&event),
+                        "{stream}: the event on the live feed differs from the stored one"
+                    );
+                }
+            }
+            FeedItem::Appended(_) => {}
+            FeedItem::Resync => {
+                resynced = true;
+                seen = seen.max(read(store, stream, 0, 0).await.head);
+            }
+        }
+    }
+}
+
+fn assert_consecutive(appended: &[Appended], first: Position, epoch: Epoch) {
+    for (i, a) in appended.iter().enumerate() {
+        assert_eq!(
+            (a.epoch, a.position, a.duplicate),
+            (epoch, first + i as Position, false),
+            "append {i} did not get the next position in the same epoch"
+        );
+    }
+}
+
+/// Positions start at 1 and increase by exactly one per append, in one epoch; `read` returns
+/// the events as appended, with `oldest` 1 and `head` the last position.
+pub async fn buffer_positions_start_at_one_and_are_gap_free<B: EventBuffer>(store: B) {
+    let stream = unique_stream("gap-free");
+    let mut appended = Vec::new();
+    for i in 0..5 {
+        let a = store
+            .append(&stream, NewEvent::new(format!("event {i}")))
+            .await
+            .expect("append succeeds");
+        appended.push(a);
+    }
+    let epoch = appended[0].epoch;
+    assert_consecutive(&appended, 1, epoch);
+
+    let page = read(&store, &stream, 0, 100).await;
+    assert_eq!(page.epoch, Some(epoch), "read reports the epoch of the appends");
+    assert_eq!((page.oldest, page.head), (1, 5));
+    let data: Vec<&str> = page.events.iter().map(|e| &*e.data).collect();
+    assert_eq!(data, ["event 0", "event 1", "event 2", "event 3", "event 4"]);
+}
+
+/// `append_many` appends in order, at consecutive positions following the earlier appends,
+/// and answers one [`Appended`] per event; an empty batch appends nothing.
+pub async fn buffer_append_many_appends_in_order<B: EventBuffer>(store: B) {
+    let stream = unique_stream("many");
+    let first = store
+        .append(&stream, NewEvent::new("first"))
+        .await
+        .expect("append succeeds");
+    assert_eq!(first.position, 1);
+    let batch = (0..4).map(|i| NewEvent::new(format!("batch {i}"))).collect();
+    let appended = store
+        .append_many(&stream, batch)
+        .await
+        .expect("append_many succeeds");
+    assert_eq!(appended.len(), 4, "one Appended per event");
+    assert_consecutive(&appended, 2, first.epoch);
+
+    let none = store
+        .append_many(&stream, Vec::new())
+        .await
+        .expect("an empty append_many succeeds");
+    assert!(none.is_empty());
+
+    let page = read(&store, &stream, 0, 100).await;
+    assert_eq!(page.head, 5, "an empty batch appends nothing");
+    let data: Vec<&str> = page.events.iter().map(|e| &*e.data).collect();
+    assert_eq!(data, ["first", "batch 0", "batch 1", "batch 2", "batch 3"]);
+}
+
+/// `read` after a position returns exactly the later events, oldest first, at most `limit`
+/// of them, and always reports the epoch, oldest and head (also with a limit of 0 and when
+/// nothing is newer).
+pub async fn buffer_read_returns_events_after_position<B: EventBuffer>(store: B) {
+    let stream = unique_stream("read");
+    let events = (1..=10).map(|i| NewEvent::new(i.to_string())).collect();
+    let appended = store
+        .append_many(&stream, events)
+        .await
+        .expect("append_many succeeds");
+    let epoch = appended[0].epoch;
+
+    let positions = |page: &ReadPage| page.events.iter().map(|e| e.position).collect::<Vec<_>>();
+    for (after, limit, expected) in [
+        (0, 3, vec![1, 2, 3]),
+        (3, 4, vec![4, 5, 6, 7]),
+        (8, 100, vec![9, 10]),
+        (9, 1, vec![10]),
+        (10, 10, vec![]),
+        (4, 0, vec![]),
+    ] {
+        let page = read(&store, &stream, after, limit).await;
+        assert_eq!(
+            positions(&page),
+            expected,
+            "read after {after} with limit {limit}"
+        );
+        assert_eq!(
+            (page.epoch, page.oldest, page.head),
+            (Some(epoch), 1, 10),
+            "read after {after} with limit {limit} reports epoch, oldest and head"
+        );
+        for event in &page.events {
+            assert_eq!(*event.data, event.position.to_string());
+        }
+    }
+}
+
+/// A stream nothing was appended to reads as empty: no events, head 0 and oldest 1 (whether
+/// or not the store reports an epoch for it). `ping` answers.
+pub async fn buffer_missing_stream_reads_empty<B: EventBuffer>(store: B) {
+    let stream = unique_stream("missing");
+    for (after, limit) in [(0, 0), (0, 10), (5, 10)] {
+        let page = store
+            .read(&stream, after, limit)
+            .await
+            .expect("reading a missing stream succeeds");
+        assert!(page.events.is_empty(), "a missing stream has no events");
+        assert_eq!(
+            (page.head, page.oldest),
+            (0, 1),
+            "a missing stream has head 0 and oldest head + 1"
+        );
+    }
+    store.ping().await.expect("ping succeeds");
+}
+
+/// Retention by count: with [`COUNT_RETENTION`] (three events), once trimming has happened
+/// only the newest three are retained, `oldest` says where they start, `head` is unchanged,
+/// and a read behind retention returns the retained events so the caller sees the gap.
+///
+/// The store must be built with [`COUNT_RETENTION`].
+pub async fn buffer_retention_by_count<B: EventBuffer>(store: B) {
+    let max_len = COUNT_RETENTION.max_len as Position;
+    let stream = unique_stream("count");
+    let mut epoch = None;
+    for i in 1..=10 {
+        let a = store
+            .append(&stream, NewEvent::new(i.to_string()))
+            .await
+            .expect("append succeeds");
+        assert_eq!(a.position, i, "positions continue past trimmed events");
+        epoch = Some(a.epoch);
+    }
+    let page = eventually("the stream is trimmed to max_len", async || {
+        let page = read(&store, &stream, 0, 100).await;
+        (page.events.len() as Position <= max_len).then_some(page)
+    })
+    .await;
+    assert_eq!((page.epoch, page.head), (epoch, 10));
+    assert_eq!(page.oldest, 10 - max_len + 1, "exactly max_len events are retained");
+    let data: Vec<&str> = page.events.iter().map(|e| &*e.data).collect();
+    assert_eq!(data, ["8", "9", "10"], "the newest events are retained");
+
+    let behind = read(&store, &stream, 2, 100).await;
+    assert_eq!(behind.oldest, 8, "a read behind retention reports the gap");
+    assert_eq!(behind.events.len(), 3);
+    let tail = read(&store, &stream, 8, 100).await;
+    assert_eq!(tail.events.iter().map(|e| e.position).collect::<Vec<_>>(), [9, 10]);
+}
+
+/// Retention by age: with [`AGE_RETENTION`] (300 ms), events older than that disappear
+/// (within [`DEADLINE`]), the page stays consistent (`oldest == head + 1` while nothing is
+/// retained), and an event appended afterwards is retained and readable: in the same epoch at
+/// the next position, or, if the store dropped the emptied log, in a new epoch from 1.
+///
+/// The store must be built with [`AGE_RETENTION`].
+pub async fn buffer_retention_by_age<B: EventBuffer>(store: B) {
+    let stream = unique_stream("age");
+    let events = (1..=3).map(|i| NewEvent::new(i.to_string())).collect();
+    let appended = store
+        .append_many(&stream, events)
+        .await
+        .expect("append_many succeeds");
+    let epoch = appended[0].epoch;
+
+    let page = eventually("events older than max_age are dropped", async || {
+        let page = read(&store, &stream, 0, 100).await;
+        page.events.is_empty().then_some(page)
+    })
+    .await;
+    assert_eq!(page.oldest, page.head + 1, "nothing retained: oldest is head + 1");
+    if page.epoch == Some(epoch) {
+        assert_eq!(page.head, 3, "the head survives trimming within an epoch");
+    } else {
+        assert_eq!(page.head, 0, "a dropped log starts again from 0");
+    }
+
+    let fresh = store
+        .append(&stream, NewEvent::new("fresh"))
+        .await
+        .expect("append succeeds");
+    let expected = if fresh.epoch == epoch { 4 } else { 1 };
+    assert_eq!(
+        fresh.position, expected,
+        "after expiry, positions continue in the epoch or restart in a new one"
+    );
+    let page = read(&store, &stream, 0, 100).await;
+    assert_eq!(page.epoch, Some(fresh.epoch));
+    assert_eq!(
+        page.events.iter().map(|e| (&*e.data, e.position)).collect::<Vec<_>>(),
+        [("fresh", expected)],
+        "a fresh event is retained"
+    );
+}
+
+/// A publisher id makes appends idempotent: appending an id already retained appends
+/// nothing and answers the first event's position with `duplicate` set, also within one
+/// `append_many` batch. Events without a publisher id are never deduplicated.
+pub async fn buffer_idempotent_publisher_id<B: EventBuffer>(store: B) {
+    let stream = unique_stream("idempotent");
+    let with_id = |data: &str, id: &str| {
+        NewEvent::new(data)
+            .with_id(id)
+            .expect("a valid publisher id")
+    };
+    let first = store
+        .append(&stream, with_id("first", "order-1"))
+        .await
+        .expect("append succeeds");
+    let second = store
+        .append(&stream, with_id("second", "order-2"))
+        .await
+        .expect("append succeeds");
+    assert_eq!((first.position, second.position), (1, 2));
+    assert!(!first.duplicate && !second.duplicate);
+
+    let again = store
+        .append(&stream, with_id("retry of first", "order-1"))
+        .await
+        .expect("a duplicate append succeeds");
+    assert_eq!(
+        again,
+        Appended {
+            epoch: first.epoch,
+            position: 1,
+            duplicate: true
+        },
+        "a retained publisher id answers the first position"
+    );
+
+    let batch = store
+        .append_many(
+            &stream,
+            vec![
+                with_id("third", "order-3"),
+                with_id("third again", "order-3"),
+                with_id("second again", "order-2"),
+                NewEvent::new("no id"),
+                NewEvent::new("no id"),
+            ],
+        )
+        .await
+        .expect("append_many succeeds");
+    let summary: Vec<(Position, bool)> = batch.iter().map(|a| (a.position, a.duplicate)).collect();
+    assert_eq!(
+        summary,
+        [(3, false), (3, true), (2, true), (4, false), (5, false)],
+        "append_many deduplicates against the stream and within the batch"
+    );
+
+    let page = read(&store, &stream, 0, 100).await;
+    assert_eq!(page.head, 5, "duplicates append nothing");
+    let data: Vec<(&str, Option<&str>)> = page
+        .events
+        .iter()
+        .map(|e| (&*e.data, e.id.as_deref()))
+        .collect();
+    assert_eq!(
+        data,
+        [
+            ("first", Some("order-1")),
+            ("second", Some("order-2")),
+            ("third", Some("order-3")),
+            ("no id", None),
+            ("no id", None),
+        ],
+        "the first event with an id is kept, unchanged"
+    );
+}
+
+/// Every live feed announces every append made after it was created, once, in position
+/// order, with the store's epoch, and with the stored event when it carries one.
+pub async fn buffer_live_feed_delivers_every_append<B: EventBuffer>(store: B) {
+    let stream = unique_stream("feed");
+    let mut feeds = [store.live_feed(), store.live_feed()];
+    let first = store
+        .append(&stream, NewEvent::new("0"))
+        .await
+        .expect("append succeeds");
+    for i in 1..10 {
+        store
+            .append(&stream, NewEvent::new(i.to_string()))
+            .await
+            .expect("append succeeds");
+    }
+    let batch = (10..20).map(|i| NewEvent::new(i.to_string())).collect();
+    store
+        .append_many(&stream, batch)
+        .await
+        .expect("append_many succeeds");
+    for feed in &mut feeds {
+        follow_feed(&store, feed, &stream, first.epoch, 20).await;
+    }
+}
+
+/// Appends from several tasks at once get distinct, gap-free positions; what `read` returns
+/// matches what each append answered; and the live feed announces them in position order.
+pub async fn buffer_concurrent_appends_are_gap_free<B: EventBuffer>(store: B) {
+    const TASKS: usize = 4;
+    const PER_TASK: usize = 50;
+    let store = Arc::new(store);
+    let stream = unique_stream("concurrent");
+    let mut feed = store.live_feed();
+
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        let stream = stream.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < PER_TASK {
+                let data = |i: usize| format!("{t}/{i}");
+                if i % 5 == 0 {
+                    // Mix batches in: they must not interleave badly with single appends.
+                    let batch = vec![NewEvent::new(data(i)), NewEvent::new(data(i + 1))];
+                    let appended = store
+                        .append_many(&stream, batch)
+                        .await
+                        .expect("append_many succeeds");
+                    out.extend([data(i), data(i + 1)].into_iter().zip(appended));
+                    i += 2;
+                } else {
+                    let appended = store
+                        .append(&stream, NewEvent::new(data(i)))
+                        .await
+                        .expect("append succeeds");
+                    out.push((data(i), appended));
+                    i += 1;
+                }
+            }
+            out
+        }));
+    }
+    let mut appended = Vec::new();
+    for task in tasks {
+        appended.extend(task.await.expect("an append task completes"));
+    }
+    let total = (TASKS * PER_TASK) as Position;
+    let epoch = appended[0].1.epoch;
+    let mut positions: Vec<Position> = appended
+        .iter()
+        .map(|(_, a)| {
+            assert_eq!(a.epoch, epoch, "one epoch for all appends");
+            assert!(!a.duplicate);
+            a.position
+        })
+        .collect();
+    positions.sort_unstable();
+    assert_eq!(
+        positions,
+        (1..=total).collect::<Vec<_>>(),
+        "concurrent appends get distinct, gap-free positions"
+    );
+
+    let events = read_all(&*store, &stream, 0).await;
+    assert_eq!(events.len() as Position, total);
+    for (data, a) in &appended {
+        let event = &events[(a.position - 1) as usize];
+        assert_eq!(&*event.data, data, "position {} holds another event", a.position);
+    }
+    follow_feed(&*store, &mut feed, &stream, epoch, total).await;
+}
+
+/// Data round-trips exactly, whatever it holds: CR, LF and CRLF, text that looks like SSE
+/// fields, empty data, non-ASCII text and a large payload. Event names and publisher ids
+/// round-trip too, and the event carries a plausible append time.
+pub async fn buffer_data_round_trips_exactly<B: EventBuffer>(store: B) {
+    let stream = unique_stream("data");
+    let large: String = "0123456789abcdef\u{e9}\u{1f30d}\r\n"
+        .chars()
+        .cycle()
+        .take(64 * 1024)
+        .collect();
+    let payloads = [
+        "",
+        "plain",
+        "a\nb",
+        "a\r\nb",
+        "a\rb",
+        "\n",
+        "\r\n\r\n",
+        "trailing\n",
+        " leading space",
+        "data: fake\n\nevent: x\nid: 9",
+        ": comment",
+        "\u{e9}t\u{e9} \u{1f30d} \u{4e2d}\u{6587} \u{202e}rtl",
+        "{\"json\": [1, 2, \"\\n\"]}",
+        "tab\tand\u{b}vertical",
+        large.as_str(),
+    ];
+    let before = unix_ms(SystemTime::now());
+    for (i, data) in payloads.iter().enumerate() {
+        let event = NewEvent::new(*data)
+            .with_event(format!("type:{i}"))
+            .expect("a valid event name")
+            .with_id(format!("id \u{e9} {i}"))
+            .expect("a valid publisher id");
+        store.append(&stream, event).await.expect("append succeeds");
+    }
+    store
+        .append(&stream, NewEvent::new("unnamed"))
+        .await
+        .expect("append succeeds");
+    let after = unix_ms(SystemTime::now());
+
+    let events = read_all(&store, &stream, 0).await;
+    assert_eq!(events.len(), payloads.len() + 1);
+    for (i, data) in payloads.iter().enumerate() {
+        let event = &events[i];
+        assert!(*event.data == **data, "data {i} did not round-trip");
+        assert_eq!(event.event.as_deref(), Some(format!("type:{i}").as_str()));
+        assert_eq!(event.id.as_deref(), Some(format!("id \u{e9} {i}").as_str()));
+    }
+    let unnamed = &events[payloads.len()];
+    assert_eq!((unnamed.event.as_deref(), unnamed.id.as_deref()), (None, None));
+    for event in &events {
+        // The store may stamp with its own clock: allow for some skew.
+        assert!(
+            event.time_ms + 60_000 >= before && event.time_ms <= after + 60_000,
+            "event {} has an implausible time {}",
+            event.position,
+            event.time_ms
+        );
+    }
+}
+
+/// Streams are independent: each has its own positions from 1, reads return only its own
+/// events, and every valid name works, including reserved `@` names and 128-byte names.
+pub async fn buffer_streams_are_independent<B: EventBuffer>(store: B) {
+    let a = unique_stream("indep-a");
+    let b = unique_stream("@session:indep-b/x.y_z");
+    let long = StreamName::new(format!(
+        "{}-{}",
+        unique_stream("long").as_str(),
+        "x".repeat(128)
+    )[..crate::MAX_STREAM_NAME_LEN]
+        .to_owned())
+    .expect("a valid 128-byte name");
+    for (stream, data) in [(&a, "a1"), (&b, "b1"), (&a, "a2"), (&long, "l1"), (&b, "b2"), (&a, "a3")] {
+        store
+            .append(stream, NewEvent::new(data))
+            .await
+            .expect("append succeeds");
+    }
+    for (stream, expected) in [
+        (&a, vec!["a1", "a2", "a3"]),
+        (&b, vec!["b1", "b2"]),
+        (&long, vec!["l1"]),
+    ] {
+        let page = read(&store, stream, 0, 100).await;
+        assert_eq!(page.head, expected.len() as Position, "{stream} has its own head");
+        let data: Vec<&str> = page.events.iter().map(|e| &*e.data).collect();
+        assert_eq!(data, expected, "{stream} holds only its own events");
+    }
+}
+
+/// Timestamps may be rounded by a store (to milliseconds, or even to seconds).
+fn assert_close(what: &str, got: SystemTime, expected: SystemTime) {
+    let diff = got
+        .duration_since(expected)
+        .or_else(|_| expected.duration_since(got))
+        .unwrap_or_default();
+    assert!(
+        diff <= Duration::from_secs(1),
+        "{what}: got {got:?}, expected about {expected:?}"
+    );
+}
+
+fn assert_same_record(got: &SessionRecord, expected: &SessionRecord) {
+    assert_eq!(got.id, expected.id);
+    assert_eq!(got.principal, expected.principal);
+    assert_eq!(got.cursor, expected.cursor);
+    assert_close("created_at", got.created_at, expected.created_at);
+    assert_close("expires_at", got.expires_at, expected.expires_at);
+}
+
+async fn load<S: SessionStore + ?Sized>(store: &S, id: &SessionId) -> Option<SessionRecord> {
+    store.load(id).await.expect("load succeeds")
+}
+
+/// A created session loads back as it was stored (with and without a principal).
+pub async fn session_create_load_roundtrip<S: SessionStore>(store: S) {
+    for principal in [None, Some("alice@example.com".to_owned()), Some("\u{e9}\u{1f30d}".to_owned())] {
+        let record = SessionRecord::new(principal, Duration::from_secs(60));
+        store.create(&record).await.expect("create succeeds");
+        let loaded = load(&store, &record.id)
+            .await
+            .expect("a created session loads");
+        assert_same_record(&loaded, &record);
+    }
+}
+
+/// Unknown sessions: `load` answers `None`, `touch` and `record_cursor` answer `false` (and
+/// create nothing), `delete` succeeds.
+pub async fn session_unknown_is_absent<S: SessionStore>(store: S) {
+    let id = SessionId::random();
+    let later = SystemTime::now() + Duration::from_secs(60);
+    assert_eq!(load(&store, &id).await, None);
+    assert!(!store.touch(&id, later).await.expect("touch succeeds"));
+    assert!(
+        !store
+            .record_cursor(&id, "AQ", later)
+            .await
+            .expect("record_cursor succeeds")
+    );
+    assert_eq!(load(&store, &id).await, None, "touching an unknown session creates nothing");
+    store.delete(&id).await.expect("deleting an unknown session succeeds");
+}
+
+/// `touch` moves the expiry of a live session and answers `true`, leaving the rest alone.
+pub async fn session_touch_extends<S: SessionStore>(store: S) {
+    let record = SessionRecord::new(Some("bob".into()), Duration::from_secs(30));
+    store.create(&record).await.expect("create succeeds");
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    assert!(store.touch(&record.id, later).await.expect("touch succeeds"));
+    let loaded = load(&store, &record.id).await.expect("a touched session loads");
+    assert_same_record(
+        &loaded,
+        &SessionRecord {
+            expires_at: later,
+            ..record
+        },
+    );
+}
+
+/// `record_cursor` stores the cursor, moves the expiry and answers `true`; a later call
+/// replaces the cursor.
+pub async fn session_record_cursor<S: SessionStore>(store: S) {
+    let record = SessionRecord::new(None, Duration::from_secs(30));
+    store.create(&record).await.expect("create succeeds");
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    assert!(
+        store
+            .record_cursor(&record.id, "AQAAAAACAAAAAAAAAAcq", later)
+            .await
+            .expect("record_cursor succeeds")
+    );
+    let loaded = load(&store, &record.id).await.expect("the session loads");
+    assert_same_record(
+        &loaded,
+        &SessionRecord {
+            expires_at: later,
+            cursor: Some("AQAAAAACAAAAAAAAAAcq".into()),
+            ..record.clone()
+        },
+    );
+
+    let even_later = later + Duration::from_secs(60);
+    assert!(
+        store
+            .record_cursor(&record.id, "AQ-_", even_later)
+            .await
+            .expect("record_cursor succeeds")
+    );
+    let loaded = load(&store, &record.id).await.expect("the session loads");
+    assert_eq!(loaded.cursor.as_deref(), Some("AQ-_"), "the cursor is replaced");
+    assert_close("expires_at", loaded.expires_at, even_later);
+}
+
+/// A deleted session is gone: `load` answers `None`, `touch` and `record_cursor` `false`;
+/// deleting it again succeeds. Other sessions are untouched.
+pub async fn session_delete<S: SessionStore>(store: S) {
+    let record = SessionRecord::new(None, Duration::from_secs(60));
+    let other = SessionRecord::new(None, Duration::from_secs(60));
+    store.create(&record).await.expect("create succeeds");
+    store.create(&other).await.expect("create succeeds");
+    store.delete(&record.id).await.expect("delete succeeds");
+    assert_eq!(load(&store, &record.id).await, None);
+    let later = SystemTime::now() + Duration::from_secs(60);
+    assert!(!store.touch(&record.id, later).await.expect("touch succeeds"));
+    assert!(
+        !store
+            .record_cursor(&record.id, "AQ", later)
+            .await
+            .expect("record_cursor succeeds")
+    );
+    store.delete(&record.id).await.expect("deleting twice succeeds");
+    assert!(load(&store, &other.id).await.is_some(), "delete forgets one session only");
+}
+
+/// A session past its expiry is absent, swept or not: `load` answers `None` (within
+/// [`DEADLINE`] of a 300 ms TTL), and neither `touch` nor `record_cursor` brings it back.
+pub async fn session_expired_is_absent<S: SessionStore>(store: S) {
+    let record = SessionRecord::new(None, Duration::from_millis(300));
+    store.create(&record).await.expect("create succeeds");
+    eventually("a session past its expiry loads as None", async || {
+        load(&store, &record.id).await.is_none().then_some(())
+    })
+    .await;
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    assert!(
+        !store.touch(&record.id, later).await.expect("touch succeeds"),
+        "touch does not revive an expired session"
+    );
+    assert!(
+        !store
+            .record_cursor(&record.id, "AQ", later)
+            .await
+            .expect("record_cursor succeeds"),
+        "record_cursor does not revive an expired session"
+    );
+    assert_eq!(load(&store, &record.id).await, None);
+}
+
+/// Runs the whole conformance suite, [`event_buffer_tests!`](crate::event_buffer_tests) and
+/// [`session_store_tests!`](crate::session_store_tests), against a store implementing both
+/// traits.
+///
+/// `$setup` is an async function or a closure returning a future, called with the
+/// [`Retention`](crate::Retention) each test needs and returning a fresh store (it may share
+/// a backend with other tests). Expands to one `#[test]` per function of
+/// [`testing`](crate::testing); see the [module docs](crate::testing) for an example.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($setup:expr) => {
+        $crate::event_buffer_tests!($setup);
+        $crate::session_store_tests!($setup);
+    };
+}
+
+/// The [`EventBuffer`](crate::EventBuffer) half of
+/// [`conformance_tests!`](crate::conformance_tests), for a store implementing only that
+/// trait. `$setup` is called with the [`Retention`](crate::Retention) each test needs.
+#[macro_export]
+macro_rules! event_buffer_tests {
+    ($setup:expr) => {
+        $crate::__conformance_test!($setup, buffer_positions_start_at_one_and_are_gap_free, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, buffer_append_many_appends_in_order, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, buffer_read_returns_events_after_position, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, buffer_missing_stream_reads_empty, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, buffer_retention_by_count, COUNT_RETENTION);
+        $crate::__conformance_test!($setup, buffer_retention_by_age, AGE_RETENTION);
+        $crate::__conformance_test!($setup, buffer_idempotent_publisher_id, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, buffer_live_feed_delivers_every_append, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, buffer_concurrent_appends_are_gap_free, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, buffer_data_round_trips_exactly, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, buffer_streams_are_independent, DEFAULT_RETENTION);
+    };
+}
+
+/// The [`SessionStore`](crate::SessionStore) half of
+/// [`conformance_tests!`](crate::conformance_tests), for a store implementing only that
+/// trait. `$setup` is called with [`Retention::default`](crate::Retention::default).
+#[macro_export]
+macro_rules! session_store_tests {
+    ($setup:expr) => {
+        $crate::__conformance_test!($setup, session_create_load_roundtrip, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, session_unknown_is_absent, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, session_touch_extends, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, session_record_cursor, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, session_delete, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, session_expired_is_absent, DEFAULT_RETENTION);
+    };
+}
+
+/// One conformance test: a `#[test]` running `testing::$name` on a store from `$setup`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_test {
+    ($setup:expr, $name:ident, $retention:ident) => {
+        #[test]
+        fn $name() {
+            $crate::testing::run(async {
+                let store = ($setup)($crate::testing::$retention).await;
+                $crate::testing::$name(store).await;
+            });
+        }
+    };
+}

@@ -1,0 +1,862 @@
+//! The protocol engine, end to end without HTTP: a [`Hub`] over the memory store, its
+//! connections read as a client would, through the one SSE parser.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use sse_core::codec::{Item, ParsedEvent, Parser};
+use sse_core::{
+    Config, ConnectRequest, Connection, Cursor, Error, EventBuffer, Hub, NewEvent, ResetPolicy,
+    SessionStatus, SessionStore, StreamName, TokenClaims, TokenKeys,
+};
+use sse_store_memory::{MemoryConfig, MemoryStore};
+use tokio::time::{Instant, timeout};
+
+/// Longest wait for anything a test expects; reaching it fails the test.
+const WAIT: Duration = Duration::from_secs(10);
+
+fn stream(name: &str) -> StreamName {
+    StreamName::new(name).expect("a valid stream name")
+}
+
+fn hub_over(store: &MemoryStore, config: Config) -> Hub {
+    let store = Arc::new(store.clone());
+    Hub::builder(store.clone(), store).config(config).build()
+}
+
+fn new_hub() -> (MemoryStore, Hub) {
+    let store = MemoryStore::default();
+    let hub = hub_over(&store, Config::default());
+    (store, hub)
+}
+
+async fn publish(hub: &Hub, stream: &StreamName, data: &str) -> sse_core::Appended {
+    hub.publish(stream, NewEvent::new(data))
+        .await
+        .expect("publish succeeds")
+}
+
+/// A client reading a connection: parses chunks with the one parser and waits at most
+/// [`WAIT`] for each item.
+struct Client {
+    connection: Connection,
+    parser: Parser,
+    items: VecDeque<Item>,
+    ended: bool,
+}
+
+impl Client {
+    async fn connect(hub: &Hub, request: ConnectRequest) -> Client {
+        let connection = hub.connect(request).await.expect("connect succeeds");
+        Client {
+            connection,
+            parser: Parser::new(),
+            items: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// The next parsed item (event, retry hint or comment); `None` once the connection ended.
+    async fn item(&mut self) -> Option<Item> {
+        loop {
+            if let Some(item) = self.items.pop_front() {
+                return Some(item);
+            }
+            if self.ended {
+                return None;
+            }
+            match timeout(WAIT, self.connection.next()).await {
+                Err(_) => panic!("nothing arrived within {WAIT:?}"),
+                Ok(None) => self.ended = true,
+                Ok(Some(chunk)) => self.items.extend(self.parser.feed(&chunk)),
+            }
+        }
+    }
+
+    /// The next event, skipping retry hints and comments.
+    async fn event(&mut self) -> ParsedEvent {
+        loop {
+            match self.item().await {
+                Some(Item::Event(event)) => return event,
+                Some(_) => {}
+                None => panic!("the connection ended while an event was expected"),
+            }
+        }
+    }
+
+    /// The data of the next `n` events.
+    async fn data(&mut self, n: usize) -> Vec<String> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.event().await.data);
+        }
+        out
+    }
+
+    /// The `connected` event (which must come first) and its JSON data.
+    async fn connected(&mut self) -> (ParsedEvent, Value) {
+        let event = self.event().await;
+        assert_eq!(event.event, "connected", "the first event is `connected`");
+        assert!(!event.last_event_id.is_empty(), "`connected` carries an id");
+        let info = serde_json::from_str(&event.data).expect("`connected` data is JSON");
+        (event, info)
+    }
+
+    /// The next event, which must be a `reset`, and its JSON data.
+    async fn reset(&mut self) -> Value {
+        let event = self.event().await;
+        assert_eq!(event.event, "reset", "a `reset` event was expected, got {event:?}");
+        serde_json::from_str(&event.data).expect("`reset` data is JSON")
+    }
+
+    /// What a browser would send back as `Last-Event-ID`.
+    fn last_event_id(&self) -> String {
+        self.parser.last_event_id().to_owned()
+    }
+}
+
+fn info(resumed: bool, replay: u64, reset: bool) -> (Value, Value, Value) {
+    (json!(resumed), json!(replay), json!(reset))
+}
+
+fn info_of(value: &Value) -> (Value, Value, Value) {
+    (
+        value["resumed"].clone(),
+        value["replay"].clone(),
+        value["reset"].clone(),
+    )
+}
+
+#[tokio::test]
+async fn resume_after_k_events_replays_exactly_those_then_live() {
+    let (_store, hub) = new_hub();
+    let news = stream("news");
+    publish(&hub, &news, "before").await;
+
+    let mut client = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
+    let (_, data) = client.connected().await;
+    assert_eq!(info_of(&data), info(false, 0, false), "{data}");
+    hub.publish(&news, NewEvent::new("one").with_event("tick").expect("valid name"))
+        .await
+        .expect("publish succeeds");
+    let one = client.event().await;
+    assert_eq!((one.event.as_str(), one.data.as_str()), ("tick", "one"));
+    let id = client.last_event_id();
+    drop(client);
+
+    for k in 0..5 {
+        publish(&hub, &news, &format!("k{k}")).await;
+    }
+    let request = ConnectRequest::new(vec![news.clone()]).last_event_id(Some(id.clone()));
+    let mut client = Client::connect(&hub, request).await;
+    let (connected, data) = client.connected().await;
+    assert_eq!(info_of(&data), info(true, 5, false), "{data}");
+    assert_eq!(
+        connected.last_event_id, id,
+        "`connected` carries the cursor the client resumed from"
+    );
+    let mut ids = vec![id];
+    for k in 0..5 {
+        let event = client.event().await;
+        assert_eq!(event.data, format!("k{k}"));
+        assert_eq!(event.event, "message", "unnamed events arrive as `message`");
+        assert!(!ids.contains(&event.last_event_id), "every event has a new id");
+        ids.push(event.last_event_id);
+    }
+    publish(&hub, &news, "live").await;
+    assert_eq!(client.data(1).await, ["live"]);
+}
+
+#[tokio::test]
+async fn connected_id_resumes_without_loss() {
+    let (_store, hub) = new_hub();
+    let (alpha, beta) = (stream("alpha"), stream("beta"));
+    for data in ["a1", "a2", "a3"] {
+        publish(&hub, &alpha, data).await;
+    }
+    // `beta` does not exist yet: its cursor entry has no epoch.
+    let request = ConnectRequest::new(vec![beta.clone(), alpha.clone()]);
+    let mut client = Client::connect(&hub, request).await;
+    let (connected, _) = client.connected().await;
+    drop(client);
+
+    publish(&hub, &alpha, "a4").await;
+    publish(&hub, &beta, "b1").await;
+    publish(&hub, &beta, "b2").await;
+    let request = ConnectRequest::new(vec![alpha.clone(), beta.clone()])
+        .last_event_id(Some(connected.last_event_id));
+    let mut client = Client::connect(&hub, request).await;
+    let (_, data) = client.connected().await;
+    assert_eq!(info_of(&data), info(true, 3, false), "{data}");
+    let mut got = client.data(3).await;
+    got.sort();
+    assert_eq!(got, ["a4", "b1", "b2"], "exactly what was published while away");
+    publish(&hub, &beta, "b3").await;
+    assert_eq!(client.data(1).await, ["b3"]);
+}
+
+#[tokio::test]
+async fn each_event_id_resumes_right_after_that_event() {
+    let (_store, hub) = new_hub();
+    let news = stream("news");
+    let mut client = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
+    client.connected().await;
+    for i in 0..5 {
+        publish(&hub, &news, &i.to_string()).await;
+    }
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(client.event().await.last_event_id);
+    }
+    drop(client);
+    for (i, id) in ids.into_iter().enumerate() {
+        let request = ConnectRequest::new(vec![news.clone()]).last_event_id(Some(id));
+        let mut client = Client::connect(&hub, request).await;
+        let (_, data) = client.connected().await;
+        assert_eq!(info_of(&data), info(true, 4 - i as u64, false), "{data}");
+        let expected: Vec<String> = (i + 1..5).map(|j| j.to_string()).collect();
+        assert_eq!(client.data(expected.len()).await, expected);
+    }
+}
+
+#[tokio::test]
+async fn event_data_reaches_the_client_exactly() {
+    let (_store, hub) = new_hub();
+    let news = stream("news");
+    let mut client = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
+    client.connected().await;
+    let payloads = ["a\r\nb\rc\nd", "", "data: x\n\nevent: y", "\u{e9}\u{1f30d}", "{\"k\":1}"];
+    for data in payloads {
+        let event = NewEvent::new(data).with_event("t:1").expect("valid name");
+        hub.publish(&news, event).await.expect("publish succeeds");
+    }
+    for data in payloads {
+        let event = client.event().await;
+        // The wire has no CR or CRLF inside data: clients reassemble lines with LF.
+        assert_eq!(event.data, data.replace("\r\n", "\n").replace('\r', "\n"));
+        assert_eq!(event.event, "t:1");
+    }
+}
+
+#[tokio::test]
+async fn reset_when_the_cursor_is_behind_retention() {
+    let store = MemoryStore::new(MemoryConfig::default().with_max_len(3));
+    let hub = hub_over(&store, Config::default());
+    let news = stream("news");
+    let mut client = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
+    client.connected().await;
+    publish(&hub, &news, "e1").await;
+    assert_eq!(client.data(1).await, ["e1"]);
+    let id = client.last_event_id();
+    drop(client);
+
+    for i in 2..=11 {
+        publish(&hub, &news, &format!("e{i}")).await;
+    }
+    let request = ConnectRequest::new(vec![news.clone()]).last_event_id(Some(id));
+    let mut client = Client::connect(&hub, request).await;
+    let (_, data) = client.connected().await;
+    assert_eq!(info_of(&data), info(true, 3, true), "{data}");
+    assert_eq!(
+        client.reset().await,
+        json!({"reason": "retention", "streams": ["news"]})
+    );
+    assert_eq!(client.data(3).await, ["e9", "e10", "e11"], "every retained event follows");
+    publish(&hub, &news, "e12").await;
+    assert_eq!(client.data(1).await, ["e12"]);
+}
+
+#[tokio::test]
+async fn reset_for_ids_that_are_not_cursors_for_the_streams() {
+    let (_store, hub) = new_hub();
+    let news = stream("news");
+    let mut appended = None;
+    for data in ["1", "2", "3"] {
+        appended = Some(publish(&hub, &news, data).await);
+    }
+    let epoch = appended.expect("published").epoch;
+
+    let mut client = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
+    let (connected, _) = client.connected().await;
+    drop(client);
+    let mut raw = URL_SAFE_NO_PAD
+        .decode(&connected.last_event_id)
+        .expect("a cursor is base64");
+    raw[0] = 2;
+    let wrong_version = URL_SAFE_NO_PAD.encode(&raw);
+    let other_streams = Cursor::new(vec![(Some(epoch), 3)]).encode(&[stream("other")]);
+    let two_streams = Cursor::new(vec![(Some(epoch), 3), (None, 0)])
+        .encode(&[news.clone(), stream("other")]);
+    let from_the_future = Cursor::new(vec![(Some(epoch), 99)]).encode(std::slice::from_ref(&news));
+
+    for bad in [
+        "garbage!!".to_owned(),
+        "A".repeat(4096),
+        "AQ".to_owned(),
+        "\u{e9}\u{1f30d}".to_owned(),
+        " ".to_owned(),
+        wrong_version,
+        other_streams,
+        two_streams,
+        from_the_future,
+    ] {
+        let request = ConnectRequest::new(vec![news.clone()]).last_event_id(Some(bad.clone()));
+        let mut client = Client::connect(&hub, request).await;
+        let (_, data) = client.connected().await;
+        assert_eq!((&data["replay"], &data["reset"]), (&json!(3), &json!(true)), "{bad:.40}: {data}");
+        assert_eq!(
+            client.reset().await,
+            json!({"reason": "invalid_id", "streams": ["news"]}),
+            "{bad:.40}"
+        );
+        assert_eq!(client.data(3).await, ["1", "2", "3"], "{bad:.40}");
+    }
+
+    // An empty Last-Event-ID is no Last-Event-ID: a fresh start, no reset.
+    let request = ConnectRequest::new(vec![news.clone()]).last_event_id(Some(String::new()));
+    let mut client = Client::connect(&hub, request).await;
+    let (_, data) = client.connected().await;
+    assert_eq!(info_of(&data), info(false, 0, false), "{data}");
+}
+
+#[tokio::test]
+async fn reset_when_the_epoch_changed() {
+    let news = stream("news");
+    let (_old_store, old_hub) = new_hub();
+    let mut client = Client::connect(&old_hub, ConnectRequest::new(vec![news.clone()])).await;
+    client.connected().await;
+    publish(&old_hub, &news, "old").await;
+    assert_eq!(client.data(1).await, ["old"]);
+    let id = client.last_event_id();
+    drop(client);
+
+    // A restarted memory store: the same stream in a new epoch.
+    let (_store, hub) = new_hub();
+    publish(&hub, &news, "new 1").await;
+    publish(&hub, &news, "new 2").await;
+    let request = ConnectRequest::new(vec![news.clone()]).last_event_id(Some(id.clone()));
+    let mut client = Client::connect(&hub, request).await;
+    let (_, data) = client.connected().await;
+    assert_eq!(info_of(&data), info(true, 2, true), "{data}");
+    assert_eq!(
+        client.reset().await,
+        json!({"reason": "epoch_changed", "streams": ["news"]})
+    );
+    assert_eq!(client.data(2).await, ["new 1", "new 2"], "the whole new epoch follows");
+
+    // Restarted and nothing appended yet: a reset, then live events.
+    let (_store, hub) = new_hub();
+    let request = ConnectRequest::new(vec![news.clone()]).last_event_id(Some(id));
+    let mut client = Client::connect(&hub, request).await;
+    let (_, data) = client.connected().await;
+    assert_eq!(info_of(&data), info(true, 0, true), "{data}");
+    assert_eq!(client.reset().await["reason"], "epoch_changed");
+    publish(&hub, &news, "first").await;
+    assert_eq!(client.data(1).await, ["first"]);
+}
+
+#[tokio::test]
+async fn reset_when_the_epoch_changes_while_connected() {
+    let store = MemoryStore::new(
+        MemoryConfig::default()
+            .with_max_age(Duration::from_millis(100))
+            .with_sweep_interval(Duration::from_secs(3600)),
+    );
+    let hub = hub_over(&store, Config::default());
+    let news = stream("news");
+    let mut client = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
+    client.connected().await;
+    let old = publish(&hub, &news, "old").await;
+    assert_eq!(client.data(1).await, ["old"]);
+
+    // The event expires and the sweeper drops the emptied log: the stream's next append
+    // starts a new epoch.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        store.sweep();
+        let page = store.read(&news, 0, 10).await.expect("read succeeds");
+        if page.epoch.is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the event never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new = publish(&hub, &news, "new").await;
+    assert_ne!(new.epoch, old.epoch, "the dropped log came back in a new epoch");
+    assert_eq!(new.position, 1);
+
+    assert_eq!(
+        client.reset().await,
+        json!({"reason": "epoch_changed", "streams": ["news"]})
+    );
+    assert_eq!(client.data(1).await, ["new"]);
+}
+
+#[tokio::test]
+async fn reset_when_the_session_expired() {
+    let (store, hub) = new_hub();
+    let news = stream("news");
+    let first = hub.resolve_session(None, None).await.expect("a new session");
+    assert_eq!(first.status, SessionStatus::New);
+    let request = ConnectRequest::new(vec![news.clone()]).session(first.context());
+    let mut client = Client::connect(&hub, request).await;
+    client.connected().await;
+    publish(&hub, &news, "seen").await;
+    assert_eq!(client.data(1).await, ["seen"]);
+    let id = client.last_event_id();
+    drop(client);
+
+    publish(&hub, &news, "missed 1").await;
+    publish(&hub, &news, "missed 2").await;
+    // The store forgets the session, as it does once its TTL has passed.
+    store.delete(&first.record.id).await.expect("delete succeeds");
+
+    let second = hub
+        .resolve_session(Some(&first.token), None)
+        .await
+        .expect("a replacement session");
+    assert_eq!(second.status, SessionStatus::Expired);
+    assert_ne!(second.record.id, first.record.id);
+    let request = ConnectRequest::new(vec![news.clone()])
+        .session(second.context())
+        .last_event_id(Some(id));
+    let mut client = Client::connect(&hub, request).await;
+    let (_, data) = client.connected().await;
+    assert_eq!(data["session"], json!(second.record.id.to_string()));
+    assert_eq!(data["reset"], json!(true), "{data}");
+    let reset = client.reset().await;
+    assert_eq!(reset["reason"], "session_expired");
+    let private = second.record.id.stream();
+    assert_eq!(reset["streams"], json!([private.as_str(), "news"]));
+    assert_eq!(
+        client.data(3).await,
+        ["seen", "missed 1", "missed 2"],
+        "every retained event follows the reset"
+    );
+}
+
+#[tokio::test]
+async fn skip_to_head_policy_continues_live_after_the_reset() {
+    let store = MemoryStore::new(MemoryConfig::default().with_max_len(2));
+    let hub = hub_over(
+        &store,
+        Config::default().with_reset_policy(ResetPolicy::SkipToHead),
+    );
+    let news = stream("news");
+    let mut client = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
+    client.connected().await;
+    publish(&hub, &news, "1").await;
+    assert_eq!(client.data(1).await, ["1"]);
+    let id = client.last_event_id();
+    drop(client);
+    for data in ["2", "3", "4"] {
+        publish(&hub, &news, data).await;
+    }
+
+    for (last_event_id, reason) in [(id, "retention"), ("garbage".to_owned(), "invalid_id")] {
+        let request = ConnectRequest::new(vec![news.clone()]).last_event_id(Some(last_event_id));
+        let mut client = Client::connect(&hub, request).await;
+        let (_, data) = client.connected().await;
+        assert_eq!((&data["replay"], &data["reset"]), (&json!(0), &json!(true)), "{data}");
+        assert_eq!(client.reset().await["reason"], reason);
+        let live = format!("live after {reason}");
+        publish(&hub, &news, &live).await;
+        assert_eq!(client.data(1).await, [live], "nothing retained is replayed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_while_clients_connect_loses_and_duplicates_nothing() {
+    const EVENTS: usize = 400;
+    const CLIENTS: usize = 6;
+    let (_store, hub) = new_hub();
+    let news = stream("news");
+    // A cursor from before the stream existed: resuming from it must yield every event.
+    let mut client = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
+    let (connected, _) = client.connected().await;
+    let from_start = connected.last_event_id;
+    drop(client);
+
+    let (progress, watch) = tokio::sync::watch::channel(0usize);
+    let publisher = {
+        let hub = hub.clone();
+        let news = news.clone();
+        tokio::spawn(async move {
+            for i in 0..EVENTS {
+                publish(&hub, &news, &i.to_string()).await;
+                progress.send_replace(i + 1);
+                if i % 7 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let (connected_tx, mut connected_rx) = tokio::sync::mpsc::channel(CLIENTS);
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let hub = hub.clone();
+        let news = news.clone();
+        let from_start = from_start.clone();
+        let mut watch = watch.clone();
+        let connected_tx = connected_tx.clone();
+        clients.push(tokio::spawn(async move {
+            // Connect at staggered points of the publishing run, half of the clients
+            // resuming from the start, half starting fresh.
+            let at = c * EVENTS / CLIENTS;
+            watch.wait_for(|n| *n >= at).await.expect("the publisher runs");
+            let resume = c % 2 == 0;
+            let mut request = ConnectRequest::new(vec![news]);
+            if resume {
+                request = request.last_event_id(Some(from_start));
+            }
+            let mut client = Client::connect(&hub, request).await;
+            client.connected().await;
+            connected_tx.send(()).await.expect("the test waits");
+            let mut got = Vec::new();
+            loop {
+                let data = client.event().await.data;
+                if data == "sentinel" {
+                    break;
+                }
+                got.push(data.parse::<usize>().expect("a number"));
+            }
+            let first = if resume {
+                0
+            } else {
+                got.first().copied().unwrap_or(EVENTS)
+            };
+            assert_eq!(
+                got,
+                (first..EVENTS).collect::<Vec<_>>(),
+                "client {c} (resume: {resume}) lost, duplicated or reordered events"
+            );
+        }));
+    }
+    publisher.await.expect("the publisher completes");
+    for _ in 0..CLIENTS {
+        connected_rx.recv().await.expect("every client connects");
+    }
+    publish(&hub, &news, "sentinel").await;
+    for client in clients {
+        client.await.expect("a client saw every event once, in order");
+    }
+}
+
+#[tokio::test]
+async fn slow_reader_behind_the_hot_window_gets_everything_in_pages() {
+    let store = MemoryStore::default();
+    let hub = hub_over(&store, Config::default().with_hot_window(4).with_page_size(3));
+    let news = stream("news");
+    let mut client = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
+    client.connected().await;
+    // The client reads nothing while 50 events are published: it falls behind the window.
+    for i in 0..50 {
+        publish(&hub, &news, &i.to_string()).await;
+    }
+    let expected: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+    assert_eq!(client.data(50).await, expected);
+    publish(&hub, &news, "live").await;
+    assert_eq!(client.data(1).await, ["live"]);
+    assert!(hub.window_events() <= 4, "the hot window stays bounded");
+}
+
+#[tokio::test]
+async fn a_connection_reads_two_streams() {
+    let (_store, hub) = new_hub();
+    let (a, b) = (stream("a"), stream("b"));
+    let mut client = Client::connect(&hub, ConnectRequest::new(vec![a.clone(), b.clone()])).await;
+    client.connected().await;
+    for (s, data) in [(&a, "a1"), (&b, "b1"), (&a, "a2"), (&b, "b2"), (&a, "a3")] {
+        publish(&hub, s, data).await;
+    }
+    let got = client.data(5).await;
+    let of = |prefix: &str| got.iter().filter(|d| d.starts_with(prefix)).cloned().collect::<Vec<_>>();
+    assert_eq!(of("a"), ["a1", "a2", "a3"]);
+    assert_eq!(of("b"), ["b1", "b2"]);
+    let id = client.last_event_id();
+    drop(client);
+
+    publish(&hub, &b, "b3").await;
+    publish(&hub, &a, "a4").await;
+    // The stream order of the request does not matter.
+    let request = ConnectRequest::new(vec![b.clone(), a.clone()]).last_event_id(Some(id.clone()));
+    let mut client = Client::connect(&hub, request).await;
+    let (_, data) = client.connected().await;
+    assert_eq!(info_of(&data), info(true, 2, false), "{data}");
+    let mut got = client.data(2).await;
+    got.sort();
+    assert_eq!(got, ["a4", "b3"]);
+
+    // The same id on one of the two streams is not a cursor for it.
+    let request = ConnectRequest::new(vec![a.clone()]).last_event_id(Some(id));
+    let mut client = Client::connect(&hub, request).await;
+    client.connected().await;
+    assert_eq!(client.reset().await["reason"], "invalid_id");
+}
+
+#[tokio::test]
+async fn another_sessions_private_stream_is_forbidden() {
+    let (_store, hub) = new_hub();
+    let mine = hub.resolve_session(None, None).await.expect("a session");
+    let theirs = hub.resolve_session(None, None).await.expect("a session");
+    let request = ConnectRequest::new(vec![theirs.record.id.stream()]).session(mine.context());
+    assert!(matches!(hub.connect(request).await, Err(Error::Forbidden(_))));
+    let request = ConnectRequest::new(vec![theirs.record.id.stream()]);
+    assert!(matches!(hub.connect(request).await, Err(Error::Forbidden(_))));
+    let request = ConnectRequest::new(vec![stream("@other")]).session(mine.context());
+    assert!(matches!(hub.connect(request).await, Err(Error::Forbidden(_))));
+
+    // Its own private stream, named explicitly, is fine.
+    let request = ConnectRequest::new(vec![mine.record.id.stream()]).session(mine.context());
+    let mut client = Client::connect(&hub, request).await;
+    client.connected().await;
+    // Nobody publishes into a private stream by name.
+    let err = hub
+        .publish(&theirs.record.id.stream(), NewEvent::new("x"))
+        .await
+        .expect_err("reserved streams are refused");
+    assert!(matches!(err, Error::InvalidStreamName(_)), "{err}");
+}
+
+#[tokio::test]
+async fn connect_refuses_bad_requests_and_publish_refuses_large_events() {
+    let store = MemoryStore::default();
+    let hub = hub_over(
+        &store,
+        Config::default().with_max_streams(2).with_max_event_bytes(10),
+    );
+    let err = hub.connect(ConnectRequest::new(vec![])).await.expect_err("no stream");
+    assert!(matches!(err, Error::InvalidStreamName(_)), "{err}");
+    let three = vec![stream("a"), stream("b"), stream("c")];
+    let err = hub.connect(ConnectRequest::new(three)).await.expect_err("too many");
+    assert!(matches!(err, Error::InvalidStreamName(_)), "{err}");
+    let err = hub
+        .publish(&stream("a"), NewEvent::new("x".repeat(11)))
+        .await
+        .expect_err("too large");
+    assert!(matches!(err, Error::TooLarge { size: 11, limit: 10 }), "{err}");
+}
+
+#[tokio::test]
+async fn send_to_session_while_away_arrives_on_reconnect() {
+    let (store, hub) = new_hub();
+    let news = stream("news");
+    let session = hub.resolve_session(None, None).await.expect("a session");
+    let request = ConnectRequest::new(vec![news.clone()]).session(session.context());
+    let mut client = Client::connect(&hub, request).await;
+    let (_, data) = client.connected().await;
+    assert_eq!(data["session"], json!(session.record.id.to_string()));
+    hub.send_to_session(&session.record.id, NewEvent::new("while here"))
+        .await
+        .expect("send succeeds");
+    assert_eq!(client.data(1).await, ["while here"]);
+    drop(client);
+
+    // The connection records its cursor in the session when it ends.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let record = store.load(&session.record.id).await.expect("load succeeds");
+        if record.and_then(|r| r.cursor).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cursor was never recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let event = NewEvent::new("while away").with_event("private").expect("valid name");
+    hub.send_to_session(&session.record.id, event)
+        .await
+        .expect("send succeeds");
+
+    // A page reload: the token comes back, no Last-Event-ID.
+    let again = hub
+        .resolve_session(Some(&session.token), None)
+        .await
+        .expect("the session resolves");
+    assert_eq!(again.status, SessionStatus::Resumed);
+    assert_eq!(again.record.id, session.record.id);
+    let request = ConnectRequest::new(vec![news.clone()]).session(again.context());
+    let mut client = Client::connect(&hub, request).await;
+    let (_, data) = client.connected().await;
+    assert_eq!(info_of(&data), info(true, 1, false), "{data}");
+    let event = client.event().await;
+    assert_eq!((event.event.as_str(), event.data.as_str()), ("private", "while away"));
+
+    let err = hub
+        .send_to_session(&sse_core::SessionId::random(), NewEvent::new("x"))
+        .await
+        .expect_err("unknown session");
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+}
+
+#[tokio::test]
+async fn untrusted_tokens_give_a_new_session() {
+    let keys = TokenKeys::new([b"a test key of at least thirty-two bytes".to_vec()]).expect("keys");
+    let store = MemoryStore::default();
+    let hub = {
+        let store = Arc::new(store.clone());
+        Hub::builder(store.clone(), store).keys(keys.clone()).build()
+    };
+    let alice = hub.resolve_session(None, Some("alice")).await.expect("a session");
+    assert_eq!(alice.status, SessionStatus::New);
+
+    let mut tampered = alice.token.clone().into_bytes();
+    tampered[5] = if tampered[5] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).expect("ASCII");
+    let other_hub = {
+        let store = Arc::new(store.clone());
+        Hub::builder(store.clone(), store).build()
+    };
+    let foreign = other_hub
+        .resolve_session(None, Some("alice"))
+        .await
+        .expect("a session")
+        .token;
+    let (payload, _) = alice.token.split_once('.').expect("a token has two parts");
+    let unsigned = format!("{payload}.");
+    for bad in ["", "garbage", "a.b", unsigned.as_str(), tampered.as_str(), foreign.as_str()] {
+        let resolved = hub
+            .resolve_session(Some(bad), Some("alice"))
+            .await
+            .expect("an untrusted token is not an error");
+        assert_eq!(resolved.status, SessionStatus::New, "{bad}");
+        assert_ne!(resolved.record.id, alice.record.id, "{bad}");
+    }
+
+    // A genuine token past its expiry: a new session, marked so cursors get a reset.
+    let expired = keys.sign(&TokenClaims {
+        session: alice.record.id,
+        expires_at: SystemTime::now() - Duration::from_secs(1),
+        principal: Some("alice".into()),
+    });
+    let resolved = hub
+        .resolve_session(Some(&expired), Some("alice"))
+        .await
+        .expect("an expired token is not an error");
+    assert_eq!(resolved.status, SessionStatus::Expired);
+    assert_ne!(resolved.record.id, alice.record.id);
+
+    // The genuine token resolves to the same session, for the same principal only.
+    let resolved = hub
+        .resolve_session(Some(&alice.token), Some("alice"))
+        .await
+        .expect("the session resolves");
+    assert_eq!(
+        (resolved.status, resolved.record.id),
+        (SessionStatus::Resumed, alice.record.id)
+    );
+    for principal in [Some("bob"), None] {
+        let err = hub
+            .resolve_session(Some(&alice.token), principal)
+            .await
+            .expect_err("another principal is refused");
+        assert!(matches!(err, Error::Forbidden(_)), "{principal:?}: {err}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_arrive_at_the_configured_interval() {
+    let interval = Duration::from_secs(5);
+    let store = MemoryStore::default();
+    let hub = hub_over(&store, Config::default().with_heartbeat(interval));
+    let news = stream("news");
+    let mut client = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
+    client.connected().await;
+
+    let next_heartbeat = async |client: &mut Client| {
+        let start = Instant::now();
+        match client.item().await {
+            Some(Item::Comment(_)) => {}
+            other => panic!("a heartbeat comment was expected, got {other:?}"),
+        }
+        start.elapsed()
+    };
+    let close_to = |elapsed: Duration, expected: Duration| {
+        assert!(
+            elapsed >= expected && elapsed <= expected + Duration::from_millis(10),
+            "a heartbeat after {elapsed:?}, expected {expected:?}"
+        );
+    };
+    for _ in 0..3 {
+        close_to(next_heartbeat(&mut client).await, interval);
+    }
+
+    // An event resets the idle timer: the next heartbeat comes one interval after it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    publish(&hub, &news, "event").await;
+    assert_eq!(client.data(1).await, ["event"]);
+    close_to(next_heartbeat(&mut client).await, interval);
+}
+
+#[tokio::test]
+async fn close_connections_ends_every_connection() {
+    let (_store, hub) = new_hub();
+    let news = stream("news");
+    let mut open = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
+    open.connected().await;
+
+    hub.close_connections();
+    assert_eq!(open.item().await, Some(Item::Retry(2000)), "a retry hint before the end");
+    assert_eq!(open.item().await, None, "the connection ends");
+
+    // A connection opened afterwards says where it is, then ends at once.
+    let mut late = Client::connect(&hub, ConnectRequest::new(vec![news])).await;
+    assert_eq!(late.item().await, Some(Item::Retry(2000)));
+    late.connected().await;
+    assert_eq!(late.item().await, Some(Item::Retry(2000)));
+    assert_eq!(late.item().await, None);
+}
+
+/// Two hub instances over one store, as behind a load balancer: a client moves from one to
+/// the other with a cursor the second one's hot window has not reached yet.
+#[tokio::test]
+async fn a_cursor_ahead_of_the_hot_window_resumes() {
+    let store = MemoryStore::default();
+    let (first, second) = (
+        hub_over(&store, Config::default()),
+        hub_over(&store, Config::default()),
+    );
+    let news = stream("news");
+    // Another client keeps a hot window for `news` open on the second instance. Publish
+    // until the window holds events (its feed task runs whenever this task yields).
+    let mut watcher = Client::connect(&second, ConnectRequest::new(vec![news.clone()])).await;
+    watcher.connected().await;
+    let mut published = Vec::new();
+    while second.window_events() == 0 {
+        assert!(published.len() < 10, "the hot window never filled");
+        let data = (published.len() + 1).to_string();
+        publish(&first, &news, &data).await;
+        published.push(data);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(watcher.data(published.len()).await, published);
+    let k = published.len();
+
+    // On this single-threaded runtime nothing else runs until the test awaits something
+    // that is not ready: the first instance serves event 3 from the store at once, while
+    // the second instance's feed task has not seen event 3 yet.
+    let mut client = Client::connect(
+        &first,
+        ConnectRequest::new(vec![news.clone()]).last_event_id(Some(watcher.last_event_id())),
+    )
+    .await;
+    publish(&first, &news, &(k + 1).to_string()).await;
+    client.connected().await;
+    assert_eq!(client.data(1).await, [(k + 1).to_string()]);
+    let id = client.last_event_id();
+    drop(client);
+
+    let request = ConnectRequest::new(vec![news.clone()]).last_event_id(Some(id));
+    let mut client = Client::connect(&second, request).await;
+    let (_, data) = client.connected().await;
+    assert_eq!(info_of(&data), info(true, 0, false), "{data}");
+    publish(&second, &news, "next").await;
+    assert_eq!(client.data(1).await, ["next"], "the next event, once, with nothing lost");
+    assert_eq!(watcher.data(2).await, [(k + 1).to_string(), "next".to_owned()]);
+}
