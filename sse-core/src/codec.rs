@@ -148,9 +148,10 @@ impl Parser {
         Parser::default()
     }
 
-    /// The last event id buffer (what a browser sends back as `Last-Event-ID`).
+    /// The last event id as of the last dispatched event: what a browser sends back as
+    /// `Last-Event-ID` if the connection drops now.
     pub fn last_event_id(&self) -> &str {
-        &self.id_buffer
+        &self.last_event_id
     }
 
     /// Feeds bytes; returns what became complete.
@@ -211,16 +212,11 @@ impl Parser {
                 self.data.push_str(value);
                 self.data.push('\n');
             }
-            "id" => {
-                if !value.contains('\0') {
-                    self.id_buffer = value.to_owned();
-                }
-            }
-            "retry" => {
-                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                    if let Ok(ms) = value.parse() {
-                        items.push(Item::Retry(ms));
-                    }
+            // An id holding NUL is ignored as a whole.
+            "id" if !value.contains('\0') => self.id_buffer = value.to_owned(),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                if let Ok(ms) = value.parse() {
+                    items.push(Item::Retry(ms));
                 }
             }
             _ => {}

@@ -437,10 +437,13 @@ impl State {
             let from_window = {
                 let w = self.subs[i].state.window.read();
                 if w.ready && w.epoch == epoch && position + 1 >= w.start {
-                    let head = w.head();
-                    let take = head.saturating_sub(position).min(budget as u64) as usize;
-                    let from = (position + 1 - w.start) as usize;
-                    bodies.extend(w.entries.range(from..from + take).cloned());
+                    // The cursor may be ahead of the window (it read the store directly while
+                    // the window was catching up): then there is nothing to take yet.
+                    let take = w.head().saturating_sub(position).min(budget as u64) as usize;
+                    if take > 0 {
+                        let from = (position + 1 - w.start) as usize;
+                        bodies.extend(w.entries.range(from..from + take).cloned());
+                    }
                     true
                 } else {
                     false

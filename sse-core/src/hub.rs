@@ -516,14 +516,12 @@ impl Inner {
                 if n.position <= w.head() {
                     return Ok(());
                 }
-                if n.position == w.head() + 1 {
-                    if let Some(event) = &n.event {
-                        let body = self.transport.encode_body(event);
-                        push(&mut w, body, self.config.hot_window);
-                        drop(w);
-                        state.notify();
-                        return Ok(());
-                    }
+                if let (true, Some(event)) = (n.position == w.head() + 1, &n.event) {
+                    let body = self.transport.encode_body(event);
+                    push(&mut w, body, self.config.hot_window);
+                    drop(w);
+                    state.notify();
+                    return Ok(());
                 }
             }
         }
@@ -582,7 +580,7 @@ impl Inner {
                     reset_window(&mut w, page.epoch, page.head);
                 }
             } else {
-                if ready && page.epoch != epoch {
+                if ready && epoch.is_some() && page.epoch != epoch {
                     tracing::info!(stream = %state.name, "the stream's epoch changed");
                 }
                 reset_window(&mut w, page.epoch, page.head);

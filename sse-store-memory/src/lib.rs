@@ -127,10 +127,8 @@ impl Log {
     }
 
     fn pop_front(&mut self) {
-        if let Some(event) = self.events.pop_front() {
-            if let Some(id) = &event.id {
-                self.ids.remove(id);
-            }
+        if let Some(Event { id: Some(id), .. }) = self.events.pop_front() {
+            self.ids.remove(&id);
         }
     }
 

@@ -1,0 +1,273 @@
+//! Processes for the browser test: the real `sse-server` binary, chromedriver, and a scratch
+//! directory. Each is a guard that cleans up when dropped, also when the test panics.
+
+pub(crate) mod proxy;
+pub(crate) mod webdriver;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Errors carry a readable message; the test prints it with its diagnostics.
+pub(crate) type Result<T> = std::result::Result<T, String>;
+
+/// `.ctx("what")` turns any error into `what: error`.
+pub(crate) trait Context<T> {
+    fn ctx(self, what: &str) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn ctx(self, what: &str) -> Result<T> {
+        self.map_err(|err| format!("{what}: {err}"))
+    }
+}
+
+const INSTALL: &str = "install them with `apt-get install -y chromium chromium-driver` \
+     (Debian/Ubuntu), or point CHROMIUM and CHROMEDRIVER at the binaries";
+
+/// The browser and its driver; fails the test (never skips it) when either is missing.
+#[derive(Debug)]
+pub(crate) struct Tools {
+    pub(crate) chromium: PathBuf,
+    pub(crate) chromedriver: PathBuf,
+}
+
+impl Tools {
+    pub(crate) fn locate() -> Self {
+        let find = |var: &str, default: &str| {
+            let path = std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from);
+            assert!(
+                path.is_file(),
+                "the browser test needs {} but {} does not exist: {INSTALL}",
+                Path::new(default)
+                    .file_name()
+                    .map_or(default.into(), |n| n.to_string_lossy()),
+                path.display(),
+            );
+            path
+        };
+        Tools {
+            chromium: find("CHROMIUM", "/usr/bin/chromium"),
+            chromedriver: find("CHROMEDRIVER", "/usr/bin/chromedriver"),
+        }
+    }
+}
+
+/// Output lines of a child process, kept for the failure report.
+pub(crate) type Log = Arc<Mutex<Vec<String>>>;
+
+/// Reads `stream` line by line on a thread until it ends: every line goes to `log`, and the
+/// first line for which `pick` returns something is sent on `found`.
+fn drain<R, T>(stream: R, log: Log, pick: fn(&str) -> Option<T>, found: Option<mpsc::Sender<T>>)
+where
+    R: Read + Send + 'static,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        let mut found = found;
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Some(value) = pick(&line)
+                && let Some(sender) = found.take()
+            {
+                let _ = sender.send(value);
+            }
+            if let Ok(mut log) = log.lock() {
+                log.push(line);
+            }
+        }
+    });
+}
+
+/// The last `n` lines of `log`, for the failure report.
+pub(crate) fn tail(log: &Log, n: usize) -> String {
+    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+    let start = log.len().saturating_sub(n);
+    log[start..].join("\n")
+}
+
+/// Spawns `command` with piped output and waits (up to `timeout`) for the first output line
+/// that `pick` accepts.
+fn spawn_and_wait<T: Send + 'static>(
+    mut command: Command,
+    what: &str,
+    pick: fn(&str) -> Option<T>,
+    timeout: Duration,
+) -> Result<(Child, T, Log)> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ctx(&format!("cannot start {what}"))?;
+    let log = Log::default();
+    let (sender, receiver) = mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        drain(stdout, log.clone(), pick, Some(sender.clone()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        drain(stderr, log.clone(), pick, Some(sender));
+    }
+    match receiver.recv_timeout(timeout) {
+        Ok(value) => Ok((child, value, log)),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
+                "{what} did not report its address within {timeout:?}; its output:\n{}",
+                tail(&log, 50)
+            ))
+        }
+    }
+}
+
+/// The real `sse-server` binary on a free port, killed when dropped.
+#[derive(Debug)]
+pub(crate) struct Server {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub(crate) addr: String,
+    pub(crate) log: Log,
+}
+
+impl Server {
+    pub(crate) fn start(heartbeat: &str) -> Result<Self> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sse-server"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--heartbeat", heartbeat])
+            // The defaults, whatever the developer's environment says.
+            .env_remove("SSE_STORE")
+            .env_remove("SSE_MAX_LEN")
+            .env_remove("SSE_MAX_AGE")
+            .env_remove("SSE_SESSION_TTL")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        // Logs go to stdout too: look for the line, not just the first one.
+        let pick = |line: &str| {
+            line.trim()
+                .strip_prefix("listening on http://")
+                .map(str::to_owned)
+        };
+        let (child, addr, log) =
+            spawn_and_wait(command, "sse-server", pick, Duration::from_secs(30))?;
+        Ok(Server { child, addr, log })
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// chromedriver on a port it picks itself; when dropped it is killed together with every
+/// process it started (the browser), found by parent id.
+#[derive(Debug)]
+pub(crate) struct ChromeDriver {
+    child: Child,
+    pub(crate) url: String,
+    pub(crate) log: Log,
+}
+
+impl ChromeDriver {
+    pub(crate) fn start(binary: &Path) -> Result<Self> {
+        let mut command = Command::new(binary);
+        command.arg("--port=0");
+        // "ChromeDriver was started successfully on port 35645."
+        let pick = |line: &str| {
+            let rest = line.split("started successfully on port ").nth(1)?;
+            rest.trim_end_matches('.').trim().parse::<u16>().ok()
+        };
+        let (child, port, log) =
+            spawn_and_wait(command, "chromedriver", pick, Duration::from_secs(30))?;
+        Ok(ChromeDriver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        })
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        // Descendants first, while they can still be found by their parent.
+        let pids = descendants(self.child.id());
+        if !pids.is_empty() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .args(pids.iter().map(u32::to_string))
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every process below `root`, from `/proc` (empty where there is none).
+fn descendants(root: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut parents = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …": comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid) in &parents {
+            if ppid == parent && !found.contains(&pid) {
+                found.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+#[derive(Debug)]
+pub(crate) struct TempDir(pub(crate) PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(prefix: &str) -> Result<Self> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).ctx("cannot create a temp dir")?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

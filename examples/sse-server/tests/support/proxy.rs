@@ -1,0 +1,165 @@
+//! A TCP proxy between the browser and the server that plays the network: it can cut every
+//! open connection at once, and refuse new ones (accept, then drop at once) until told to
+//! accept again. It also keeps what clients sent, to show the requests the browser made.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{Context, Result};
+
+/// Client bytes kept per connection (request heads are all the browser sends).
+const TRANSCRIPT_CAP: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    pub(crate) addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    upstream: SocketAddr,
+    refusing: AtomicBool,
+    refused: AtomicUsize,
+    open: AtomicUsize,
+    /// Bumped to cut every relayed connection.
+    cut: watch::Sender<u64>,
+    /// What each relayed connection's client sent, in accept order.
+    transcripts: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Proxy {
+    /// Listens on `127.0.0.1:0` and relays to `upstream`.
+    pub(crate) async fn start(upstream: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.ctx("proxy: bind")?;
+        let addr = listener.local_addr().ctx("proxy: local addr")?;
+        let shared = Arc::new(Shared {
+            upstream,
+            refusing: AtomicBool::new(false),
+            refused: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            cut: watch::channel(0).0,
+            transcripts: Mutex::default(),
+        });
+        let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        Ok(Proxy { addr, shared, task })
+    }
+
+    /// From now on, new connections are accepted and dropped at once (`true`), or relayed.
+    pub(crate) fn refuse(&self, refusing: bool) {
+        self.shared.refusing.store(refusing, SeqCst);
+    }
+
+    /// Closes every relayed connection, on both sides.
+    pub(crate) fn cut_all(&self) {
+        self.shared.cut.send_modify(|generation| *generation += 1);
+    }
+
+    /// Connections refused so far.
+    pub(crate) fn refused(&self) -> usize {
+        self.shared.refused.load(SeqCst)
+    }
+
+    /// Connections being relayed now.
+    pub(crate) fn open(&self) -> usize {
+        self.shared.open.load(SeqCst)
+    }
+
+    /// The head of every `GET /events` request relayed, in order.
+    pub(crate) fn event_requests(&self) -> Vec<String> {
+        let transcripts = self
+            .shared
+            .transcripts
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default();
+        transcripts
+            .iter()
+            .flat_map(|bytes| {
+                String::from_utf8_lossy(bytes)
+                    .split("\r\n\r\n")
+                    .filter(|head| head.starts_with("GET /events"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut_all();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            continue;
+        };
+        // Subscribe before looking at `refusing`: `cut_all` callers set `refusing` first, so a
+        // connection is either refused or sees the cut.
+        let cut = shared.cut.subscribe();
+        if shared.refusing.load(SeqCst) {
+            shared.refused.fetch_add(1, SeqCst);
+            drop(client);
+            continue;
+        }
+        let index = match shared.transcripts.lock() {
+            Ok(mut transcripts) => {
+                transcripts.push(Vec::new());
+                transcripts.len() - 1
+            }
+            Err(_) => continue,
+        };
+        shared.open.fetch_add(1, SeqCst);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            relay(client, &shared, index, cut).await;
+            shared.open.fetch_sub(1, SeqCst);
+        });
+    }
+}
+
+/// Copies both ways until the server ends the connection or the proxy cuts it, then closes
+/// both sides.
+async fn relay(client: TcpStream, shared: &Shared, index: usize, mut cut: watch::Receiver<u64>) {
+    let Ok(server) = TcpStream::connect(shared.upstream).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let up = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = client_read.read(&mut buf).await?;
+            if n == 0 {
+                return server_write.shutdown().await;
+            }
+            if let Ok(mut transcripts) = shared.transcripts.lock() {
+                let transcript = &mut transcripts[index];
+                let room = TRANSCRIPT_CAP.saturating_sub(transcript.len());
+                transcript.extend_from_slice(&buf[..n.min(room)]);
+            }
+            server_write.write_all(&buf[..n]).await?;
+        }
+    };
+    let down = tokio::io::copy(&mut server_read, &mut client_write);
+    tokio::pin!(up, down);
+    let mut up_done = false;
+    loop {
+        tokio::select! {
+            _ = cut.changed() => break,
+            _ = &mut down => break,
+            _ = &mut up, if !up_done => up_done = true,
+        }
+    }
+}
