@@ -14,22 +14,27 @@ fn encoding(c: &mut Criterion) {
     let mut group = c.benchmark_group("sse_encode");
     for size in [64usize, 1024, 16 * 1024] {
         let data = "x".repeat(size - 1) + "\n";
-        let event = NewEvent::new(data)
-            .with_event("tick")
-            .unwrap()
-            .into_event(StreamName::new("news").unwrap(), 1, std::time::SystemTime::now());
+        let event = NewEvent::new(data).with_event("tick").unwrap().into_event(
+            StreamName::new("news").unwrap(),
+            1,
+            std::time::SystemTime::now(),
+        );
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::new("body", size), &event, |b, event| {
             b.iter(|| transport.encode_body(black_box(event)))
         });
         let body = transport.encode_body(&event);
-        group.bench_with_input(BenchmarkId::new("per_connection", size), &body, |b, body| {
-            let mut out = BytesMut::with_capacity(64 * 1024);
-            b.iter(|| {
-                out.clear();
-                transport.write_event(&mut out, black_box("AQAAAAACAAAAAAAAAAcq"), body);
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("per_connection", size),
+            &body,
+            |b, body| {
+                let mut out = BytesMut::with_capacity(64 * 1024);
+                b.iter(|| {
+                    out.clear();
+                    transport.write_event(&mut out, black_box("AQAAAAACAAAAAAAAAAcq"), body);
+                })
+            },
+        );
     }
     group.finish();
 }

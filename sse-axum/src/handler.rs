@@ -4,11 +4,11 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -39,7 +39,10 @@ fn sse_headers(hub: &Hub, body: Body) -> Response {
         CONTENT_TYPE,
         HeaderValue::from_static(hub.transport().content_type()),
     );
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
     // Tells nginx not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
@@ -151,7 +154,11 @@ pub async fn publish(State(state): State<PublishState>, request: Request) -> Res
 async fn publish_inner(state: &PublishState, request: Request) -> Result<Response, ApiError> {
     let hub = &state.hub;
     // Room for JSON escaping of the largest accepted event.
-    let limit = hub.config().max_event_bytes.saturating_mul(2).saturating_add(64 * 1024);
+    let limit = hub
+        .config()
+        .max_event_bytes
+        .saturating_mul(2)
+        .saturating_add(64 * 1024);
     let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit)
         .await
         .map_err(|_| {
@@ -162,13 +169,21 @@ async fn publish_inner(state: &PublishState, request: Request) -> Result<Respons
             )
         })?;
     let body: PublishBody = serde_json::from_slice(&bytes).map_err(|err| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("invalid JSON body: {err}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("invalid JSON body: {err}"),
+        )
     })?;
     let data = match body.data {
         Some(serde_json::Value::String(s)) => s,
         Some(value) => value.to_string(),
         None => {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "missing_data", "`data` is required"));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_data",
+                "`data` is required",
+            ));
         }
     };
     let mut event = NewEvent::new(data);
@@ -188,7 +203,11 @@ async fn publish_inner(state: &PublishState, request: Request) -> Result<Respons
         }
         (_, Some(session)) => {
             let id: SessionId = session.parse().map_err(|_| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_session", "`session` is 32 hex digits")
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_session",
+                    "`session` is 32 hex digits",
+                )
             })?;
             (id.stream(), hub.send_to_session(&id, event).await?)
         }

@@ -80,7 +80,11 @@ impl Session {
     /// # Errors
     ///
     /// As [`Hub::publish`].
-    pub async fn publish(&self, stream: &StreamName, event: NewEvent) -> sse_core::Result<Appended> {
+    pub async fn publish(
+        &self,
+        stream: &StreamName,
+        event: NewEvent,
+    ) -> sse_core::Result<Appended> {
         self.shared.hub.publish(stream, event).await
     }
 
@@ -98,7 +102,11 @@ impl Session {
     /// # Errors
     ///
     /// As [`Hub::send_to_session`].
-    pub async fn send_to(&self, session: &SessionId, event: NewEvent) -> sse_core::Result<Appended> {
+    pub async fn send_to(
+        &self,
+        session: &SessionId,
+        event: NewEvent,
+    ) -> sse_core::Result<Appended> {
         self.shared.hub.send_to_session(session, event).await
     }
 
@@ -110,7 +118,9 @@ impl Session {
 /// The [`Session`] extractor's rejection: the handler is not behind an
 /// [`SseLayer`](crate::SseLayer).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("no session: the route is not behind sse_axum::SseLayer; add `.layer(SseLayer::new(hub))` to the router")]
+#[error(
+    "no session: the route is not behind sse_axum::SseLayer; add `.layer(SseLayer::new(hub))` to the router"
+)]
 pub struct MissingSseLayer;
 
 impl IntoResponse for MissingSseLayer {

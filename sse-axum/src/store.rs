@@ -69,7 +69,9 @@ pub async fn open_store(url: &str, retention: Retention) -> Result<Stores, OpenS
         return Err(OpenStoreError::NotCompiled { backend: "redis" });
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(OpenStoreError::NotCompiled { backend: "postgres" });
+        return Err(OpenStoreError::NotCompiled {
+            backend: "postgres",
+        });
     }
     let _ = OpenStoreError::Open;
     Err(OpenStoreError::Unknown(url.to_owned()))

@@ -178,7 +178,10 @@ impl SseStream {
 }
 
 /// Publishes through `POST /publish`; returns the status and JSON body.
-pub async fn publish(server: &TestServer, body: serde_json::Value) -> (http::StatusCode, serde_json::Value) {
+pub async fn publish(
+    server: &TestServer,
+    body: serde_json::Value,
+) -> (http::StatusCode, serde_json::Value) {
     let response = reqwest::Client::new()
         .post(server.url("/publish"))
         .json(&body)

@@ -138,7 +138,11 @@ pub trait EventBuffer: Debug + Send + Sync + 'static {
 
     /// Appends several events to one stream, in order. Backends override this to do it in one
     /// round trip; the default appends one by one.
-    async fn append_many(&self, stream: &StreamName, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+    async fn append_many(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Appended>> {
         let mut out = Vec::with_capacity(events.len());
         for event in events {
             out.push(self.append(stream, event).await?);
@@ -166,7 +170,11 @@ impl<T: EventBuffer + ?Sized> EventBuffer for std::sync::Arc<T> {
     async fn append(&self, stream: &StreamName, event: NewEvent) -> Result<Appended> {
         (**self).append(stream, event).await
     }
-    async fn append_many(&self, stream: &StreamName, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+    async fn append_many(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Appended>> {
         (**self).append_many(stream, events).await
     }
     async fn read(&self, stream: &StreamName, after: Position, limit: usize) -> Result<ReadPage> {

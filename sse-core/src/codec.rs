@@ -48,7 +48,11 @@ pub fn write_data(out: &mut BytesMut, data: &str) {
             }
             b'\r' => {
                 put_data_line(out, &bytes[start..i]);
-                i += if bytes.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                i += if bytes.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
                 start = i;
             }
             _ => i += 1,

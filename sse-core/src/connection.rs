@@ -270,7 +270,12 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
         span.record("session", tracing::field::display(s.id));
     }
     span.in_scope(|| {
-        tracing::info!(resumed = info.resumed, replay, reset = info.reset, "connected");
+        tracing::info!(
+            resumed = info.resumed,
+            replay,
+            reset = info.reset,
+            "connected"
+        );
         for (reason, streams) in &resets {
             tracing::info!(reason = reason.as_str(), ?streams, "reset");
         }
@@ -281,14 +286,26 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
     let transport = &inner.transport;
     transport.write_frame(&mut pending, &Frame::Retry(config.retry));
     let data = serde_json::to_string(&info).map_err(Error::store)?;
-    transport.write_frame(&mut pending, &Frame::Connected { id: &id, data: &data });
+    transport.write_frame(
+        &mut pending,
+        &Frame::Connected {
+            id: &id,
+            data: &data,
+        },
+    );
     for (reason, streams) in resets {
         let data = serde_json::to_string(&ResetData {
             reason: reason.as_str(),
             streams,
         })
         .map_err(Error::store)?;
-        transport.write_frame(&mut pending, &Frame::Reset { id: &id, data: &data });
+        transport.write_frame(
+            &mut pending,
+            &Frame::Reset {
+                id: &id,
+                data: &data,
+            },
+        );
     }
 
     if let Some(s) = session {
@@ -393,7 +410,10 @@ impl State {
             match wake {
                 Wake::Changed => {}
                 Wake::Heartbeat => {
-                    self.hub.inner.transport.write_frame(&mut out, &Frame::Heartbeat);
+                    self.hub
+                        .inner
+                        .transport
+                        .write_frame(&mut out, &Frame::Heartbeat);
                     self.next_heartbeat = Instant::now() + heartbeat;
                     return Some(out.freeze());
                 }
@@ -406,7 +426,10 @@ impl State {
     fn close(&mut self, mut out: BytesMut) -> Bytes {
         self.done = true;
         let retry = Some(self.hub.inner.config.retry);
-        self.hub.inner.transport.write_frame(&mut out, &crate::Frame::Close { retry });
+        self.hub
+            .inner
+            .transport
+            .write_frame(&mut out, &crate::Frame::Close { retry });
         tracing::info!("closed by the server");
         out.freeze()
     }
@@ -482,9 +505,16 @@ impl State {
                 tracing::info!(stream = %name, reason = reason.as_str(), "reset");
                 self.id.clear();
                 self.cursor.encode_into(self.fp, &mut self.id);
-                let data = serde_json::json!({"reason": reason.as_str(), "streams": [name.as_str()]})
-                    .to_string();
-                inner.transport.write_frame(out, &Frame::Reset { id: &self.id, data: &data });
+                let data =
+                    serde_json::json!({"reason": reason.as_str(), "streams": [name.as_str()]})
+                        .to_string();
+                inner.transport.write_frame(
+                    out,
+                    &Frame::Reset {
+                        id: &self.id,
+                        data: &data,
+                    },
+                );
                 continue;
             }
             let mut n = 0;

@@ -223,10 +223,7 @@ pub enum SessionStatus {
 
 impl Hub {
     /// Starts building a hub over an event store and a session store (one value may be both).
-    pub fn builder(
-        buffer: Arc<dyn EventBuffer>,
-        sessions: Arc<dyn SessionStore>,
-    ) -> HubBuilder {
+    pub fn builder(buffer: Arc<dyn EventBuffer>, sessions: Arc<dyn SessionStore>) -> HubBuilder {
         HubBuilder {
             buffer,
             sessions,
@@ -279,9 +276,15 @@ impl Hub {
     /// # Errors
     ///
     /// As [`Hub::publish`]; nothing is appended when a check fails.
-    pub async fn publish_many(&self, stream: &StreamName, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+    pub async fn publish_many(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Appended>> {
         if stream.is_reserved() {
-            return Err(Error::InvalidStreamName("names starting with '@' are reserved".into()));
+            return Err(Error::InvalidStreamName(
+                "names starting with '@' are reserved".into(),
+            ));
         }
         for event in &events {
             self.check_size(event)?;
@@ -321,8 +324,9 @@ impl Hub {
     ///
     /// # Errors
     ///
-    /// [`Error::Forbidden`] when a genuine token is bound to another principal, and the
-    /// session store's errors.
+    /// [`Error::Forbidden`] when a genuine token is bound to a principal other than
+    /// `principal` (an anonymous token presented with a principal, as after a login, gets a
+    /// new session instead), and the session store's errors.
     pub async fn resolve_session(
         &self,
         token: Option<&str>,
@@ -331,6 +335,11 @@ impl Hub {
         let inner = &self.inner;
         let now = SystemTime::now();
         let status = match token.map(|t| inner.keys.verify(t, now)) {
+            // An anonymous session presented by a request that has since authenticated (a
+            // login) is not reused: the user gets a session of their own.
+            Some(Ok(claims)) if claims.principal.is_none() && principal.is_some() => {
+                SessionStatus::New
+            }
             Some(Ok(claims)) => {
                 if claims.principal.as_deref() != principal {
                     return Err(Error::Forbidden(
@@ -572,7 +581,11 @@ impl Inner {
             let continues = ready && page.epoch == epoch && page.oldest <= head + 1;
             if continues {
                 for event in &page.events {
-                    push(&mut w, self.transport.encode_body(event), self.config.hot_window);
+                    push(
+                        &mut w,
+                        self.transport.encode_body(event),
+                        self.config.hot_window,
+                    );
                 }
                 if page.head > w.head() {
                     // Further behind than one page: restart the window at the head; readers

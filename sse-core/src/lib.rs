@@ -82,9 +82,8 @@ pub use session::{ParseSessionIdError, SessionId, SessionRecord, SessionStore};
 pub use token::{TokenClaims, TokenKeys};
 pub use transport::{Frame, SseTransport, Transport};
 pub use types::{
-    RESERVED_PREFIX,
     Appended, Epoch, Event, MAX_FIELD_LEN, MAX_STREAM_NAME_LEN, NewEvent, ParseEpochError,
-    Position, ReadPage, Retention, StreamName, from_unix_ms, unix_ms,
+    Position, RESERVED_PREFIX, ReadPage, Retention, StreamName, from_unix_ms, unix_ms,
 };
 
 // Re-exported for the conformance macro and custom stores.

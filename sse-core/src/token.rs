@@ -112,9 +112,7 @@ impl TokenKeys {
             if key.len() < MIN_KEY_LEN {
                 return Err(KeyError("every key must be at least 32 bytes"));
             }
-            macs.push(
-                HmacSha256::new_from_slice(key).map_err(|_| KeyError("unusable key"))?,
-            );
+            macs.push(HmacSha256::new_from_slice(key).map_err(|_| KeyError("unusable key"))?);
         }
         if macs.is_empty() {
             return Err(KeyError("at least one key is needed"));
@@ -162,7 +160,9 @@ impl TokenKeys {
         let payload = URL_SAFE_NO_PAD
             .decode(payload)
             .map_err(|_| TokenError::Invalid)?;
-        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| TokenError::Invalid)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| TokenError::Invalid)?;
         let genuine = self.keys.iter().any(|key| {
             let mut mac = key.clone();
             mac.update(&payload);
@@ -229,7 +229,10 @@ mod tests {
         let later = SystemTime::now() + Duration::from_secs(61);
         assert_eq!(keys.verify(&token, later), Err(TokenError::Expired));
         for bad in ["", ".", "a.b", &"x".repeat(5000), "AQ.AQ"] {
-            assert_eq!(keys.verify(bad, SystemTime::now()), Err(TokenError::Invalid));
+            assert_eq!(
+                keys.verify(bad, SystemTime::now()),
+                Err(TokenError::Invalid)
+            );
         }
         // Swapping payloads between two genuine tokens breaks the signature.
         let other = keys.sign(&claims(Some("mallory")));
@@ -238,7 +241,10 @@ mod tests {
             other.split_once('.').unwrap().0,
             token.split_once('.').unwrap().1
         );
-        assert_eq!(keys.verify(&forged, SystemTime::now()), Err(TokenError::Invalid));
+        assert_eq!(
+            keys.verify(&forged, SystemTime::now()),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]

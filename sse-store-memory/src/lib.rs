@@ -179,7 +179,12 @@ impl MemoryStore {
 
     /// Number of events held in all rings (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.shared.streams.lock().values().map(|l| l.events.len()).sum()
+        self.shared
+            .streams
+            .lock()
+            .values()
+            .map(|l| l.events.len())
+            .sum()
     }
 
     /// `true` when no event is held.
@@ -242,7 +247,11 @@ impl EventBuffer for MemoryStore {
         Ok(out.remove(0))
     }
 
-    async fn append_many(&self, stream: &StreamName, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+    async fn append_many(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Appended>> {
         let shared = &self.shared;
         let now = SystemTime::now();
         let now_ms = unix_ms(now);
@@ -320,7 +329,10 @@ impl EventBuffer for MemoryStore {
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn create(&self, record: &SessionRecord) -> Result<()> {
-        self.shared.sessions.lock().insert(record.id, record.clone());
+        self.shared
+            .sessions
+            .lock()
+            .insert(record.id, record.clone());
         Ok(())
     }
 
@@ -347,7 +359,12 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    async fn record_cursor(&self, id: &SessionId, cursor: &str, expires_at: SystemTime) -> Result<bool> {
+    async fn record_cursor(
+        &self,
+        id: &SessionId,
+        cursor: &str,
+        expires_at: SystemTime,
+    ) -> Result<bool> {
         let now = SystemTime::now();
         let mut sessions = self.shared.sessions.lock();
         match sessions.get_mut(id).filter(|r| r.expires_at > now) {

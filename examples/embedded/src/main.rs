@@ -11,7 +11,9 @@ use sse_core::{Config, NewEvent, StreamName};
 /// Posts the body to the `chat` stream, and a receipt to the sender's own session only.
 async fn say(session: Session, text: String) -> Result<String, ApiError> {
     let chat = StreamName::new("chat")?;
-    let appended = session.publish(&chat, NewEvent::new(text).with_event("chat")?).await?;
+    let appended = session
+        .publish(&chat, NewEvent::new(text).with_event("chat")?)
+        .await?;
     session
         .send(NewEvent::new(format!("delivered as #{}", appended.position)).with_event("receipt")?)
         .await?;
@@ -55,8 +57,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        let got = events.collect_until(Duration::from_secs(5), |e| e.len() == 2).await;
-        let mut kinds: Vec<_> = got.iter().map(|e| (e.event.as_str(), e.data.as_str())).collect();
+        let got = events
+            .collect_until(Duration::from_secs(5), |e| e.len() == 2)
+            .await;
+        let mut kinds: Vec<_> = got
+            .iter()
+            .map(|e| (e.event.as_str(), e.data.as_str()))
+            .collect();
         kinds.sort();
         assert_eq!(kinds, [("chat", "hello"), ("receipt", "delivered as #1")]);
     }

@@ -63,8 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
@@ -136,12 +135,31 @@ mod tests {
     #[tokio::test]
     async fn serves_the_demo_and_the_contract() {
         let server = TestServer::start(app(sse_axum::memory_hub(Config::default()))).await;
-        let page = reqwest::get(server.url("/")).await.unwrap().text().await.unwrap();
+        let page = reqwest::get(server.url("/"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(page.contains("EventSource"));
         let mut events = connect(&server.url("/events"), &[]).await;
-        assert_eq!(events.next_event(Duration::from_secs(5)).await.unwrap().event, "connected");
+        assert_eq!(
+            events
+                .next_event(Duration::from_secs(5))
+                .await
+                .unwrap()
+                .event,
+            "connected"
+        );
         let (status, _) = publish(&server, serde_json::json!({"data": "hi"})).await;
         assert_eq!(status, 200);
-        assert_eq!(events.next_event(Duration::from_secs(5)).await.unwrap().data, "hi");
+        assert_eq!(
+            events
+                .next_event(Duration::from_secs(5))
+                .await
+                .unwrap()
+                .data,
+            "hi"
+        );
     }
 }
