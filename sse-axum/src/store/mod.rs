@@ -4,6 +4,11 @@ use std::sync::Arc;
 
 use sse_core::{EventBuffer, Retention, SessionStore};
 
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
+
 /// The two halves of a backend.
 #[derive(Clone, Debug)]
 pub struct Stores {
@@ -47,7 +52,8 @@ pub enum OpenStoreError {
 /// # }
 /// ```
 pub async fn open_store(url: &str, retention: Retention) -> Result<Stores, OpenStoreError> {
-    let _ = retention;
+    // Unused when no backend feature is on.
+    let _ = &retention;
     if url == "memory" {
         #[cfg(feature = "memory")]
         {
@@ -66,14 +72,19 @@ pub async fn open_store(url: &str, retention: Retention) -> Result<Stores, OpenS
         return Err(OpenStoreError::NotCompiled { backend: "memory" });
     }
     if url.starts_with("redis://") || url.starts_with("rediss://") {
+        #[cfg(feature = "redis")]
+        return redis::open(url, retention).await;
+        #[cfg(not(feature = "redis"))]
         return Err(OpenStoreError::NotCompiled { backend: "redis" });
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return postgres::open(url, retention).await;
+        #[cfg(not(feature = "postgres"))]
         return Err(OpenStoreError::NotCompiled {
             backend: "postgres",
         });
     }
-    let _ = OpenStoreError::Open;
     Err(OpenStoreError::Unknown(url.to_owned()))
 }
 

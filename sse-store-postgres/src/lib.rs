@@ -1,0 +1,1 @@
+//! The postgres backend of sse-core (being built).

@@ -1,0 +1,1 @@
+//! The redis backend of sse-core (being built).
