@@ -1,3 +1,6 @@
+// Shared by several test binaries, each using a part of it.
+#![allow(dead_code)]
+
 //! Processes for the browser test: the real `sse-server` binary, chromedriver, and a scratch
 //! directory. Each is a guard that cleans up when dropped, also when the test panics.
 
@@ -135,17 +138,24 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(heartbeat: &str) -> Result<Self> {
+        Self::start_with(&["--listen", "127.0.0.1:0", "--heartbeat", heartbeat])
+    }
+
+    /// Starts the binary with these arguments (give `--listen`; port 0 picks one). Settings
+    /// not given take their defaults, whatever the environment says.
+    pub(crate) fn start_with(args: &[&str]) -> Result<Self> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sse-server"));
         command
-            .args(["--listen", "127.0.0.1:0", "--heartbeat", heartbeat])
-            // The defaults, whatever the developer's environment says.
+            .args(args)
+            .env_remove("SSE_LISTEN")
             .env_remove("SSE_STORE")
             .env_remove("SSE_MAX_LEN")
             .env_remove("SSE_MAX_AGE")
             .env_remove("SSE_SESSION_TTL")
+            .env_remove("SSE_HEARTBEAT")
+            .env_remove("SSE_SECRET")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
-        // Logs go to stdout too: look for the line, not just the first one.
         let pick = |line: &str| {
             line.trim()
                 .strip_prefix("listening on http://")
@@ -154,6 +164,12 @@ impl Server {
         let (child, addr, log) =
             spawn_and_wait(command, "sse-server", pick, Duration::from_secs(30))?;
         Ok(Server { child, addr, log })
+    }
+
+    /// Stops the server now (SIGKILL: a crash, not a graceful shutdown).
+    pub(crate) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
