@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::cursor::{Cursor, CursorError, fingerprint};
+use crate::cursor::{Cursor, fingerprint, session_tag};
 use crate::hub::{Hub, SessionStatus, Watch};
 use crate::transport::Frame;
 use crate::{Epoch, Error, Position, ReadPage, ResetPolicy, Result, SessionId, StreamName};
@@ -82,8 +82,11 @@ pub enum ResetReason {
     Retention,
     /// The stream's log was lost and started again (another epoch).
     EpochChanged,
-    /// The session expired; the cursor belonged to it.
+    /// The session expired; its private stream starts again in a new session.
     SessionExpired,
+    /// The cursor belonged to another session than the one presented (no token, a forged one,
+    /// or another live session): that session's private stream is not this client's to read.
+    SessionChanged,
     /// The `Last-Event-ID` was not a cursor for these streams.
     InvalidId,
 }
@@ -95,6 +98,7 @@ impl ResetReason {
             ResetReason::Retention => "retention",
             ResetReason::EpochChanged => "epoch_changed",
             ResetReason::SessionExpired => "session_expired",
+            ResetReason::SessionChanged => "session_changed",
             ResetReason::InvalidId => "invalid_id",
         }
     }
@@ -207,28 +211,37 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
     {
         return Err(Error::Forbidden(format!("stream {bad} is private")));
     }
-    let mut names = request.streams.clone();
-    names.extend(own);
+    // The requested streams, sorted, then the session's private stream last: the cursor's
+    // fingerprint covers the requested streams only, so a client that comes back without its
+    // session still resumes them (see ADR 0003).
+    let mut names: Vec<StreamName> = request
+        .streams
+        .iter()
+        .filter(|s| Some(*s) != own.as_ref())
+        .cloned()
+        .collect();
     names.sort();
     names.dedup();
+    let fp = fingerprint(&names);
+    let public = names.len();
+    names.extend(own);
+    let session = request.session.as_ref();
+    let tag = session.map(|s| session_tag(&s.id));
 
     // Subscribe first: anything appended from here on wakes this connection, so the replay
     // read below and live delivery cannot miss an event between them.
     let subs: Vec<Watch> = names.iter().map(|n| hub.watch(n)).collect();
-    let fp = fingerprint(&names);
-    let session = request.session.as_ref();
     let start = match (&request.last_event_id, session) {
-        (Some(id), _) => match Cursor::decode(id, &names) {
+        (Some(id), _) => match Cursor::decode(id, &names[..public]) {
             Ok(cursor) => Start::Resume(cursor),
-            Err(CursorError::OtherStreams)
-                if session.is_some_and(|s| s.status == SessionStatus::Expired) =>
-            {
-                Start::Reset(ResetReason::SessionExpired)
-            }
             Err(_) => Start::Reset(ResetReason::InvalidId),
         },
-        (None, Some(s)) => match s.cursor.as_deref().map(|c| Cursor::decode(c, &names)) {
-            Some(Ok(cursor)) => Start::Resume(cursor),
+        (None, Some(s)) => match s
+            .cursor
+            .as_deref()
+            .map(|c| Cursor::decode(c, &names[..public]))
+        {
+            Some(Ok(cursor)) if cursor.session_tag() == tag => Start::Resume(cursor),
             _ => Start::Fresh,
         },
         (None, None) => Start::Fresh,
@@ -242,7 +255,28 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
         let (entry, reason) = match &start {
             Start::Fresh => ((page.epoch, page.head), None),
             Start::Reset(reason) => (restart(&page, config.reset_policy), Some(*reason)),
-            Start::Resume(cursor) => check(cursor.entries()[i], &page, config.reset_policy),
+            Start::Resume(cursor) if i < public => {
+                check(cursor.entries()[i], &page, config.reset_policy)
+            }
+            // The session's private stream.
+            Start::Resume(cursor) => match cursor.session_tag() {
+                Some(t) if Some(t) == tag => {
+                    check(cursor.entries()[public], &page, config.reset_policy)
+                }
+                // The cursor came from another session: its private messages are not this
+                // client's, and whatever that session missed is lost to it. Say so.
+                Some(_) => {
+                    let reason = if session.is_some_and(|s| s.status == SessionStatus::Expired) {
+                        ResetReason::SessionExpired
+                    } else {
+                        ResetReason::SessionChanged
+                    };
+                    (restart(&page, config.reset_policy), Some(reason))
+                }
+                // A cursor made without a session (an embedding without one): nothing was
+                // read from this stream before.
+                None => ((page.epoch, page.head), None),
+            },
         };
         replay += page.head.saturating_sub(entry.1);
         if let Some(reason) = reason {
@@ -253,7 +287,10 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
         }
         entries.push(entry);
     }
-    let cursor = Cursor::new(entries);
+    let cursor = match tag {
+        Some(tag) => Cursor::with_session(entries, tag),
+        None => Cursor::new(entries),
+    };
     let info = ConnectedInfo {
         session: session.map(|s| s.id.to_string()),
         resumed: matches!(start, Start::Resume(_)),
@@ -282,7 +319,8 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
     });
 
     let mut pending = BytesMut::new();
-    let id = cursor.encode(&names);
+    let mut id = String::new();
+    cursor.encode_into(fp, &mut id);
     let transport = &inner.transport;
     transport.write_frame(&mut pending, &Frame::Retry(config.retry));
     let data = serde_json::to_string(&info).map_err(Error::store)?;
@@ -554,7 +592,8 @@ impl Drop for State {
             return;
         };
         let store = self.hub.inner.sessions.clone();
-        let wire = self.cursor.encode(&self.names);
+        let mut wire = String::new();
+        self.cursor.encode_into(self.fp, &mut wire);
         let expires = SystemTime::now() + self.hub.inner.config.session_ttl;
         runtime.spawn(async move {
             if let Err(err) = store.record_cursor(&id, &wire, expires).await {

@@ -10,7 +10,15 @@
 //!   tag                     0 = no epoch yet, 1 = same epoch as the previous stream, 2 = epoch follows
 //!   [u64 big-endian]        the epoch, when tag = 2
 //!   LEB128 varint           the position
+//! optionally, the session's private stream:
+//!   0x53 ('S')              marker
+//!   u32 big-endian          tag of the session id (see [`session_tag`])
+//!   tag [epoch] varint      as above
 //! ```
+//!
+//! The session part is separate from the fingerprint: a client that comes back without its
+//! session (no token, or an expired one) still resumes its other streams exactly, and only its
+//! private stream is reset.
 //!
 //! One stream takes 23 characters up to position 2^21, 26 up to 2^35. Because the fingerprint covers the stream set, a cursor can
 //! not be applied to other streams; anything that does not decode exactly (another version,
@@ -34,9 +42,10 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::{Epoch, Position, StreamName};
+use crate::{Epoch, Position, SessionId, StreamName};
 
 const VERSION: u8 = 1;
+const SESSION_MARKER: u8 = b'S';
 /// Longer ids are refused before any decoding work (a cursor over 64 streams fits easily).
 const MAX_WIRE_LEN: usize = 2048;
 
@@ -53,16 +62,35 @@ pub enum CursorError {
 }
 
 /// The (epoch, position) reached in each stream of a connection, in the order of its sorted
-/// stream list. An epoch of `None` means the stream did not exist yet (its position is 0).
+/// stream list, and optionally in its session's private stream (the last entry). An epoch of
+/// `None` means the stream did not exist yet (its position is 0).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor {
     entries: Vec<(Option<Epoch>, Position)>,
+    session: Option<u32>,
 }
 
 impl Cursor {
     /// A cursor from its entries, one per stream in the connection's sorted stream order.
     pub fn new(entries: Vec<(Option<Epoch>, Position)>) -> Self {
-        Cursor { entries }
+        Cursor {
+            entries,
+            session: None,
+        }
+    }
+
+    /// A cursor whose last entry is the private stream of the session with this
+    /// [`session_tag`].
+    pub fn with_session(entries: Vec<(Option<Epoch>, Position)>, session_tag: u32) -> Self {
+        Cursor {
+            entries,
+            session: Some(session_tag),
+        }
+    }
+
+    /// The [`session_tag`] of the session whose private stream is the last entry, if any.
+    pub fn session_tag(&self) -> Option<u32> {
+        self.session
     }
 
     /// The entries.
@@ -76,7 +104,7 @@ impl Cursor {
     }
 
     /// Encodes the cursor for the connection reading `streams` (sorted, as the engine keeps
-    /// them).
+    /// them; the session's private stream not included).
     pub fn encode(&self, streams: &[StreamName]) -> String {
         let mut out = String::with_capacity(24);
         self.encode_into(fingerprint(streams), &mut out);
@@ -86,19 +114,25 @@ impl Cursor {
     /// Encodes with a precomputed [`fingerprint`], appending to `out`: the hot-path form, one
     /// call per delivered event.
     pub fn encode_into(&self, fingerprint: u32, out: &mut String) {
-        let mut raw = [0u8; 5 + 19 * 8];
+        let mut raw = [0u8; 10 + 19 * 8];
         let mut heap = Vec::new();
         let buf: &mut [u8] = if self.entries.len() <= 8 {
             &mut raw
         } else {
-            heap.resize(5 + 19 * self.entries.len(), 0);
+            heap.resize(10 + 19 * self.entries.len(), 0);
             &mut heap
         };
         buf[0] = VERSION;
         buf[1..5].copy_from_slice(&fingerprint.to_be_bytes());
         let mut n = 5;
         let mut previous: Option<Epoch> = None;
+        let session_at = self.session.map(|_| self.entries.len().saturating_sub(1));
         for (i, (epoch, position)) in self.entries.iter().enumerate() {
+            if let (Some(tag), true) = (self.session, session_at == Some(i)) {
+                buf[n] = SESSION_MARKER;
+                buf[n + 1..n + 5].copy_from_slice(&tag.to_be_bytes());
+                n += 5;
+            }
             match epoch {
                 None => {
                     buf[n] = 0;
@@ -131,7 +165,9 @@ impl Cursor {
         URL_SAFE_NO_PAD.encode_string(&buf[..n], out);
     }
 
-    /// Decodes a wire id for a connection reading `streams` (sorted).
+    /// Decodes a wire id for a connection reading `streams` (sorted; the session's private
+    /// stream not included). The session part, if any, is returned as found: compare
+    /// [`Cursor::session_tag`] with the current session's.
     ///
     /// # Errors
     ///
@@ -151,7 +187,19 @@ impl Cursor {
         let mut rest = &raw[5..];
         let mut entries = Vec::new();
         let mut previous: Option<Epoch> = None;
+        let mut session = None;
         while !rest.is_empty() {
+            if session.is_some() {
+                // The session entry is the last one.
+                return Err(CursorError::Malformed);
+            }
+            if rest[0] == SESSION_MARKER {
+                let (tag, tail) = rest[1..]
+                    .split_first_chunk::<4>()
+                    .ok_or(CursorError::Malformed)?;
+                session = Some(u32::from_be_bytes(*tag));
+                rest = tail;
+            }
             let (tag, tail) = rest.split_first().ok_or(CursorError::Malformed)?;
             rest = tail;
             let epoch = match tag {
@@ -186,14 +234,27 @@ impl Cursor {
             previous = epoch;
             entries.push((epoch, position));
         }
-        if entries.is_empty() {
+        let public = entries.len() - usize::from(session.is_some());
+        if public == 0 && session.is_none() {
             return Err(CursorError::Malformed);
         }
-        if fp != fingerprint(streams) || entries.len() != streams.len() {
+        if fp != fingerprint(streams) || public != streams.len() {
             return Err(CursorError::OtherStreams);
         }
-        Ok(Cursor { entries })
+        Ok(Cursor { entries, session })
     }
+}
+
+/// A 32-bit tag of a session id, stored in cursors to recognise the session's own private
+/// stream entry. It is not secret and proves nothing: a cursor only ever positions a
+/// connection, the session itself is proven by its signed token.
+pub fn session_tag(session: &SessionId) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for &b in session.as_bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
 }
 
 /// FNV-1a over the stream names, each followed by a 0xFF separator (a byte no name holds).
@@ -245,6 +306,21 @@ mod tests {
             Cursor::decode(&URL_SAFE_NO_PAD.encode(raw), &streams),
             Err(CursorError::Malformed)
         );
+    }
+
+    #[test]
+    fn session_part_roundtrips_and_is_outside_the_fingerprint() {
+        let streams = names(1);
+        let tag = session_tag(&SessionId::random());
+        let e = Some(Epoch::from_u64(9));
+        let c = Cursor::with_session(vec![(e, 5), (e, 2)], tag);
+        let wire = c.encode(&streams);
+        let back = Cursor::decode(&wire, &streams).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.session_tag(), Some(tag));
+        // A session part alone (a connection reading only its private stream).
+        let only = Cursor::with_session(vec![(None, 0)], tag);
+        assert_eq!(Cursor::decode(&only.encode(&[]), &[]).unwrap(), only);
     }
 
     proptest! {

@@ -53,6 +53,7 @@ macro_rules! http_suite {
             session_survives_reconnects,
             session_cursor_resumes_without_last_event_id,
             session_expires_after_ttl,
+            tokenless_client_resumes_public_streams,
             forged_and_tampered_tokens_get_a_fresh_session,
             resume_from_the_connected_frame,
             invalid_requests_get_4xx,
@@ -780,8 +781,13 @@ pub(crate) async fn reset_when_epoch_changed(backend: Backend) {
         "a lost session is never revived"
     );
     assert_eq!(third.info["reset"], true, "{}", third.info);
-    let reset = third.reset().await;
-    assert_eq!(reset["reason"], "session_expired", "{reset}");
+    // Both are said: the public stream's log is another epoch, the private stream belonged
+    // to a session that is gone.
+    let mut reasons = vec![third.reset().await, third.reset().await];
+    reasons.sort_by_key(|r| r["reason"].to_string());
+    assert_eq!(reasons[0]["reason"], "epoch_changed", "{reasons:?}");
+    assert_eq!(reasons[0]["streams"], json!(["news"]), "{reasons:?}");
+    assert_eq!(reasons[1]["reason"], "session_expired", "{reasons:?}");
     c.publish_ok("news", "c-live").await;
     assert_eq!(third.message().await.0, "c-live");
 }
@@ -987,9 +993,44 @@ pub(crate) async fn session_expires_after_ttl(backend: Backend) {
     assert_eq!(back.info["reset"], true, "{}", back.info);
     let reset = back.reset().await;
     assert_eq!(reset["reason"], "session_expired", "{reset}");
+    let private = format!("@session:{}", back.session);
+    assert_eq!(
+        reset["streams"],
+        serde_json::json!([private]),
+        "only the private stream is reset; news resumes exactly"
+    );
     assert_ne!(back.token, first.token);
-    let (retained, _) = back.messages(1).await;
-    assert_eq!(retained, ["e1"], "the retained events follow the reset");
+    server.publish_ok("news", "live").await;
+    assert_eq!(
+        back.message().await.0,
+        "live",
+        "nothing before it: e1 was seen"
+    );
+}
+
+/// A client that keeps no session token (curl, a generic SSE library) but sends
+/// `Last-Event-ID` resumes its streams exactly; only the private stream of the session it
+/// lost is reset, with reason `session_changed`.
+pub(crate) async fn tokenless_client_resumes_public_streams(backend: Backend) {
+    let server = Server::start(&backend, Retention::default(), Config::default()).await;
+    let mut first = server.open("/events?stream=news", None, None).await;
+    server.publish_ok("news", "p1").await;
+    let (_, id) = first.messages(1).await;
+    drop(first.stream);
+    for data in ["p2", "p3"] {
+        server.publish_ok("news", data).await;
+    }
+    let mut back = server.open("/events?stream=news", None, Some(&id)).await;
+    assert_ne!(back.session, first.session, "no token: a new session");
+    let reset = back.reset().await;
+    assert_eq!(reset["reason"], "session_changed", "{reset}");
+    assert_eq!(
+        reset["streams"],
+        json!([format!("@session:{}", back.session)]),
+        "only the lost session's private stream is reset"
+    );
+    let (missed, _) = back.messages(2).await;
+    assert_eq!(missed, ["p2", "p3"], "the public stream resumes exactly");
     server.publish_ok("news", "live").await;
     assert_eq!(back.message().await.0, "live");
 }
