@@ -37,7 +37,10 @@ pub struct Config {
     /// signed token, so an active client never sees it expire.
     pub token_ttl: Duration,
     /// Interval of heartbeat comments on an idle connection (default 15 s, below the 30–60 s
-    /// idle timeouts common in proxies and load balancers).
+    /// idle timeouts common in proxies and load balancers). An idle connection gets one
+    /// exactly every interval; after an event the next comes within half to one interval, so
+    /// no connection is silent for longer than this. One hub-wide timer drives them (no timer
+    /// per connection).
     pub heartbeat: Duration,
     /// The `retry:` hint sent first on every response (default 2 s; browsers otherwise wait
     /// about 3 s).

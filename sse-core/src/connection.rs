@@ -14,11 +14,10 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use serde::Serialize;
-use tokio::time::Instant;
-use tracing::Instrument;
+use std::sync::Arc;
 
 use crate::cursor::{Cursor, fingerprint, session_tag};
-use crate::hub::{Hub, SessionStatus, Watch};
+use crate::hub::{Hub, Registration, SessionStatus, Signal, Watch};
 use crate::transport::Frame;
 use crate::{Epoch, Error, Position, ReadPage, ResetPolicy, Result, SessionId, StreamName};
 
@@ -230,7 +229,8 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
 
     // Subscribe first: anything appended from here on wakes this connection, so the replay
     // read below and live delivery cannot miss an event between them.
-    let subs: Vec<Watch> = names.iter().map(|n| hub.watch(n)).collect();
+    let signal = Arc::new(Signal::default());
+    let subs: Vec<Watch> = names.iter().map(|n| hub.watch(n, &signal)).collect();
     let start = match (&request.last_event_id, session) {
         (Some(id), _) => match Cursor::decode(id, &names[..public]) {
             Ok(cursor) => Start::Resume(cursor),
@@ -298,25 +298,23 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
         reset: !resets.is_empty(),
     };
 
-    let span = tracing::info_span!(
-        "sse.connection",
-        session = tracing::field::Empty,
-        streams = names.len(),
+    // A debug-level span (a live span per connection costs memory in the subscriber's
+    // registry); the lifecycle events are info-level and carry the session id themselves.
+    // The token is never logged.
+    let session_field = session.map(|s| s.id.to_string()).unwrap_or_default();
+    let span =
+        tracing::debug_span!("sse.connection", session = %session_field, streams = names.len());
+    tracing::info!(
+        parent: &span,
+        session = %session_field,
+        resumed = info.resumed,
+        replay,
+        reset = info.reset,
+        "connected"
     );
-    if let Some(s) = session {
-        span.record("session", tracing::field::display(s.id));
+    for (reason, streams) in &resets {
+        tracing::info!(parent: &span, session = %session_field, reason = reason.as_str(), ?streams, "reset");
     }
-    span.in_scope(|| {
-        tracing::info!(
-            resumed = info.resumed,
-            replay,
-            reset = info.reset,
-            "connected"
-        );
-        for (reason, streams) in &resets {
-            tracing::info!(reason = reason.as_str(), ?streams, "reset");
-        }
-    });
 
     let mut pending = BytesMut::new();
     let mut id = String::new();
@@ -349,13 +347,13 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
     if let Some(s) = session {
         let expires = SystemTime::now() + config.session_ttl;
         if let Err(err) = inner.sessions.touch(&s.id, expires).await {
-            tracing::warn!(parent: &span, error = %err, "could not extend the session");
+            tracing::warn!(parent: &span, session = %session_field, error = %err, "could not extend the session");
         }
     }
 
-    let now = Instant::now();
+    let registration = hub.register(&signal, session.map(|s| s.id));
     let state = State {
-        closing: inner.closing.subscribe(),
+        last_write_tick: inner.tick.load(std::sync::atomic::Ordering::Acquire),
         hub: hub.clone(),
         names,
         subs,
@@ -363,17 +361,15 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
         fp,
         pending,
         session: session.map(|s| s.id),
-        next_heartbeat: now + config.heartbeat,
-        next_touch: now + config.session_ttl / 2,
-        retry_store_at: None,
+        signal,
+        _registration: registration,
         delivered: 0,
         done: false,
-        span: span.clone(),
-        id: String::with_capacity(32),
+        span,
+        id: String::with_capacity(48),
     };
     let stream = futures_util::stream::unfold(state, |mut state| async move {
-        let span = state.span.clone();
-        let chunk = state.next_chunk().instrument(span).await?;
+        let chunk = state.next_chunk().await?;
         Some((chunk, state))
     });
     Ok(Connection {
@@ -390,74 +386,44 @@ struct State {
     fp: u32,
     pending: BytesMut,
     session: Option<SessionId>,
-    next_heartbeat: Instant,
-    next_touch: Instant,
-    retry_store_at: Option<Instant>,
-    closing: tokio::sync::watch::Receiver<bool>,
+    signal: Arc<Signal>,
+    _registration: Registration,
+    /// The hub's heartbeat tick (two per interval) at the last write.
+    last_write_tick: u64,
     delivered: u64,
     done: bool,
     span: tracing::Span,
     id: String,
 }
 
-const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
-
 impl State {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.done {
             return None;
         }
-        let heartbeat = self.hub.inner.config.heartbeat;
+        let inner = self.hub.inner.clone();
         loop {
             let mut out = std::mem::take(&mut self.pending);
-            for sub in &mut self.subs {
-                sub.rx.borrow_and_update();
-            }
-            if *self.closing.borrow_and_update() {
+            // Cleared before reading, so a raise during the read makes the wait return at once.
+            self.signal.take();
+            if inner.closing.load(std::sync::atomic::Ordering::Acquire) {
                 return Some(self.close(out));
             }
             self.collect(&mut out).await;
+            let tick = inner.tick.load(std::sync::atomic::Ordering::Acquire);
             if !out.is_empty() {
-                self.next_heartbeat = Instant::now() + heartbeat;
+                self.last_write_tick = tick;
+            } else if tick >= self.last_write_tick + 2 {
+                // Silent for a whole interval (two half-interval ticks): say we are alive.
+                // Idle connections thus get a comment exactly every interval, and no
+                // connection stays silent longer than one interval.
+                inner.transport.write_frame(&mut out, &Frame::Heartbeat);
+                self.last_write_tick = tick;
+            }
+            if !out.is_empty() {
                 return Some(out.freeze());
             }
-            let retry_at = self.retry_store_at;
-            let changed = futures_util::future::select_all(
-                self.subs.iter_mut().map(|s| Box::pin(s.rx.changed())),
-            );
-            enum Wake {
-                Changed,
-                Heartbeat,
-                Touch,
-                Retry,
-            }
-            let next_heartbeat = self.next_heartbeat;
-            let next_touch = self.next_touch;
-            let wake = tokio::select! {
-                _ = changed => Wake::Changed,
-                _ = self.closing.changed() => Wake::Changed,
-                () = tokio::time::sleep_until(next_heartbeat) => Wake::Heartbeat,
-                () = tokio::time::sleep_until(next_touch) => Wake::Touch,
-                () = async {
-                    match retry_at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => Wake::Retry,
-            };
-            match wake {
-                Wake::Changed => {}
-                Wake::Heartbeat => {
-                    self.hub
-                        .inner
-                        .transport
-                        .write_frame(&mut out, &Frame::Heartbeat);
-                    self.next_heartbeat = Instant::now() + heartbeat;
-                    return Some(out.freeze());
-                }
-                Wake::Touch => self.touch(),
-                Wake::Retry => self.retry_store_at = None,
-            }
+            self.signal.wait().await;
         }
     }
 
@@ -468,21 +434,8 @@ impl State {
             .inner
             .transport
             .write_frame(&mut out, &crate::Frame::Close { retry });
-        tracing::info!("closed by the server");
+        tracing::info!(parent: &self.span, "closed by the server");
         out.freeze()
-    }
-
-    fn touch(&mut self) {
-        let ttl = self.hub.inner.config.session_ttl;
-        self.next_touch = Instant::now() + ttl / 2;
-        if let Some(id) = self.session {
-            let store = self.hub.inner.sessions.clone();
-            tokio::spawn(async move {
-                if let Err(err) = store.touch(&id, SystemTime::now() + ttl).await {
-                    tracing::warn!(error = %err, "could not extend the session");
-                }
-            });
-        }
     }
 
     /// Appends every event after the cursor (at most one page in all) to `out`.
@@ -532,15 +485,15 @@ impl State {
             let page = match inner.buffer.read(&name, entry.1, budget).await {
                 Ok(page) => page,
                 Err(err) => {
-                    tracing::warn!(stream = %name, error = %err, "could not read the store; will retry");
-                    self.retry_store_at = Some(Instant::now() + STORE_RETRY);
+                    tracing::warn!(parent: &self.span, stream = %name, error = %err, "could not read the store; will retry");
+                    self.hub.retry_later(&self.signal);
                     return 0;
                 }
             };
             let (entry, reason) = check(entry, &page, inner.config.reset_policy);
             self.cursor.entries_mut()[i] = entry;
             if let Some(reason) = reason {
-                tracing::info!(stream = %name, reason = reason.as_str(), "reset");
+                tracing::info!(parent: &self.span, stream = %name, reason = reason.as_str(), "reset");
                 self.id.clear();
                 self.cursor.encode_into(self.fp, &mut self.id);
                 let data =
@@ -560,7 +513,7 @@ impl State {
                 if event.position != self.cursor.entries()[i].1 + 1 {
                     // Never skip: a store that returned a hole is read again next time.
                     tracing::error!(stream = %name, position = event.position, "store returned a non-contiguous page");
-                    self.retry_store_at = Some(Instant::now() + STORE_RETRY);
+                    self.hub.retry_later(&self.signal);
                     break;
                 }
                 let body = inner.transport.encode_body(event);
@@ -585,8 +538,8 @@ impl State {
 
 impl Drop for State {
     fn drop(&mut self) {
-        let _enter = self.span.enter();
-        tracing::info!(delivered = self.delivered, "disconnected");
+        let session = self.session.map(|s| s.to_string()).unwrap_or_default();
+        tracing::info!(parent: &self.span, session = %session, delivered = self.delivered, "disconnected");
         let Some(id) = self.session else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;

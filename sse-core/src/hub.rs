@@ -4,14 +4,16 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::task::AtomicWaker;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{mpsc, watch};
+use slab::Slab;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::connection::{self, ConnectRequest, Connection};
@@ -115,6 +117,9 @@ impl HubBuilder {
         config.page_size = config.page_size.max(1);
         // Subscribe before the hub exists, so no append made through it can be missed.
         let feed = self.buffer.live_feed();
+        // Two ticks per heartbeat interval: see `State::next_chunk`.
+        let heartbeat = (config.heartbeat / 2).max(Duration::from_millis(5));
+        let keepalive = (config.session_ttl / 2).max(Duration::from_millis(10));
         let inner = Arc::new(Inner {
             buffer: self.buffer,
             sessions: self.sessions,
@@ -122,9 +127,14 @@ impl HubBuilder {
             keys: self.keys.unwrap_or_else(TokenKeys::random),
             config,
             streams: Mutex::new(HashMap::new()),
-            init: tx,
-            closing: watch::channel(false).0,
+            commands: tx,
+            connections: Mutex::new(Slab::new()),
+            tick: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            live_sessions: Mutex::new(HashMap::new()),
         });
+        tokio::spawn(run_ticker(Arc::downgrade(&inner), heartbeat));
+        tokio::spawn(run_session_keeper(Arc::downgrade(&inner), keepalive));
         tokio::spawn(run_feed(Arc::downgrade(&inner), rx, feed));
         Hub { inner }
     }
@@ -137,8 +147,84 @@ pub(crate) struct Inner {
     pub(crate) keys: TokenKeys,
     pub(crate) config: Config,
     streams: Mutex<HashMap<StreamName, Arc<StreamState>>>,
-    init: mpsc::UnboundedSender<StreamName>,
-    pub(crate) closing: watch::Sender<bool>,
+    commands: mpsc::UnboundedSender<Command>,
+    /// Every open connection's wake-up signal: heartbeat ticks and closing reach them here.
+    connections: Mutex<Slab<Arc<Signal>>>,
+    /// Heartbeat ticks so far; a connection that wrote nothing during a tick sends a comment.
+    pub(crate) tick: AtomicU64,
+    pub(crate) closing: AtomicBool,
+    /// Sessions with open connections (and how many), kept alive by the session keeper.
+    live_sessions: Mutex<HashMap<SessionId, usize>>,
+}
+
+enum Command {
+    /// A stream got its first reader: initialise its window.
+    Init(StreamName),
+    /// A connection could not read the store: wake it again in a moment.
+    Retry(Weak<Signal>),
+}
+
+/// A connection's wake-up: raised by its streams, the heartbeat ticker and the retry timer;
+/// one flag and one waker, registered once, so waking a connection allocates nothing and a
+/// waiting connection holds no timer and no per-wait registration.
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    raised: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    pub(crate) fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Clears the flag; `true` if it was raised.
+    pub(crate) fn take(&self) -> bool {
+        self.raised.swap(false, Ordering::AcqRel)
+    }
+
+    /// Waits until raised (returns at once if it already is).
+    pub(crate) async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.take() {
+                return std::task::Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // Raised between the check and the registration: do not sleep on it.
+            if self.take() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// A connection's registration with the hub; dropping it unregisters.
+pub(crate) struct Registration {
+    key: usize,
+    session: Option<SessionId>,
+    hub: Weak<Inner>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        hub.connections.lock().try_remove(self.key);
+        if let Some(id) = self.session {
+            let mut live = hub.live_sessions.lock();
+            if let Some(n) = live.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    live.remove(&id);
+                }
+            }
+        }
+    }
 }
 
 /// The hot window of one stream: bodies of positions `start ..= start + len - 1`, contiguous.
@@ -158,25 +244,28 @@ impl Window {
 pub(crate) struct StreamState {
     pub(crate) name: StreamName,
     pub(crate) window: RwLock<Window>,
-    pub(crate) changed: watch::Sender<u64>,
+    subscribers: Mutex<Slab<Arc<Signal>>>,
     watchers: AtomicUsize,
 }
 
 impl StreamState {
     fn notify(&self) {
-        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        for (_, signal) in self.subscribers.lock().iter() {
+            signal.raise();
+        }
     }
 }
 
 /// A connection's hold on a stream's window; dropping the last one frees the window.
 pub(crate) struct Watch {
     pub(crate) state: Arc<StreamState>,
-    pub(crate) rx: watch::Receiver<u64>,
+    key: usize,
     hub: Weak<Inner>,
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
+        self.state.subscribers.lock().try_remove(self.key);
         if let Some(hub) = self.hub.upgrade() {
             let mut streams = hub.streams.lock();
             if self.state.watchers.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -406,7 +495,10 @@ impl Hub {
     /// reconnect, to another instance or to this one once it is back. Call it on graceful
     /// shutdown: SSE responses never finish on their own.
     pub fn close_connections(&self) {
-        self.inner.closing.send_replace(true);
+        self.inner.closing.store(true, Ordering::Release);
+        for (_, signal) in self.inner.connections.lock().iter() {
+            signal.raise();
+        }
     }
 
     /// Number of streams that currently have a hot window (streams with readers).
@@ -421,12 +513,37 @@ impl Hub {
         streams.iter().map(|s| s.window.read().entries.len()).sum()
     }
 
-    pub(crate) fn watch(&self, name: &StreamName) -> Watch {
+    /// Registers a connection: heartbeat ticks, closing and its session's keep-alive.
+    pub(crate) fn register(
+        &self,
+        signal: &Arc<Signal>,
+        session: Option<SessionId>,
+    ) -> Registration {
+        let key = self.inner.connections.lock().insert(signal.clone());
+        if let Some(id) = session {
+            *self.inner.live_sessions.lock().entry(id).or_insert(0) += 1;
+        }
+        Registration {
+            key,
+            session,
+            hub: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// Asks the feed task to raise `signal` after a short delay (the store failed a read).
+    pub(crate) fn retry_later(&self, signal: &Arc<Signal>) {
+        let _ = self
+            .inner
+            .commands
+            .send(Command::Retry(Arc::downgrade(signal)));
+    }
+
+    pub(crate) fn watch(&self, name: &StreamName, signal: &Arc<Signal>) -> Watch {
         let mut streams = self.inner.streams.lock();
         let state = streams
             .entry(name.clone())
             .or_insert_with(|| {
-                let _ = self.inner.init.send(name.clone());
+                let _ = self.inner.commands.send(Command::Init(name.clone()));
                 Arc::new(StreamState {
                     name: name.clone(),
                     window: RwLock::new(Window {
@@ -435,16 +552,16 @@ impl Hub {
                         start: 1,
                         entries: VecDeque::new(),
                     }),
-                    changed: watch::channel(0).0,
+                    subscribers: Mutex::new(Slab::new()),
                     watchers: AtomicUsize::new(0),
                 })
             })
             .clone();
         state.watchers.fetch_add(1, Ordering::AcqRel);
-        let rx = state.changed.subscribe();
+        let key = state.subscribers.lock().insert(signal.clone());
         Watch {
             state,
-            rx,
+            key,
             hub: Arc::downgrade(&self.inner),
         }
     }
@@ -456,10 +573,11 @@ const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
 /// window only ever moves forward by contiguous positions.
 async fn run_feed(
     hub: Weak<Inner>,
-    mut init: mpsc::UnboundedReceiver<StreamName>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
     mut feed: crate::LiveFeed,
 ) {
     let mut failed: HashSet<StreamName> = HashSet::new();
+    let mut waiting: Vec<Weak<Signal>> = Vec::new();
     let mut retry_at: Option<Instant> = None;
     loop {
         let retry = async {
@@ -469,11 +587,16 @@ async fn run_feed(
             }
         };
         tokio::select! {
-            name = init.recv() => {
-                let Some(name) = name else { return };
+            command = commands.recv() => {
                 let Some(inner) = hub.upgrade() else { return };
-                if inner.refresh_by_name(&name).await.is_err() {
-                    failed.insert(name);
+                match command {
+                    None => return,
+                    Some(Command::Init(name)) => {
+                        if inner.refresh_by_name(&name).await.is_err() {
+                            failed.insert(name);
+                        }
+                    }
+                    Some(Command::Retry(signal)) => waiting.push(signal),
                 }
             }
             item = feed.next() => {
@@ -496,6 +619,9 @@ async fn run_feed(
             }
             () = retry => {
                 retry_at = None;
+                for signal in waiting.drain(..).filter_map(|s| s.upgrade()) {
+                    signal.raise();
+                }
                 let Some(inner) = hub.upgrade() else { return };
                 for name in std::mem::take(&mut failed) {
                     if inner.refresh_by_name(&name).await.is_err() {
@@ -504,8 +630,43 @@ async fn run_feed(
                 }
             }
         }
-        if !failed.is_empty() && retry_at.is_none() {
+        if (!failed.is_empty() || !waiting.is_empty()) && retry_at.is_none() {
             retry_at = Some(Instant::now() + RETRY_AFTER_ERROR);
+        }
+    }
+}
+
+/// Raises every connection twice per heartbeat interval; each decides whether it was idle.
+async fn run_ticker(hub: Weak<Inner>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(inner) = hub.upgrade() else { return };
+        inner.tick.fetch_add(1, Ordering::AcqRel);
+        for (_, signal) in inner.connections.lock().iter() {
+            signal.raise();
+        }
+    }
+}
+
+/// Extends every session that has open connections, every half TTL: one store write per
+/// session, however many connections it has.
+async fn run_session_keeper(hub: Weak<Inner>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(inner) = hub.upgrade() else { return };
+        let live: Vec<SessionId> = inner.live_sessions.lock().keys().copied().collect();
+        let (sessions, ttl) = (inner.sessions.clone(), inner.config.session_ttl);
+        drop(inner);
+        for id in live {
+            if let Err(err) = sessions.touch(&id, SystemTime::now() + ttl).await {
+                tracing::warn!(session = %id, error = %err, "could not extend a session");
+            }
         }
     }
 }

@@ -887,10 +887,18 @@ async fn heartbeats_arrive_at_the_configured_interval() {
         close_to(next_heartbeat(&mut client).await, interval);
     }
 
-    // An event resets the idle timer: the next heartbeat comes one interval after it.
+    // An event postpones the next heartbeat: it comes within half to one interval after the
+    // event (the hub's timer ticks twice per interval), never later.
     tokio::time::sleep(Duration::from_secs(2)).await;
     publish(&hub, &news, "event").await;
     assert_eq!(client.data(1).await, ["event"]);
+    let after_event = next_heartbeat(&mut client).await;
+    assert!(
+        after_event >= interval / 2 && after_event <= interval,
+        "a heartbeat {after_event:?} after an event, expected within [{:?}, {interval:?}]",
+        interval / 2
+    );
+    // Then idle again: exactly every interval.
     close_to(next_heartbeat(&mut client).await, interval);
 }
 

@@ -53,6 +53,7 @@ macro_rules! http_suite {
             session_survives_reconnects,
             session_cursor_resumes_without_last_event_id,
             session_expires_after_ttl,
+            session_lives_while_connected,
             tokenless_client_resumes_public_streams,
             forged_and_tampered_tokens_get_a_fresh_session,
             resume_from_the_connected_frame,
@@ -1006,6 +1007,44 @@ pub(crate) async fn session_expires_after_ttl(backend: Backend) {
         "live",
         "nothing before it: e1 was seen"
     );
+}
+
+/// A session with an open connection outlives its TTL many times over (the hub extends it
+/// every half TTL); once the connection ends, it expires.
+pub(crate) async fn session_lives_while_connected(backend: Backend) {
+    let ttl = Duration::from_millis(400);
+    let config = Config::default().with_session_ttl(ttl);
+    let server = Server::start(&backend, Retention::default(), config).await;
+    let first = server.open("/events?stream=news", None, None).await;
+    let id = session_id(&first.session);
+    let started = std::time::Instant::now();
+    // Four TTLs of real time is what is under test; the store is checked all along.
+    while started.elapsed() < ttl * 4 {
+        assert!(
+            server
+                .hub
+                .sessions()
+                .load(&id)
+                .await
+                .expect("the store answers")
+                .is_some(),
+            "the session expired after {:?} while connected",
+            started.elapsed()
+        );
+        tokio::time::sleep(ttl / 8).await;
+    }
+    drop(first.stream);
+    wait_for("the session to expire once disconnected", WAIT, || {
+        let hub = server.hub.clone();
+        async move {
+            hub.sessions()
+                .load(&id)
+                .await
+                .expect("the store answers")
+                .is_none()
+        }
+    })
+    .await;
 }
 
 /// A client that keeps no session token (curl, a generic SSE library) but sends
