@@ -7,6 +7,7 @@
 //! growing buffer.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -359,7 +360,8 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
         subs,
         cursor,
         fp,
-        pending,
+        out: pending,
+        read: None,
         session: session.map(|s| s.id),
         signal,
         _registration: registration,
@@ -368,23 +370,35 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
         span,
         id: String::with_capacity(48),
     };
-    let stream = futures_util::stream::unfold(state, |mut state| async move {
-        let chunk = state.next_chunk().await?;
-        Some((chunk, state))
-    });
     Ok(Connection {
         info,
-        inner: Box::pin(stream),
+        inner: Box::pin(state),
     })
 }
 
+/// A store read in flight: the stream's index and the page.
+type PendingRead = Pin<Box<dyn Future<Output = (usize, Result<ReadPage>)> + Send>>;
+
+/// What one pass over the streams found.
+enum Collected {
+    /// Everything available was taken (possibly nothing).
+    Done,
+    /// Stream `i` must be read from the store first.
+    NeedsStore(usize),
+}
+
+/// The connection's state machine, polled directly as the response body: taking events from
+/// the hot windows is synchronous (a read lock and reference-counted bytes); only a read from
+/// the store suspends it.
 struct State {
     hub: Hub,
     names: Vec<StreamName>,
     subs: Vec<Watch>,
     cursor: Cursor,
     fp: u32,
-    pending: BytesMut,
+    /// What is ready to be written (the first frames, then each batch).
+    out: BytesMut,
+    read: Option<PendingRead>,
     session: Option<SessionId>,
     signal: Arc<Signal>,
     _registration: Registration,
@@ -396,56 +410,98 @@ struct State {
     id: String,
 }
 
-impl State {
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        if self.done {
-            return None;
-        }
-        let inner = self.hub.inner.clone();
-        loop {
-            let mut out = std::mem::take(&mut self.pending);
-            // Cleared before reading, so a raise during the read makes the wait return at once.
-            self.signal.take();
-            if inner.closing.load(std::sync::atomic::Ordering::Acquire) {
-                return Some(self.close(out));
-            }
-            self.collect(&mut out).await;
-            let tick = inner.tick.load(std::sync::atomic::Ordering::Acquire);
-            if !out.is_empty() {
-                self.last_write_tick = tick;
-            } else if tick >= self.last_write_tick + 2 {
-                // Silent for a whole interval (two half-interval ticks): say we are alive.
-                // Idle connections thus get a comment exactly every interval, and no
-                // connection stays silent longer than one interval.
-                inner.transport.write_frame(&mut out, &Frame::Heartbeat);
-                self.last_write_tick = tick;
-            }
-            if !out.is_empty() {
-                return Some(out.freeze());
-            }
-            self.signal.wait().await;
-        }
-    }
+impl Stream for State {
+    type Item = Bytes;
 
-    fn close(&mut self, mut out: BytesMut) -> Bytes {
-        self.done = true;
-        let retry = Some(self.hub.inner.config.retry);
-        self.hub
-            .inner
-            .transport
-            .write_frame(&mut out, &crate::Frame::Close { retry });
-        tracing::info!(parent: &self.span, "closed by the server");
-        out.freeze()
-    }
-
-    /// Appends every event after the cursor (at most one page in all) to `out`.
-    async fn collect(&mut self, out: &mut BytesMut) {
-        let page_size = self.hub.inner.config.page_size;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        use std::sync::atomic::Ordering;
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let inner = this.hub.inner.clone();
+        let page_size = inner.config.page_size;
         let mut budget = page_size;
+        // Streams read from the store during this poll: not read again before the next wake-up,
+        // or a stream whose window is not usable (not ready yet, another epoch) would be read
+        // over and over while nothing changes.
+        let mut read_already: Vec<usize> = Vec::new();
+        loop {
+            if let Some(read) = this.read.as_mut() {
+                match read.as_mut().poll(cx) {
+                    Poll::Pending if this.out.is_empty() => return Poll::Pending,
+                    // Send what is ready; the read goes on at the next poll.
+                    Poll::Pending => break,
+                    Poll::Ready((i, page)) => {
+                        this.read = None;
+                        read_already.push(i);
+                        budget = budget.saturating_sub(this.apply_page(i, page));
+                    }
+                }
+            }
+            // Cleared before reading, so a raise during the read is not lost.
+            this.signal.take();
+            if inner.closing.load(Ordering::Acquire) {
+                let retry = Some(inner.config.retry);
+                inner
+                    .transport
+                    .write_frame(&mut this.out, &Frame::Close { retry });
+                tracing::info!(parent: &this.span, "closed by the server");
+                this.done = true;
+                return Poll::Ready(Some(this.out.split().freeze()));
+            }
+            match this.collect(&mut budget, &read_already) {
+                Collected::NeedsStore(i) if budget > 0 => {
+                    let buffer = inner.buffer.clone();
+                    let name = this.names[i].clone();
+                    let after = this.cursor.entries()[i].1;
+                    let limit = budget;
+                    this.read = Some(Box::pin(async move {
+                        let page = buffer.read(&name, after, limit).await;
+                        (i, page)
+                    }));
+                    continue;
+                }
+                _ => {}
+            }
+            break;
+        }
+        let tick = inner.tick.load(Ordering::Acquire);
+        if !this.out.is_empty() {
+            this.last_write_tick = tick;
+        } else if tick >= this.last_write_tick + 2 {
+            // Silent for a whole interval (two half-interval ticks): say we are alive. Idle
+            // connections thus get a comment exactly every interval, and no connection stays
+            // silent longer than one interval.
+            inner
+                .transport
+                .write_frame(&mut this.out, &Frame::Heartbeat);
+            this.last_write_tick = tick;
+        }
+        if !this.out.is_empty() {
+            return Poll::Ready(Some(this.out.split().freeze()));
+        }
+        if this.read.is_some() {
+            // Woken by the read.
+            return Poll::Pending;
+        }
+        this.signal.register(cx.waker());
+        if this.signal.take() {
+            // Raised between the pass and the registration: go again.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
+impl State {
+    /// Takes every event after the cursor that the hot windows hold, up to `budget`, into
+    /// `out`; stops at the first stream that needs the store, skipping those in `skip`.
+    fn collect(&mut self, budget: &mut usize, skip: &[usize]) -> Collected {
         let mut bodies: Vec<Bytes> = Vec::new();
         for i in 0..self.subs.len() {
-            if budget == 0 {
-                return;
+            if *budget == 0 {
+                return Collected::Done;
             }
             let (epoch, position) = self.cursor.entries()[i];
             let from_window = {
@@ -453,7 +509,7 @@ impl State {
                 if w.ready && w.epoch == epoch && position + 1 >= w.start {
                     // The cursor may be ahead of the window (it read the store directly while
                     // the window was catching up): then there is nothing to take yet.
-                    let take = w.head().saturating_sub(position).min(budget as u64) as usize;
+                    let take = w.head().saturating_sub(position).min(*budget as u64) as usize;
                     if take > 0 {
                         let from = (position + 1 - w.start) as usize;
                         bodies.extend(w.entries.range(from..from + take).cloned());
@@ -463,75 +519,78 @@ impl State {
                     false
                 }
             };
-            if from_window {
-                budget -= bodies.len();
-                for body in bodies.drain(..) {
-                    self.write_event(out, i, epoch, body);
+            if !from_window {
+                if skip.contains(&i) {
+                    continue;
                 }
-            } else {
-                budget -= self.collect_from_store(out, i, budget).await;
+                return Collected::NeedsStore(i);
+            }
+            *budget -= bodies.len();
+            for body in bodies.drain(..) {
+                self.write_event(i, epoch, &body);
             }
         }
+        Collected::Done
     }
 
-    /// The slow path: the window does not cover the cursor (behind it, not ready yet, or
-    /// another epoch). Reads one page from the store and handles any gap with a reset.
-    async fn collect_from_store(&mut self, out: &mut BytesMut, i: usize, budget: usize) -> usize {
+    /// The slow path's second half: a page read from the store because the window did not
+    /// cover the cursor (behind it, not ready yet, or another epoch). Handles any gap with a
+    /// reset; returns how many events were written.
+    fn apply_page(&mut self, i: usize, page: Result<ReadPage>) -> usize {
         let inner = self.hub.inner.clone();
-        let name = self.names[i].clone();
-        // Two rounds at most: one that may reset, one that reads after the reset.
-        for _ in 0..2 {
-            let entry = self.cursor.entries()[i];
-            let page = match inner.buffer.read(&name, entry.1, budget).await {
-                Ok(page) => page,
-                Err(err) => {
-                    tracing::warn!(parent: &self.span, stream = %name, error = %err, "could not read the store; will retry");
-                    self.hub.retry_later(&self.signal);
-                    return 0;
-                }
-            };
-            let (entry, reason) = check(entry, &page, inner.config.reset_policy);
-            self.cursor.entries_mut()[i] = entry;
-            if let Some(reason) = reason {
-                tracing::info!(parent: &self.span, stream = %name, reason = reason.as_str(), "reset");
-                self.id.clear();
-                self.cursor.encode_into(self.fp, &mut self.id);
-                let data =
-                    serde_json::json!({"reason": reason.as_str(), "streams": [name.as_str()]})
-                        .to_string();
-                inner.transport.write_frame(
-                    out,
-                    &Frame::Reset {
-                        id: &self.id,
-                        data: &data,
-                    },
-                );
-                continue;
+        let page = match page {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::warn!(parent: &self.span, stream = %self.names[i], error = %err, "could not read the store; will retry");
+                self.hub.retry_later(&self.signal);
+                return 0;
             }
-            let mut n = 0;
-            for event in &page.events {
-                if event.position != self.cursor.entries()[i].1 + 1 {
-                    // Never skip: a store that returned a hole is read again next time.
-                    tracing::error!(stream = %name, position = event.position, "store returned a non-contiguous page");
-                    self.hub.retry_later(&self.signal);
-                    break;
-                }
-                let body = inner.transport.encode_body(event);
-                self.write_event(out, i, entry.0, body);
-                n += 1;
-            }
-            return n;
+        };
+        let (entry, reason) = check(self.cursor.entries()[i], &page, inner.config.reset_policy);
+        self.cursor.entries_mut()[i] = entry;
+        if let Some(reason) = reason {
+            let name = self.names[i].as_str();
+            tracing::info!(parent: &self.span, stream = %name, reason = reason.as_str(), "reset");
+            self.id.clear();
+            self.cursor.encode_into(self.fp, &mut self.id);
+            let data =
+                serde_json::json!({"reason": reason.as_str(), "streams": [name]}).to_string();
+            inner.transport.write_frame(
+                &mut self.out,
+                &Frame::Reset {
+                    id: &self.id,
+                    data: &data,
+                },
+            );
+            // The page was read from a position the reset moved away from: the next pass
+            // reads from the new one.
+            return 0;
         }
-        0
+        let mut n = 0;
+        for event in &page.events {
+            if event.position != self.cursor.entries()[i].1 + 1 {
+                // Never skip: a store that returned a hole is read again later.
+                tracing::error!(parent: &self.span, stream = %self.names[i], position = event.position, "store returned a non-contiguous page");
+                self.hub.retry_later(&self.signal);
+                break;
+            }
+            let body = inner.transport.encode_body(event);
+            self.write_event(i, entry.0, &body);
+            n += 1;
+        }
+        n
     }
 
-    fn write_event(&mut self, out: &mut BytesMut, i: usize, epoch: Option<Epoch>, body: Bytes) {
+    fn write_event(&mut self, i: usize, epoch: Option<Epoch>, body: &[u8]) {
         let entry = &mut self.cursor.entries_mut()[i];
         entry.0 = epoch;
         entry.1 += 1;
         self.id.clear();
         self.cursor.encode_into(self.fp, &mut self.id);
-        self.hub.inner.transport.write_event(out, &self.id, &body);
+        self.hub
+            .inner
+            .transport
+            .write_event(&mut self.out, &self.id, body);
         self.delivered += 1;
     }
 }

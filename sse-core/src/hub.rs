@@ -184,21 +184,9 @@ impl Signal {
         self.raised.swap(false, Ordering::AcqRel)
     }
 
-    /// Waits until raised (returns at once if it already is).
-    pub(crate) async fn wait(&self) {
-        std::future::poll_fn(|cx| {
-            if self.take() {
-                return std::task::Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            // Raised between the check and the registration: do not sleep on it.
-            if self.take() {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
-        .await;
+    /// Registers the task to wake when raised.
+    pub(crate) fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
     }
 }
 
