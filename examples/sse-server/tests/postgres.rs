@@ -1,0 +1,505 @@
+//! The reference server on PostgreSQL, as separate processes with real SSE clients over HTTP.
+//!
+//! - Two `sse-server` processes on one database: an event published on A reaches B's live
+//!   clients; a client hopping from A to B with its `Last-Event-ID` and session token gets
+//!   exactly the events it missed; sessions are shared.
+//! - A PostgreSQL restart: a private cluster this test creates with `initdb` and `pg_ctl` in
+//!   a temporary directory, on a port of its own. While it is down `POST /publish` answers
+//!   503 with a JSON error and connected clients stay connected; once it is back the LISTEN
+//!   connection recovers and catches up, and clients resume without loss.
+//!
+//! Needs PostgreSQL: the shared test server (`SSE_TEST_POSTGRES_URL`, by default
+//! `postgres://postgres@127.0.0.1:5432/test`) and its binaries (`PG_BIN`, by default the
+//! newest `/usr/lib/postgresql/*/bin`). Without them the tests fail, saying how to get them:
+//! they never skip.
+
+mod support;
+
+use std::hash::{BuildHasher, RandomState};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use sse_axum::testing::{SseStream, connect};
+use sse_core::codec::{Item, ParsedEvent};
+use support::{Server, TempDir, tail};
+
+/// The signing key both servers share, so a session token from one is genuine on the other.
+const KEY: &str = "postgres-test-signing-key-0123456789abcdef";
+/// How long one expected thing may take.
+const WAIT: Duration = Duration::from_secs(20);
+
+const HOW_TO_START: &str = "start the local cluster with \
+    `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+    (trust authentication, a database `test`), or set SSE_TEST_POSTGRES_URL";
+
+fn shared_url() -> String {
+    std::env::var("SSE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Fails the test, with how to start it, when nothing listens where the shared server
+/// should be.
+fn require_shared_server(url: &str) {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = authority.split(['/', '?']).next().unwrap_or("127.0.0.1");
+    let host = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5432")
+    };
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&host)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok()
+        });
+    assert!(
+        reachable,
+        "PostgreSQL is not reachable at {host}: these tests need a real PostgreSQL; {HOW_TO_START}"
+    );
+}
+
+fn random_u64() -> u64 {
+    RandomState::new().hash_one(SystemTime::now())
+}
+
+/// A schema of the shared server for one test, dropped (with `psql`) when the test ends.
+struct Schema {
+    url: String,
+    name: String,
+}
+
+impl Schema {
+    fn new() -> Schema {
+        let url = shared_url();
+        require_shared_server(&url);
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Schema {
+            url,
+            name: format!("sse_test_{secs}_{:016x}", random_u64()),
+        }
+    }
+
+    /// The store URL naming this schema.
+    fn store_url(&self) -> String {
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{separator}sse_schema={}", self.url, self.name)
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let dropped = Command::new("psql")
+            .args([
+                self.url.as_str(),
+                "-qc",
+                &format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !dropped.is_ok_and(|s| s.success()) {
+            eprintln!("could not drop the test schema {} with psql", self.name);
+        }
+    }
+}
+
+fn start(store: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--store", store, "--secret", KEY];
+    args.extend_from_slice(extra);
+    Server::start_with(&args).unwrap_or_else(|err| panic!("{err}"))
+}
+
+async fn publish(server: &Server, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(server.url("/publish"))
+        .timeout(WAIT)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("POST /publish: {err}\n{}", tail(&server.log, 30)));
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn publish_ok(server: &Server, stream: &str, data: &str) -> u64 {
+    let (status, answer) = publish(server, json!({"stream": stream, "data": data})).await;
+    assert_eq!(
+        status,
+        200,
+        "publishing {data:?}: {answer}\n{}",
+        tail(&server.log, 30)
+    );
+    answer["position"].as_u64().expect("a position")
+}
+
+/// An SSE client whose `connected` frame has been read.
+struct Client {
+    stream: SseStream,
+    info: Value,
+    token: String,
+    /// The id of the last event read (what a browser sends back as `Last-Event-ID`).
+    last_id: String,
+}
+
+impl Client {
+    async fn open(server: &Server, path: &str, token: Option<&str>, last_id: Option<&str>) -> Self {
+        let mut headers = Vec::new();
+        if let Some(token) = token {
+            headers.push(("x-sse-session", token));
+        }
+        if let Some(id) = last_id {
+            headers.push(("last-event-id", id));
+        }
+        let mut stream = connect(&server.url(path), &headers).await;
+        assert_eq!(stream.status, 200, "GET {path}");
+        let connected = stream
+            .next_event(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no connected event\n{}", tail(&server.log, 30)));
+        assert_eq!(connected.event, "connected", "{connected:?}");
+        Client {
+            token: stream.token().expect("a session token"),
+            info: serde_json::from_str(&connected.data).expect("JSON"),
+            last_id: connected.last_event_id,
+            stream,
+        }
+    }
+
+    fn session(&self) -> String {
+        self.info["session"].as_str().expect("a session").to_owned()
+    }
+
+    async fn next(&mut self) -> ParsedEvent {
+        let event = self.stream.next_event(WAIT).await.unwrap_or_else(|| {
+            panic!(
+                "no event within {WAIT:?} (response ended: {})",
+                self.stream.ended()
+            )
+        });
+        self.last_id = event.last_event_id.clone();
+        event
+    }
+
+    /// The data of the next `n` events, which must be plain messages.
+    async fn messages(&mut self, n: usize) -> Vec<String> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let event = self.next().await;
+            assert_eq!(event.event, "message", "{event:?}");
+            out.push(event.data);
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_one_database() {
+    let schema = Schema::new();
+    let url = schema.store_url();
+    let a = start(&url, &[]);
+    let b = start(&url, &[]);
+
+    // Published on A, delivered live to B's client.
+    let mut on_b = Client::open(&b, "/events?stream=news", None, None).await;
+    publish_ok(&a, "news", "from-a").await;
+    assert_eq!(on_b.messages(1).await, ["from-a"]);
+
+    // A client reads on A, goes away, and comes back on B with its Last-Event-ID and token.
+    let mut hopper = Client::open(&a, "/events?stream=news", None, None).await;
+    for data in ["a1", "a2"] {
+        publish_ok(&a, "news", data).await;
+    }
+    assert_eq!(hopper.messages(2).await, ["a1", "a2"]);
+    let session = hopper.session();
+    let (token, last_id) = (hopper.token.clone(), hopper.last_id.clone());
+    drop(hopper);
+    let missed: Vec<String> = (1..=3).map(|i| format!("missed-{i}")).collect();
+    for (i, data) in missed.iter().enumerate() {
+        // From both servers: the log is one.
+        let via = if i % 2 == 0 { &a } else { &b };
+        publish_ok(via, "news", data).await;
+    }
+    let mut back = Client::open(&b, "/events?stream=news", Some(&token), Some(&last_id)).await;
+    assert_eq!(back.session(), session, "B knows the session A created");
+    assert_eq!(back.info["resumed"], true, "{}", back.info);
+    assert_eq!(back.info["reset"], false, "{}", back.info);
+    assert_eq!(back.info["replay"], 3, "{}", back.info);
+    assert_eq!(back.messages(3).await, missed, "exactly the missed events");
+    publish_ok(&a, "news", "live").await;
+    assert_eq!(back.messages(1).await, ["live"], "then live, nothing twice");
+    assert_eq!(
+        on_b.messages(6).await,
+        ["a1", "a2", "missed-1", "missed-2", "missed-3", "live"]
+    );
+
+    // A message for the session, sent through A, reaches its connection on B.
+    let (status, answer) = publish(&a, json!({"session": session, "data": "for-you"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(back.messages(1).await, ["for-you"]);
+    // And a session created on B is known to A.
+    let fresh = Client::open(&b, "/events?stream=news", None, None).await;
+    let (status, answer) = publish(&a, json!({"session": fresh.session(), "data": "hi"})).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// The newest `/usr/lib/postgresql/*/bin` (or `PG_BIN`), which must hold `initdb`.
+fn pg_bin() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
+        panic!(
+            "the restart test needs PostgreSQL's initdb and pg_ctl: \
+             `apt-get install -y postgresql`, or point PG_BIN at their directory"
+        )
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+}
+
+/// A PostgreSQL cluster of this test's own: `initdb` in a temporary directory, on a free
+/// port. Run as `postgres` when the test runs as root (initdb refuses root). Stopped
+/// (immediately) and removed when dropped, also when the test panics.
+struct Cluster {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    as_postgres: bool,
+    // Dropped last: the server is stopped before its files go.
+    dir: TempDir,
+}
+
+impl Cluster {
+    fn command(&self, program: &str) -> Command {
+        let program = self.bin.join(program);
+        if self.as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            Command::new(program)
+        }
+    }
+
+    fn run(&self, what: &str, mut command: Command) {
+        let output = command
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run {what}: {err}"));
+        assert!(
+            output.status.success(),
+            "{what} failed: {}\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            std::fs::read_to_string(self.dir.0.join("log")).unwrap_or_default()
+        );
+    }
+
+    fn init() -> Cluster {
+        let bin = pg_bin();
+        let dir = TempDir::new("sse-pg-cluster").unwrap_or_else(|err| panic!("{err}"));
+        let as_postgres = is_root();
+        if as_postgres {
+            let chown = Command::new("chown")
+                .args(["postgres:", &dir.0.to_string_lossy()])
+                .status();
+            assert!(
+                chown.is_ok_and(|s| s.success()),
+                "cannot hand {} to the postgres user",
+                dir.0.display()
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let cluster = Cluster {
+            bin,
+            data: dir.0.join("data"),
+            port,
+            as_postgres,
+            dir,
+        };
+        let mut initdb = cluster.command("initdb");
+        initdb.args(["-D", &cluster.data.to_string_lossy()]).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+        ]);
+        cluster.run("initdb", initdb);
+        cluster
+    }
+
+    fn start(&self) {
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl
+            .args(["-D", &self.data.to_string_lossy()])
+            .args(["-l", &self.dir.0.join("log").to_string_lossy()])
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.dir.0.display()
+            ))
+            .arg("start");
+        self.run("pg_ctl start", pg_ctl);
+    }
+
+    /// A fast shutdown, as a restart by an operator or a failover would do.
+    fn stop(&self) {
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl
+            .args(["-D", &self.data.to_string_lossy()])
+            .args(["-m", "fast", "-w", "-t", "60", "stop"]);
+        self.run("pg_ctl stop", pg_ctl);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn data_dir(&self) -> &Path {
+        &self.data
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.data_dir().join("postmaster.pid").exists() {
+            let mut pg_ctl = self.command("pg_ctl");
+            let _ = pg_ctl
+                .args(["-D", &self.data.to_string_lossy()])
+                .args(["-m", "immediate", "-w", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Reads items for `span`: the response must stay open, carrying only heartbeats.
+async fn stays_connected(client: &mut Client, span: Duration) -> usize {
+    let end = Instant::now() + span;
+    let mut heartbeats = 0;
+    while Instant::now() < end {
+        let left = end.saturating_duration_since(Instant::now());
+        match client.stream.next_item(left).await {
+            Some(Item::Comment(_)) => heartbeats += 1,
+            Some(Item::Retry(_)) => {}
+            Some(Item::Event(event)) => panic!("an event while PostgreSQL is down: {event:?}"),
+            None => assert!(!client.stream.ended(), "the server ended the response"),
+        }
+    }
+    heartbeats
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_loses_nothing() {
+    let cluster = Cluster::init();
+    cluster.start();
+    let server = start(&cluster.url(), &["--heartbeat", "500ms"]);
+
+    let mut live = Client::open(&server, "/events?stream=news", None, None).await;
+    let mut away = Client::open(&server, "/events?stream=news", None, None).await;
+    for data in ["e1", "e2"] {
+        publish_ok(&server, "news", data).await;
+    }
+    assert_eq!(live.messages(2).await, ["e1", "e2"]);
+    assert_eq!(away.messages(2).await, ["e1", "e2"]);
+    let (away_token, away_id) = (away.token.clone(), away.last_id.clone());
+    drop(away);
+
+    cluster.stop();
+    let started = Instant::now();
+    let (status, answer) = publish(&server, json!({"stream": "news", "data": "lost"})).await;
+    assert_eq!(status, 503, "publishing while PostgreSQL is down: {answer}");
+    assert_eq!(answer["code"], "store_unavailable", "{answer}");
+    assert!(
+        !answer["error"].as_str().unwrap_or_default().is_empty(),
+        "a JSON error: {answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the 503 took {:?}",
+        started.elapsed()
+    );
+    let heartbeats = stays_connected(&mut live, Duration::from_secs(3)).await;
+    assert!(
+        heartbeats >= 2,
+        "{heartbeats} heartbeats in 3 s while PostgreSQL is down"
+    );
+
+    cluster.start();
+    // Right away, before the server's LISTEN connection is back: only a catch-up from the
+    // table can deliver these.
+    let deadline = Instant::now() + WAIT;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (status, answer) = publish(&server, json!({"stream": "news", "data": "e3"})).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{answer}");
+        assert!(
+            Instant::now() < deadline,
+            "publishing still fails {WAIT:?} after PostgreSQL is back: {answer}\n{}",
+            tail(&server.log, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for data in ["e4", "e5"] {
+        publish_ok(&server, "news", data).await;
+    }
+    assert_eq!(
+        live.messages(3).await,
+        ["e3", "e4", "e5"],
+        "the connected client gets every event once PostgreSQL is back ({attempts} publish attempts)"
+    );
+    let mut back = Client::open(
+        &server,
+        "/events?stream=news",
+        Some(&away_token),
+        Some(&away_id),
+    )
+    .await;
+    assert_eq!(back.info["reset"], false, "{}", back.info);
+    assert_eq!(back.info["replay"], 3, "{}", back.info);
+    assert_eq!(
+        back.messages(3).await,
+        ["e3", "e4", "e5"],
+        "exactly the missed events"
+    );
+    publish_ok(&server, "news", "e6").await;
+    assert_eq!(live.messages(1).await, ["e6"]);
+    assert_eq!(back.messages(1).await, ["e6"]);
+    let log = tail(&server.log, 200);
+    assert!(
+        log.contains("the live feed"),
+        "the server logs the live feed's outage and recovery:\n{log}"
+    );
+}

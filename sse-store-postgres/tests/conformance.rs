@@ -1,0 +1,21 @@
+//! The backend conformance suite of `sse-core`, run against PostgreSQL: each test gets a
+//! fresh schema, dropped when the test ends.
+
+use std::time::Duration;
+
+use sse_core::Retention;
+use sse_store_postgres::PostgresConfig;
+use sse_store_postgres::testing::{TempStore, temp_store};
+
+/// The sweeper runs every 200 ms so that it races the tests, as it would in production; the
+/// suite's retention and expiry checks must also hold before it has run.
+async fn setup(retention: Retention) -> TempStore {
+    temp_store(
+        PostgresConfig::default()
+            .with_retention(retention)
+            .with_sweep_interval(Duration::from_millis(200)),
+    )
+    .await
+}
+
+sse_core::conformance_tests!(setup);

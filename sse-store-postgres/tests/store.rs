@@ -1,0 +1,417 @@
+//! Behaviour of the PostgreSQL store beyond the shared conformance suite: migrations, the
+//! schema parameter, epochs after a lost row, retention before and by the sweeper, session
+//! expiry, the live feed after its connection is killed, and unreachable servers.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use sqlx::AssertSqlSafe;
+use sse_core::{
+    EventBuffer, FeedItem, LiveFeed, NewEvent, Position, SessionRecord, SessionStore, StreamName,
+};
+use sse_store_postgres::testing::{self, TempStore, temp_store};
+use sse_store_postgres::{PostgresConfig, PostgresStore, PostgresStoreError, Schema};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Drops a schema made by hand when the test ends, also when it fails.
+struct DropSchema(Schema);
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        testing::drop_schema_blocking(&testing::url(), &self.0);
+    }
+}
+
+fn name(text: &str) -> StreamName {
+    StreamName::new(text).expect("a valid name")
+}
+
+async fn count(store: &PostgresStore, table: &str) -> i64 {
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}.{table}",
+        store.schema().quoted()
+    )))
+    .fetch_one(store.pool())
+    .await
+    .expect("count")
+}
+
+/// Terminates the server processes of the connections named `application_name`.
+async fn kill_connections(store: &PostgresStore, application_name: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND pid <> pg_backend_pid()) AS killed",
+    )
+    .bind(application_name)
+    .fetch_one(store.pool())
+    .await
+    .expect("pg_terminate_backend")
+}
+
+/// The next feed item that is a resync or an append to `stream`.
+async fn next_item(feed: &mut LiveFeed, stream: &StreamName) -> FeedItem {
+    loop {
+        let item = tokio::time::timeout(DEADLINE, feed.next())
+            .await
+            .expect("a feed item before the deadline")
+            .expect("the feed does not end");
+        match &item {
+            FeedItem::Appended(n) if &n.stream != stream => continue,
+            _ => return item,
+        }
+    }
+}
+
+fn appended(item: &FeedItem) -> Option<Position> {
+    match item {
+        FeedItem::Appended(n) => Some(n.position),
+        FeedItem::Resync => None,
+    }
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
+    let schema = testing::fresh_schema();
+    let _cleanup = DropSchema(schema.clone());
+    let url = testing::url();
+    let _ = testing::require_server(&url).await;
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        let config = PostgresConfig::default().with_schema(schema.clone());
+        stores.push(PostgresStore::connect(&url, config).await.expect("connect"));
+    }
+    let runs = futures_util::future::join_all(stores.iter().map(PostgresStore::migrate)).await;
+    let mut applied: Vec<Vec<i32>> = runs
+        .into_iter()
+        .map(|r| r.expect("migrate succeeds"))
+        .collect();
+    applied.sort();
+    assert_eq!(
+        applied,
+        [vec![], vec![], vec![1]],
+        "exactly one run applies it"
+    );
+    assert_eq!(
+        stores[0].migrate().await.expect("migrate"),
+        Vec::<i32>::new()
+    );
+
+    stores[0]
+        .append(&name("s"), NewEvent::new("x"))
+        .await
+        .expect("the migrated schema works");
+
+    // A migration changed after it was applied is refused.
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {}.sse_migrations SET checksum = 'changed'",
+        schema.quoted()
+    )))
+    .execute(stores[0].pool())
+    .await
+    .expect("update");
+    assert!(matches!(
+        stores[0].migrate().await,
+        Err(PostgresStoreError::MigrationChanged { version: 1, .. })
+    ));
+}
+
+#[tokio::test]
+async fn the_url_names_the_schema_and_debug_shows_no_password() {
+    let schema = testing::fresh_schema();
+    let _cleanup = DropSchema(schema.clone());
+    let base = testing::url();
+    // Trust authentication ignores the password: it is there to be hidden.
+    let url = match base.split_once("://") {
+        Some((scheme, rest)) if !rest.split('@').next().unwrap_or("").contains(':') => {
+            format!(
+                "{scheme}://{}",
+                rest.replacen('@', ":not-a-secret-4711@", 1)
+            )
+        }
+        _ => base.clone(),
+    };
+    let password = "not-a-secret-4711";
+    let store = PostgresStore::connect(
+        &format!("{url}?sse_schema={schema}"),
+        PostgresConfig::default(),
+    )
+    .await
+    .expect("connect");
+    assert_eq!(store.schema(), &schema, "sse_schema overrides the config");
+    assert_eq!(store.channel(), format!("{schema}_feed"));
+    store.migrate().await.expect("migrate");
+    let debug = format!("{store:?}");
+    assert!(debug.contains(schema.as_str()), "{debug}");
+    assert!(
+        !debug.contains(password),
+        "Debug prints the password: {debug}"
+    );
+
+    let bad =
+        PostgresStore::connect(&format!("{url}?sse_schema=Not-Valid"), Default::default()).await;
+    assert!(matches!(bad, Err(PostgresStoreError::InvalidSchema { .. })));
+}
+
+#[tokio::test]
+async fn a_lost_stream_row_comes_back_in_a_new_epoch() {
+    let store = temp_store(PostgresConfig::default()).await;
+    let stream = name("lost");
+    let mut old = None;
+    for i in 1..=3 {
+        old = Some(
+            store
+                .append(&stream, NewEvent::new(i.to_string()))
+                .await
+                .expect("append")
+                .epoch,
+        );
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {}.streams WHERE name = $1",
+        store.schema().quoted()
+    )))
+    .bind(stream.as_str())
+    .execute(store.pool())
+    .await
+    .expect("delete the row");
+    let page = store.read(&stream, 0, 10).await.expect("read");
+    assert_eq!(
+        (page.epoch, page.head, page.oldest, page.events.len()),
+        (None, 0, 1, 0),
+        "the stream is gone, events included"
+    );
+    let again = store
+        .append(&stream, NewEvent::new("again"))
+        .await
+        .expect("append");
+    assert_eq!(again.position, 1, "positions restart");
+    assert_ne!(Some(again.epoch), old, "under a new epoch");
+    assert_eq!(count(&store, "events").await, 1);
+}
+
+#[tokio::test]
+async fn retention_holds_before_the_sweeper_which_then_frees_the_rows() {
+    let store = temp_store(
+        PostgresConfig::default()
+            .with_max_len(5)
+            .with_max_age(Duration::from_secs(1))
+            // Never on its own during the test: it is called by hand.
+            .with_sweep_interval(Duration::from_secs(3600))
+            .with_idle_stream_ttl(Some(Duration::ZERO)),
+    )
+    .await;
+    let stream = name("trimmed");
+    let batch = (1..=10).map(|i| NewEvent::new(i.to_string())).collect();
+    store.append_many(&stream, batch).await.expect("append");
+    let page = store.read(&stream, 0, 100).await.expect("read");
+    assert_eq!((page.oldest, page.head, page.events.len()), (6, 10, 5));
+    assert_eq!(count(&store, "events").await, 10, "not swept yet");
+    let stats = store.sweep().await.expect("sweep");
+    assert_eq!(stats.events, 5);
+    assert_eq!(count(&store, "events").await, 5);
+
+    let session = SessionRecord::new(None, Duration::from_millis(200));
+    store.create(&session).await.expect("create");
+    store
+        .append(&session.id.stream(), NewEvent::new("private"))
+        .await
+        .expect("append");
+
+    // Past max_age (and the session's expiry): nothing is readable, swept or not.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let page = store.read(&stream, 0, 100).await.expect("read");
+    assert_eq!(
+        (page.oldest, page.head, page.events.len()),
+        (11, 10, 0),
+        "every event aged out, the head stays"
+    );
+    assert_eq!(store.load(&session.id).await.expect("load"), None);
+    assert_eq!(count(&store, "sessions").await, 1, "not swept yet");
+
+    let stats = store.sweep().await.expect("sweep");
+    assert_eq!(
+        stats.sessions, 1,
+        "the expired session, with its private stream"
+    );
+    assert_eq!(stats.events, 5, "the events that aged out");
+    assert_eq!(stats.streams, 1, "the idle stream's row");
+    assert_eq!(
+        (
+            count(&store, "events").await,
+            count(&store, "sessions").await,
+            count(&store, "streams").await
+        ),
+        (0, 0, 0)
+    );
+    let fresh = store
+        .append(&stream, NewEvent::new("fresh"))
+        .await
+        .expect("append");
+    assert_eq!(fresh.position, 1, "a dropped stream starts a new epoch");
+}
+
+#[tokio::test]
+async fn the_sweeper_runs_by_itself() {
+    let store = temp_store(
+        PostgresConfig::default()
+            .with_max_len(2)
+            .with_sweep_interval(Duration::from_millis(100)),
+    )
+    .await;
+    let batch = (1..=20).map(|i| NewEvent::new(i.to_string())).collect();
+    store
+        .append_many(&name("swept"), batch)
+        .await
+        .expect("append");
+    let deadline = Instant::now() + DEADLINE;
+    while count(&store, "events").await > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the sweeper did not trim the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_publisher_id_is_free_again_once_out_of_retention() {
+    let store = temp_store(
+        PostgresConfig::default()
+            .with_max_len(2)
+            .with_sweep_interval(Duration::from_secs(3600)),
+    )
+    .await;
+    let stream = name("ids");
+    let keyed = || NewEvent::new("keyed").with_id("key").expect("an id");
+    assert_eq!(
+        store
+            .append(&stream, keyed())
+            .await
+            .expect("append")
+            .position,
+        1
+    );
+    let again = store.append(&stream, keyed()).await.expect("append");
+    assert_eq!((again.position, again.duplicate), (1, true));
+    store
+        .append_many(&stream, vec![NewEvent::new("x"), NewEvent::new("y")])
+        .await
+        .expect("append");
+    // Position 1 is out of retention (max_len 2), though not swept yet.
+    let third = store.append(&stream, keyed()).await.expect("append");
+    assert_eq!((third.position, third.duplicate), (4, false));
+    let page = store.read(&stream, 0, 10).await.expect("read");
+    assert_eq!(
+        page.events.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [3, 4]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_resyncs_after_its_connection_is_killed() {
+    let store = temp_store(PostgresConfig::default()).await;
+    let stream = name("feed");
+    let mut feed = store.live_feed();
+    assert_eq!(
+        next_item(&mut feed, &stream).await,
+        FeedItem::Resync,
+        "listening"
+    );
+    store
+        .append(&stream, NewEvent::new("1"))
+        .await
+        .expect("append");
+    assert_eq!(appended(&next_item(&mut feed, &stream).await), Some(1));
+
+    let feed_name = format!("sse-feed:{}", store.schema());
+    assert_eq!(kill_connections(&store, &feed_name).await, 1);
+    store
+        .append(&stream, NewEvent::new("2"))
+        .await
+        .expect("append");
+    // The notification of 2 may be lost; a resync must follow the reconnect.
+    loop {
+        match next_item(&mut feed, &stream).await {
+            FeedItem::Resync => break,
+            FeedItem::Appended(n) => assert_eq!(n.position, 2),
+        }
+    }
+    store
+        .append(&stream, NewEvent::new("3"))
+        .await
+        .expect("append");
+    loop {
+        let item = next_item(&mut feed, &stream).await;
+        if appended(&item) == Some(3) {
+            break;
+        }
+        assert!(
+            matches!(item, FeedItem::Resync) || appended(&item) == Some(2),
+            "{item:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn killed_pool_connections_are_replaced_without_an_error() {
+    let store = temp_store(PostgresConfig::default()).await;
+    let stream = name("pool");
+    store
+        .append(&stream, NewEvent::new("1"))
+        .await
+        .expect("append");
+    let pool_name = format!("sse-store:{}", store.schema());
+    assert!(kill_connections(&store, &pool_name).await >= 1);
+    // Idle connections are tested before use: the dead one is replaced.
+    let a = store
+        .append(&stream, NewEvent::new("2"))
+        .await
+        .expect("append");
+    assert_eq!(a.position, 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_fast_as_unavailable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let started = Instant::now();
+    let result = PostgresStore::connect(
+        &format!("postgres://postgres@127.0.0.1:{port}/test"),
+        PostgresConfig::default().with_acquire_timeout(Duration::from_secs(1)),
+    )
+    .await;
+    let err = result.expect_err("nothing listens there");
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(
+        sse_core::Error::from(err),
+        sse_core::Error::Unavailable(_)
+    ));
+}
+
+/// Sessions survive across store instances (two processes sharing the database).
+#[tokio::test]
+async fn sessions_are_shared_between_instances() {
+    let a: TempStore = temp_store(PostgresConfig::default()).await;
+    let b = a.another(PostgresConfig::default()).await;
+    let record = SessionRecord::new(Some("alice".into()), Duration::from_secs(60));
+    a.create(&record).await.expect("create");
+    let later = SystemTime::now() + Duration::from_secs(120);
+    assert!(
+        b.record_cursor(&record.id, "AQ", later)
+            .await
+            .expect("record")
+    );
+    let loaded = a.load(&record.id).await.expect("load").expect("alive");
+    assert_eq!(loaded.cursor.as_deref(), Some("AQ"));
+    assert_eq!(loaded.principal.as_deref(), Some("alice"));
+    b.delete(&record.id).await.expect("delete");
+    assert_eq!(a.load(&record.id).await.expect("load"), None);
+}
