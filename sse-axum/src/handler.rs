@@ -15,7 +15,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
-use sse_core::{ConnectRequest, Error, Frame, Hub, NewEvent, SessionId, StreamName};
+use sse_core::{ConnectRequest, Connection, Error, Frame, Hub, NewEvent, SessionId, StreamName};
 
 use crate::{ApiError, Session, SseLayer};
 
@@ -32,7 +32,7 @@ pub(crate) fn backoff_response(hub: &Hub) -> Response {
     sse_headers(hub, Body::from(body.freeze()))
 }
 
-fn sse_headers(hub: &Hub, body: Body) -> Response {
+pub(crate) fn sse_headers(hub: &Hub, body: Body) -> Response {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
@@ -68,6 +68,17 @@ fn sse_headers(hub: &Hub, body: Body) -> Response {
 /// # Ok(()) }
 /// ```
 pub async fn events(session: Session, parts: Parts) -> Response {
+    let hub = session.hub().clone();
+    match open_events(&session, &parts).await {
+        Ok(connection) => sse_headers(&hub, Body::from_stream(connection.map(Ok::<_, Infallible>))),
+        Err(response) => response,
+    }
+}
+
+/// The SSE endpoint's logic, shared by [`events`] and the fast path of
+/// [`serve`](crate::serve()): the streams and cursor from the request, the authorizer, then the
+/// connection; or the response to answer instead (4xx, or a backoff).
+pub(crate) async fn open_events(session: &Session, parts: &Parts) -> Result<Connection, Response> {
     let shared = &session.shared;
     let hub = &shared.hub;
     let mut streams = Vec::new();
@@ -76,7 +87,7 @@ pub async fn events(session: Session, parts: Parts) -> Response {
         match &*key {
             "stream" => match StreamName::new(&*value) {
                 Ok(name) => streams.push(name),
-                Err(err) => return ApiError::from(err).into_response(),
+                Err(err) => return Err(ApiError::from(err).into_response()),
             },
             "lastEventId" => query_id = Some(value.into_owned()),
             _ => {}
@@ -94,10 +105,12 @@ pub async fn events(session: Session, parts: Parts) -> Response {
             && shared
                 .authorize
                 .as_ref()
-                .is_none_or(|authorize| authorize(&parts, &session, stream));
+                .is_none_or(|authorize| authorize(parts, session, stream));
         if !allowed {
-            return ApiError::from(Error::Forbidden(format!("stream {stream} may not be read")))
-                .into_response();
+            return Err(ApiError::from(Error::Forbidden(format!(
+                "stream {stream} may not be read"
+            )))
+            .into_response());
         }
     }
     let last_event_id = parts
@@ -110,11 +123,11 @@ pub async fn events(session: Session, parts: Parts) -> Response {
         .last_event_id(last_event_id)
         .session(session.resolved().context());
     match hub.connect(request).await {
-        Ok(connection) => sse_headers(hub, Body::from_stream(connection.map(Ok::<_, Infallible>))),
-        Err(err) if err.is_client_error() => ApiError::from(err).into_response(),
+        Ok(connection) => Ok(connection),
+        Err(err) if err.is_client_error() => Err(ApiError::from(err).into_response()),
         Err(err) => {
             tracing::warn!(error = %err, "could not open a connection; asking the client to retry later");
-            backoff_response(hub)
+            Err(backoff_response(hub))
         }
     }
 }

@@ -109,6 +109,10 @@ pub struct SseLayer {
 }
 
 impl SseLayer {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// A layer over `hub` with the defaults: cookie `sse_session` (Secure), header
     /// `x-sse-session`, no principal, every stream readable, default stream `broadcast`.
     pub fn new(hub: Hub) -> Self {
@@ -308,43 +312,55 @@ where
         let shared = self.shared.clone();
         future::ResponseFuture::new(async move {
             let (mut parts, body) = request.into_parts();
-            let principal = shared.principal.as_ref().and_then(|f| f(&parts));
-            let token = shared.token(&parts.headers);
-            let resolved = match shared
-                .hub
-                .resolve_session(token, principal.as_deref())
-                .await
-            {
-                Ok(resolved) => resolved,
-                Err(err) => {
-                    let wants_sse = parts
-                        .headers
-                        .get(ACCEPT)
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.contains("text/event-stream"));
-                    if wants_sse && !err.is_client_error() {
-                        // EventSource gives up for good on any non-200 answer: ask it to
-                        // come back later instead.
-                        return Ok(crate::handler::backoff_response(&shared.hub));
-                    }
-                    return Ok(ApiError::from(err).into_response());
-                }
+            let session = match shared.resolve(&parts).await {
+                Ok(session) => session,
+                Err(response) => return Ok(response),
             };
-            let cookie = shared.set_cookie(&resolved.token);
-            let header = HeaderValue::from_str(&resolved.token).ok();
-            parts
-                .extensions
-                .insert(Session::new(shared.clone(), resolved));
+            let headers = shared.session_headers(&session);
+            parts.extensions.insert(session);
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
-            let headers = response.headers_mut();
-            if let Some(cookie) = cookie {
-                headers.append(SET_COOKIE, cookie);
-            }
-            if let Some(header) = header {
-                headers.insert(shared.header.clone(), header);
+            for (name, value) in headers {
+                response.headers_mut().append(name, value);
             }
             Ok(response)
         })
+    }
+}
+
+impl Shared {
+    /// Resolves the session of a request, or the response to answer instead.
+    pub(crate) async fn resolve(self: &Arc<Self>, parts: &Parts) -> Result<Session, Response> {
+        let principal = self.principal.as_ref().and_then(|f| f(parts));
+        let token = self.token(&parts.headers);
+        match self.hub.resolve_session(token, principal.as_deref()).await {
+            Ok(resolved) => Ok(Session::new(self.clone(), resolved)),
+            Err(err) => {
+                let wants_sse = parts
+                    .headers
+                    .get(ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("text/event-stream"));
+                if wants_sse && !err.is_client_error() {
+                    // EventSource gives up for good on any non-200 answer: ask it to come back
+                    // later instead.
+                    return Err(crate::handler::backoff_response(&self.hub));
+                }
+                Err(ApiError::from(err).into_response())
+            }
+        }
+    }
+
+    /// The response headers carrying the session's fresh token: the cookie and the header.
+    pub(crate) fn session_headers(&self, session: &Session) -> Vec<(HeaderName, HeaderValue)> {
+        let token = &session.resolved().token;
+        let mut headers = Vec::with_capacity(2);
+        if let Some(cookie) = self.set_cookie(token) {
+            headers.push((SET_COOKIE, cookie));
+        }
+        if let Ok(value) = HeaderValue::from_str(token) {
+            headers.push((self.header.clone(), value));
+        }
+        headers
     }
 }
 

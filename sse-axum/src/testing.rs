@@ -48,6 +48,17 @@ impl TestServer {
         TestServer { addr, task }
     }
 
+    /// Serves `router` on a fresh port with [`serve`](crate::serve()), whose fast path answers
+    /// `GET /events` outside hyper with `layer`'s logic.
+    pub async fn start_fast(router: Router, layer: crate::SseLayer) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            crate::serve(listener, router, layer).await.unwrap();
+        });
+        TestServer { addr, task }
+    }
+
     /// `http://addr` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)

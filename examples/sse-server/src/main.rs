@@ -53,8 +53,8 @@ struct Args {
 const DEMO: &str = include_str!("../static/index.html");
 
 /// The whole application: the reference contract plus the demo page.
-fn app(hub: Hub) -> Router {
-    sse_axum::router(SseLayer::new(hub)).route("/", get(|| async { Html(DEMO) }))
+fn app(layer: SseLayer) -> Router {
+    sse_axum::router(layer).route("/", get(|| async { Html(DEMO) }))
 }
 
 #[tokio::main]
@@ -90,7 +90,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(%addr, store = %store_kind(&args.store), "sse-server started");
 
     let shutdown_hub = hub.clone();
-    axum::serve(listener, app(hub))
+    let layer = SseLayer::new(hub);
+    // `sse_axum::serve` answers SSE requests outside hyper (a fraction of the memory per idle
+    // connection) and hands everything else to the router.
+    sse_axum::serve(listener, app(layer.clone()), layer)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             // SSE responses never finish by themselves: end them with a retry hint so
@@ -134,7 +137,8 @@ mod tests {
 
     #[tokio::test]
     async fn serves_the_demo_and_the_contract() {
-        let server = TestServer::start(app(sse_axum::memory_hub(Config::default()))).await;
+        let layer = SseLayer::new(sse_axum::memory_hub(Config::default()));
+        let server = TestServer::start_fast(app(layer.clone()), layer).await;
         let page = reqwest::get(server.url("/"))
             .await
             .unwrap()

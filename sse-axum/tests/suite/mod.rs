@@ -75,7 +75,10 @@ macro_rules! __http_tests {
             $(#[$attr])*
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
+                // Once through `axum::serve` (hyper serves the SSE response), once through
+                // `sse_axum::serve` (its fast path does).
                 $crate::suite::$name($crate::suite::Backend::new($setup)).await;
+                $crate::suite::$name($crate::suite::Backend::new($setup).fast()).await;
             }
         )*
     };
@@ -88,6 +91,8 @@ type StoresFuture = Pin<Box<dyn Future<Output = Stores>>>;
 /// A backend under test: makes fresh, independent stores for a retention.
 pub(crate) struct Backend {
     make: Box<dyn Fn(Retention) -> StoresFuture>,
+    /// Serve with `sse_axum::serve` instead of `axum::serve`.
+    fast: bool,
 }
 
 impl Backend {
@@ -99,7 +104,14 @@ impl Backend {
     {
         Backend {
             make: Box::new(move |retention| Box::pin(setup(retention))),
+            fast: false,
         }
+    }
+
+    /// The same backend served through `sse_axum::serve`'s fast path.
+    pub(crate) fn fast(mut self) -> Self {
+        self.fast = true;
+        self
     }
 
     async fn stores(&self, retention: Retention) -> Stores {
@@ -136,15 +148,20 @@ struct Server {
 
 impl Server {
     async fn start(backend: &Backend, retention: Retention, config: Config) -> Server {
-        Server::over(backend.stores(retention).await, config).await
+        Server::over(backend.stores(retention).await, config, backend.fast).await
     }
 
-    async fn over(stores: Stores, config: Config) -> Server {
+    async fn over(stores: Stores, config: Config, fast: bool) -> Server {
         let hub = Hub::builder(stores.buffer, stores.sessions)
             .config(config)
             .keys(keys())
             .build();
-        let http = TestServer::start(sse_axum::router(SseLayer::new(hub.clone()))).await;
+        let layer = SseLayer::new(hub.clone());
+        let http = if fast {
+            TestServer::start_fast(sse_axum::router(layer.clone()), layer).await
+        } else {
+            TestServer::start(sse_axum::router(layer)).await
+        };
         Server { hub, http }
     }
 
@@ -681,7 +698,7 @@ pub(crate) async fn clients_join_while_the_live_feed_lags(backend: Backend) {
         }),
         sessions: stores.sessions,
     };
-    let server = Server::over(stores, Config::default()).await;
+    let server = Server::over(stores, Config::default(), backend.fast).await;
     // The keeper holds the stream's hot window; once it has e0 the window is in the epoch.
     let mut keeper = server.open("/events?stream=busy", None, None).await;
     server.publish_ok("busy", "e0").await;
@@ -752,7 +769,7 @@ pub(crate) async fn reset_when_epoch_changed(backend: Backend) {
         .create(&record)
         .await
         .expect("create the session");
-    let b = Server::over(stores, Config::default()).await;
+    let b = Server::over(stores, Config::default(), backend.fast).await;
     for data in ["b1", "b2"] {
         b.publish_ok("news", data).await;
     }
