@@ -15,8 +15,8 @@
 //! | backend | crate |
 //! |---|---|
 //! | in-memory (default) | `sse-store-memory` |
-//! | Redis | `sse-store-redis` (planned) |
-//! | PostgreSQL | `sse-store-postgres` (planned) |
+//! | Redis | `sse-store-redis` |
+//! | PostgreSQL | `sse-store-postgres` |
 //!
 //! Most applications use the axum adapter, `sse-axum`, rather than this crate directly.
 //!
