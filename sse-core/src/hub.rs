@@ -598,10 +598,19 @@ async fn run_feed(
                     }
                     Some(FeedItem::Resync) => failed.extend(inner.resync_all().await),
                     None => {
+                        // Subscribe again after a pause, without blocking window
+                        // initialisations meanwhile, then resync: whatever was appended in
+                        // between is read from the store.
                         tracing::warn!("live feed ended; subscribing again");
-                        tokio::time::sleep(RETRY_AFTER_ERROR).await;
-                        feed = inner.buffer.live_feed();
-                        failed.extend(inner.resync_all().await);
+                        let buffer = inner.buffer.clone();
+                        feed = futures_util::stream::once(async move {
+                            tokio::time::sleep(RETRY_AFTER_ERROR).await;
+                            // Subscribed before the resync reads, so nothing falls between.
+                            let fresh = buffer.live_feed();
+                            futures_util::stream::once(async { FeedItem::Resync }).chain(fresh)
+                        })
+                        .flatten()
+                        .boxed();
                     }
                 }
             }

@@ -981,3 +981,57 @@ async fn a_cursor_ahead_of_the_hot_window_resumes() {
         [(k + 1).to_string(), "next".to_owned()]
     );
 }
+
+/// A store whose first live feed ends at once (a pub/sub connection that dropped and a backend
+/// that does not reconnect by itself): the hub subscribes again, resyncs, and delivers.
+#[derive(Debug)]
+struct FeedEndsOnce {
+    store: MemoryStore,
+    ended: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl sse_core::EventBuffer for FeedEndsOnce {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        event: sse_core::NewEvent,
+    ) -> sse_core::Result<sse_core::Appended> {
+        self.store.append(stream, event).await
+    }
+    async fn read(
+        &self,
+        stream: &StreamName,
+        after: u64,
+        limit: usize,
+    ) -> sse_core::Result<sse_core::ReadPage> {
+        self.store.read(stream, after, limit).await
+    }
+    fn live_feed(&self) -> sse_core::LiveFeed {
+        if self.ended.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.store.live_feed()
+        } else {
+            futures_util::stream::empty().boxed()
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_feed_that_ends_is_subscribed_again() {
+    let store = MemoryStore::default();
+    let buffer = Arc::new(FeedEndsOnce {
+        store: store.clone(),
+        ended: Default::default(),
+    });
+    let hub = Hub::builder(buffer, Arc::new(store)).build();
+    let news = stream("news");
+    let mut client = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
+    client.connected().await;
+    // Published while the hub has no feed: the connection's own store read or the resync
+    // after resubscribing finds it; nothing is lost either way, and the ended feed does not
+    // hold up the window's initialisation.
+    publish(&hub, &news, "during the gap").await;
+    assert_eq!(client.data(1).await, ["during the gap"]);
+    publish(&hub, &news, "after").await;
+    assert_eq!(client.data(1).await, ["after"]);
+}
