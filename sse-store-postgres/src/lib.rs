@@ -89,6 +89,7 @@ mod feed;
 mod health;
 mod migrate;
 mod sql;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use config::{MAX_SCHEMA_LEN, PostgresConfig, Schema};
