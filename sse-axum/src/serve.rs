@@ -64,6 +64,7 @@ pub fn serve(
         shared: layer.shared().clone(),
         path: "/events".into(),
         shutdown: std::future::pending(),
+        streams_on: None,
     }
 }
 
@@ -75,6 +76,7 @@ pub struct Serve<F> {
     shared: Arc<Shared>,
     path: String,
     shutdown: F,
+    streams_on: Option<tokio::runtime::Handle>,
 }
 
 impl<F> std::fmt::Debug for Serve<F> {
@@ -106,7 +108,35 @@ impl<F> Serve<F> {
             shared: self.shared,
             path: self.path,
             shutdown: signal,
+            streams_on: self.streams_on,
         }
+    }
+}
+
+impl<F> Serve<F> {
+    /// Runs the SSE responses on another runtime (default: the current one). With its own
+    /// runtime, the fan-out to many connections never queues the application's requests (a
+    /// publish, say) behind thousands of woken connection tasks: the operating system shares
+    /// the CPU between the two thread pools instead.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> std::io::Result<()> {
+    /// # let layer = sse_axum::SseLayer::new(sse_axum::memory_hub(Default::default()));
+    /// # let app = sse_axum::router(layer.clone());
+    /// let streams = tokio::runtime::Builder::new_multi_thread()
+    ///     .thread_name("sse-streams")
+    ///     .enable_all()
+    ///     .build()?;
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// sse_axum::serve(listener, app, layer)
+    ///     .streams_on(streams.handle().clone())
+    ///     .await?;
+    /// streams.shutdown_background();
+    /// # Ok(()) }
+    /// ```
+    pub fn streams_on(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.streams_on = Some(runtime);
+        self
     }
 }
 
@@ -122,6 +152,7 @@ impl<F: Future<Output = ()> + Send + 'static> IntoFuture for Serve<F> {
                 shared,
                 path,
                 shutdown,
+                streams_on,
             } = self;
             let path: Arc<str> = Arc::from(path);
             let mut shutdown = std::pin::pin!(shutdown);
@@ -144,13 +175,20 @@ impl<F: Future<Output = ()> + Send + 'static> IntoFuture for Serve<F> {
                     router.clone(),
                     shared.clone(),
                     path.clone(),
+                    streams_on.clone(),
                 ));
             }
         })
     }
 }
 
-async fn connection(mut stream: TcpStream, router: Router, shared: Arc<Shared>, path: Arc<str>) {
+async fn connection(
+    mut stream: TcpStream,
+    router: Router,
+    shared: Arc<Shared>,
+    path: Arc<str>,
+    streams_on: Option<tokio::runtime::Handle>,
+) {
     let mut head = BytesMut::with_capacity(1024);
     let fast = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut head)).await {
         Ok(Ok(Some(parts))) if parts.method == http::Method::GET && parts.uri.path() == &*path => {
@@ -162,9 +200,26 @@ async fn connection(mut stream: TcpStream, router: Router, shared: Arc<Shared>, 
     match fast {
         Some(parts) => {
             drop(head);
-            if let Err(err) = serve_events(stream, &shared, parts).await {
-                tracing::debug!(error = %err, "SSE connection ended");
-            }
+            let Some(runtime) = streams_on else {
+                if let Err(err) = serve_events(stream, &shared, parts).await {
+                    tracing::debug!(error = %err, "SSE connection ended");
+                }
+                return;
+            };
+            // Re-registered with the other runtime's I/O driver, so that runtime alone drives
+            // the connection.
+            let Ok(socket) = stream.into_std() else {
+                return;
+            };
+            runtime.spawn(async move {
+                let result = match TcpStream::from_std(socket) {
+                    Ok(stream) => serve_events(stream, &shared, parts).await,
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "SSE connection ended");
+                }
+            });
         }
         None => {
             let io = TokioIo::new(Rewind {

@@ -239,7 +239,21 @@ async fn fanout(args: FanoutArgs) -> FanoutReport {
     ready.wait().await;
     let cpu_before = args.target.server_pid.and_then(proc::cpu_time);
     let started = now_nanos();
-    let publish = publish_all(&args, &stream).await;
+    // The publishers run on a runtime of their own: on the load tool's main runtime they would
+    // queue behind thousands of subscriber tasks, and their latency would measure the load
+    // tool, not the server.
+    let publish = {
+        let (args, stream) = (args.clone(), stream.clone());
+        tokio::task::spawn_blocking(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the publishers")
+                .block_on(async move { publish_all(&args, &stream).await })
+        })
+        .await
+        .expect("the publishers finish")
+    };
     let published_at = now_nanos();
     let mut report = FanoutReport {
         subscribers: args.subscribers,

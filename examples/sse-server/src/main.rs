@@ -81,7 +81,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         tracing::warn!("no --secret: sessions will not survive a restart");
     }
-    let hub = builder.build();
+    // The fan-out (the hub's feed task waking connections, and the SSE responses) runs on its
+    // own runtime: a burst of thousands of woken connections never queues the requests the
+    // main runtime serves (publishing, health checks) behind it.
+    let streams = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("sse-streams")
+        .enable_all()
+        .build()?;
+    let hub = {
+        let _on_streams = streams.enter();
+        builder.build()
+    };
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
@@ -94,6 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `sse_axum::serve` answers SSE requests outside hyper (a fraction of the memory per idle
     // connection) and hands everything else to the router.
     sse_axum::serve(listener, app(layer.clone()), layer)
+        .streams_on(streams.handle().clone())
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             // SSE responses never finish by themselves: end them with a retry hint so
@@ -101,6 +112,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             shutdown_hub.close_connections();
         })
         .await?;
+    // A moment for the streams to write their closing retry hint, then stop them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    streams.shutdown_background();
     Ok(())
 }
 
