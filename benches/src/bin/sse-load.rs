@@ -133,6 +133,8 @@ struct FanoutReport {
     seconds: f64,
     delivered_per_sec: f64,
     publish_per_sec: f64,
+    /// Publishes the server refused (their events are counted as lost by every subscriber).
+    publish_failed: u64,
     latency_ms_p50: f64,
     latency_ms_p99: f64,
     latency_ms_max: f64,
@@ -189,12 +191,18 @@ async fn fanout(args: FanoutArgs) -> FanoutReport {
             let mut last: Vec<Option<u64>> = vec![None; publishers];
             let mut distinct = 0u64;
             let mut local = Histogram::<u64>::new(3).expect("histogram");
+            // Heartbeats keep arriving on an idle stream: give up after 20 s without an event
+            // (a publish that failed never comes).
+            let mut last_event = Instant::now();
             'read: loop {
-                let items =
-                    match tokio::time::timeout(Duration::from_secs(20), conn.next_items()).await {
-                        Ok(Ok(items)) => items,
-                        _ => break,
-                    };
+                let wait = Duration::from_secs(20).saturating_sub(last_event.elapsed());
+                let items = match tokio::time::timeout(wait, conn.next_items()).await {
+                    Ok(Ok(items)) => items,
+                    _ => break,
+                };
+                if items.iter().any(|i| matches!(i, Item::Event(_))) {
+                    last_event = Instant::now();
+                }
                 let now = now_nanos();
                 for item in items {
                     let Item::Event(event) = item else { continue };
@@ -242,7 +250,7 @@ async fn fanout(args: FanoutArgs) -> FanoutReport {
     // The publishers run on a runtime of their own: on the load tool's main runtime they would
     // queue behind thousands of subscriber tasks, and their latency would measure the load
     // tool, not the server.
-    let publish = {
+    let (publish, publish_failed) = {
         let (args, stream) = (args.clone(), stream.clone());
         tokio::task::spawn_blocking(move || {
             tokio::runtime::Builder::new_current_thread()
@@ -277,6 +285,7 @@ async fn fanout(args: FanoutArgs) -> FanoutReport {
     report.latency_ms_p50 = latency.value_at_quantile(0.5) as f64 / 1000.0;
     report.latency_ms_p99 = latency.value_at_quantile(0.99) as f64 / 1000.0;
     report.latency_ms_max = latency.max() as f64 / 1000.0;
+    report.publish_failed = publish_failed;
     report.publish_ms_p50 = publish.value_at_quantile(0.5) as f64 / 1000.0;
     report.publish_ms_p99 = publish.value_at_quantile(0.99) as f64 / 1000.0;
     if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
@@ -290,12 +299,14 @@ async fn fanout(args: FanoutArgs) -> FanoutReport {
 }
 
 /// Publishes `args.events` events (`"<seq> <unix nanos>"`); returns publish latencies in µs.
-async fn publish_all(args: &FanoutArgs, stream: &str) -> Histogram<u64> {
+async fn publish_all(args: &FanoutArgs, stream: &str) -> (Histogram<u64>, u64) {
     let next = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut handles = Vec::new();
     for publisher in 0..args.publishers.max(1) {
         let next = next.clone();
+        let failed = failed.clone();
         let target = args.target.clone();
         let stream = stream.to_owned();
         let (events, rate) = (args.events, args.rate);
@@ -315,8 +326,14 @@ async fn publish_all(args: &FanoutArgs, stream: &str) -> Histogram<u64> {
                 let t = Instant::now();
                 match poster.post(&body).await {
                     Ok((200, _)) => {}
-                    Ok((status, text)) => eprintln!("publish {seq}: {status} {text}"),
-                    Err(e) => eprintln!("publish {seq}: {e}"),
+                    Ok((status, text)) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("publish {seq}: {status} {text}");
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("publish {seq}: {e}");
+                    }
                 }
                 let _ = hist.record(t.elapsed().as_micros() as u64);
             }
@@ -329,7 +346,7 @@ async fn publish_all(args: &FanoutArgs, stream: &str) -> Histogram<u64> {
             all.add(&h).expect("same bounds");
         }
     }
-    all
+    (all, failed.load(Ordering::Relaxed))
 }
 
 async fn connect_retry(
@@ -824,7 +841,7 @@ async fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(f64::NAN);
     out.push_str(&format!(
         "## Fan-out: {} subscribers of one stream, {} events published as fast as possible by {} concurrent publishers\n\n\
-         | server | delivered events/s | vs baseline | server CPU µs / delivery | vs baseline | latency p50 / p99 ms | publish p50 / p99 ms | lost | duplicates | resets |\n|---|---|---|---|---|---|---|---|---|---|\n",
+         | server | delivered events/s | vs baseline | server CPU µs / delivery | vs baseline | latency p50 / p99 ms | publish p50 / p99 ms | publish errors | lost | duplicates | resets |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
         args.subscribers, args.events, args.publishers
     ));
     for (name, r) in &rows {
@@ -835,18 +852,20 @@ async fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .collect(),
         );
         out.push_str(&format!(
-            "| {name} | {:.0} | {:.2}× | {:.3} | {:.2}× | {:.1} / {:.1} | {:.2} / {:.2} | {} | {} | {} |\n",
+            "| {name} | {:.0} | {:.2}× | {:.3} | {:.2}× | {:.1} / {:.1} | {:.2} / {:.2} | {} | {} | {} | {} |\n",
             d, d / base, cpu, cpu / base_cpu,
             median(r.iter().map(|x| x.latency_ms_p50).collect()),
             median(r.iter().map(|x| x.latency_ms_p99).collect()),
             median(r.iter().map(|x| x.publish_ms_p50).collect()),
             median(r.iter().map(|x| x.publish_ms_p99).collect()),
+            r.iter().map(|x| x.publish_failed).sum::<u64>(),
             r.iter().map(|x| x.lost).sum::<u64>(),
             r.iter().map(|x| x.duplicates).sum::<u64>(),
             r.iter().map(|x| x.resets).sum::<u64>(),
         ));
     }
-    out.push_str("\nLost, duplicates and resets are summed over all runs and subscribers.\n\n");
+    out.push_str("\nPublish errors, lost, duplicates and resets are summed over all runs (lost: over all \
+                   subscribers; an event whose publish was refused counts as lost by every subscriber).\n\n");
 
     // Publish latency with and without subscribers.
     out.push_str("## Publish latency: acknowledged at append, not after fan-out (200 events at 20/s, one publisher)\n\n| server | subscribers | publish p50 ms | publish p99 ms |\n|---|---|---|---|\n");
