@@ -504,9 +504,15 @@ impl State {
                 return Collected::Done;
             }
             let (epoch, position) = self.cursor.entries()[i];
+            let mut window_epoch = epoch;
             let from_window = {
                 let w = self.subs[i].state.window.read();
-                if w.ready && w.epoch == epoch && position + 1 >= w.start {
+                // A cursor from before the stream existed (no epoch, position 0) continues in
+                // whatever epoch the stream got, if the window holds it from its first event.
+                let same_log =
+                    w.epoch == epoch || (epoch.is_none() && position == 0 && w.start == 1);
+                if w.ready && same_log && position + 1 >= w.start {
+                    window_epoch = w.epoch;
                     // The cursor may be ahead of the window (it read the store directly while
                     // the window was catching up): then there is nothing to take yet.
                     let take = w.head().saturating_sub(position).min(*budget as u64) as usize;
@@ -527,7 +533,7 @@ impl State {
             }
             *budget -= bodies.len();
             for body in bodies.drain(..) {
-                self.write_event(i, epoch, &body);
+                self.write_event(i, window_epoch, &body);
             }
         }
         Collected::Done

@@ -757,6 +757,37 @@ impl Inner {
                 reset_window(&mut w, page.epoch, page.head);
             }
         }
+        if ready && page.epoch.is_some() && page.epoch != epoch {
+            // A new epoch (most often: a stream that did not exist got its first events).
+            // Fill the window from its beginning, so readers that start before the first
+            // event (cursor "no epoch, position 0") are served from memory rather than each
+            // reading the store.
+            let first = self
+                .buffer
+                .read(&state.name, 0, self.config.hot_window)
+                .await?;
+            let mut w = state.window.write();
+            let contiguous = first
+                .events
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.position == i as Position + 1);
+            if first.epoch == w.epoch && first.oldest <= 1 && contiguous && first.head <= w.head() {
+                let fresh: VecDeque<Bytes> = first
+                    .events
+                    .iter()
+                    .map(|e| self.transport.encode_body(e))
+                    .collect();
+                if fresh.len() as Position == w.head() {
+                    w.start = 1;
+                    w.entries = fresh;
+                    while w.entries.len() > self.config.hot_window {
+                        w.entries.pop_front();
+                        w.start += 1;
+                    }
+                }
+            }
+        }
         state.notify();
         Ok(())
     }
