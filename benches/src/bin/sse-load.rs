@@ -766,6 +766,14 @@ struct Subject {
     replay: bool,
 }
 
+impl Subject {
+    /// A fresh server process for one measurement.
+    fn start(&self) -> std::io::Result<Server> {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Server::start(&self.program, &args)
+    }
+}
+
 async fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
     let server = format!("{}/sse-server", args.bin_dir);
     let baseline = format!("{}/sse-baseline", args.bin_dir);
@@ -808,10 +816,7 @@ async fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
     for s in &subjects {
         let mut reports = Vec::new();
         for _ in 0..args.runs {
-            let server = Server::start(
-                &s.program,
-                &s.args.iter().map(String::as_str).collect::<Vec<_>>(),
-            )?;
+            let server = s.start()?;
             let report = fanout(FanoutArgs {
                 target: server.target(),
                 subscribers: args.subscribers,
@@ -871,10 +876,7 @@ async fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
     out.push_str("## Publish latency: acknowledged at append, not after fan-out (200 events at 20/s, one publisher)\n\n| server | subscribers | publish p50 ms | publish p99 ms |\n|---|---|---|---|\n");
     for s in subjects.iter().filter(|s| s.replay) {
         for subs in [0usize, args.subscribers] {
-            let server = Server::start(
-                &s.program,
-                &s.args.iter().map(String::as_str).collect::<Vec<_>>(),
-            )?;
+            let server = s.start()?;
             // At a fixed, moderate rate: what is measured is whether the acknowledgement waits
             // for the fan-out, not how a saturated CPU delays every request.
             let r = fanout(FanoutArgs {
@@ -897,10 +899,7 @@ async fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
     for s in &subjects {
         let mut per = Vec::new();
         for _ in 0..args.runs {
-            let server = Server::start(
-                &s.program,
-                &s.args.iter().map(String::as_str).collect::<Vec<_>>(),
-            )?;
+            let server = s.start()?;
             let r = idle(IdleArgs {
                 target: server.target(),
                 connections: args.idle,
@@ -916,10 +915,7 @@ async fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
     // Resume.
     out.push_str("\n## Resume: reconnect to the last of 1000 missed events replayed\n\n| server | median ms | p90 ms | lost |\n|---|---|---|---|\n");
     for s in subjects.iter().filter(|s| s.replay) {
-        let server = Server::start(
-            &s.program,
-            &s.args.iter().map(String::as_str).collect::<Vec<_>>(),
-        )?;
+        let server = s.start()?;
         let r = resume(ResumeArgs {
             target: server.target(),
             missed: 1000,
@@ -935,10 +931,7 @@ async fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
     // Storm.
     out.push_str(&format!("\n## Reconnect storm: {} clients reconnect at once with their Last-Event-ID, 10 events missed\n\n| server | seconds until all resumed | resumed | lost | duplicates | resets |\n|---|---|---|---|---|---|\n", args.storm));
     for s in subjects.iter().filter(|s| s.replay) {
-        let server = Server::start(
-            &s.program,
-            &s.args.iter().map(String::as_str).collect::<Vec<_>>(),
-        )?;
+        let server = s.start()?;
         let r = storm(StormArgs {
             target: server.target(),
             clients: args.storm,
