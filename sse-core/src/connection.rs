@@ -423,7 +423,7 @@ impl Stream for State {
         let page_size = inner.config.page_size;
         let mut budget = page_size;
         // Streams read from the store during this poll: not read again before the next wake-up,
-        // or a stream whose window is not usable (not ready yet, another epoch) would be read
+        // or a stream whose window is not usable (starting after the cursor, another epoch) would be read
         // over and over while nothing changes.
         let mut read_already: Vec<usize> = Vec::new();
         loop {
@@ -507,11 +507,19 @@ impl State {
             let mut window_epoch = epoch;
             let from_window = {
                 let w = self.subs[i].state.window.read();
+                if !w.ready {
+                    // The hub is initialising this window and raises every subscriber once
+                    // it is ready (retrying while the store fails). Reading the store here
+                    // instead would cost a read per wake-up per connection until then: with
+                    // many subscribers of a busy stream, that load kept windows from ever
+                    // becoming ready on a networked store.
+                    continue;
+                }
                 // A cursor from before the stream existed (no epoch, position 0) continues in
                 // whatever epoch the stream got, if the window holds it from its first event.
                 let same_log =
                     w.epoch == epoch || (epoch.is_none() && position == 0 && w.start == 1);
-                if w.ready && same_log && position + 1 >= w.start {
+                if same_log && position + 1 >= w.start {
                     window_epoch = w.epoch;
                     // The cursor may be ahead of the window (it read the store directly while
                     // the window was catching up): then there is nothing to take yet.
@@ -540,7 +548,7 @@ impl State {
     }
 
     /// The slow path's second half: a page read from the store because the window did not
-    /// cover the cursor (behind it, not ready yet, or another epoch). Handles any gap with a
+    /// cover the cursor (the cursor is behind it or in another epoch). Handles any gap with a
     /// reset; returns how many events were written.
     fn apply_page(&mut self, i: usize, page: Result<ReadPage>) -> usize {
         let inner = self.hub.inner.clone();

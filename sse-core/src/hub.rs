@@ -21,7 +21,7 @@ use crate::session::{SessionRecord, SessionStore};
 use crate::token::{TokenClaims, TokenError, TokenKeys};
 use crate::{
     Appended, Config, Epoch, Error, EventBuffer, FeedItem, NewEvent, Notification, Position,
-    Result, SessionId, SseTransport, StreamName, Transport,
+    ReadPage, Result, SessionId, SseTransport, StreamName, Transport,
 };
 
 /// The protocol engine of one process. Cheap to clone (a reference count); create one per
@@ -556,6 +556,12 @@ impl Hub {
 }
 
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
+/// Window initialisations taken at once by the feed task, and how many of their store reads
+/// run concurrently (a small share of a pooled store's connections).
+const INIT_BATCH: usize = 1024;
+const INIT_CONCURRENCY: usize = 8;
+/// Sessions extended per store request by the session keeper.
+const TOUCH_BATCH: usize = 1000;
 
 /// The feed task: applies the live feed and window initialisations, one at a time, so each
 /// window only ever moves forward by contiguous positions.
@@ -580,9 +586,28 @@ async fn run_feed(
                 match command {
                     None => return,
                     Some(Command::Init(name)) => {
-                        if inner.refresh_by_name(&name).await.is_err() {
-                            failed.insert(name);
+                        // Connections arriving together (a reconnect storm, each with its
+                        // session's private stream) bring many windows to initialise: read
+                        // them together rather than one store round trip after another,
+                        // which would hold up the live feed for as long.
+                        let mut names = vec![name];
+                        while names.len() < INIT_BATCH {
+                            match commands.try_recv() {
+                                Ok(Command::Init(name)) => names.push(name),
+                                Ok(Command::Retry(signal)) => waiting.push(signal),
+                                Err(_) => break,
+                            }
                         }
+                        let inner = &inner;
+                        let results: Vec<_> = futures_util::stream::iter(names)
+                            .map(|name| async move {
+                                let ok = inner.refresh_by_name(&name).await.is_ok();
+                                (name, ok)
+                            })
+                            .buffer_unordered(INIT_CONCURRENCY)
+                            .collect()
+                            .await;
+                        failed.extend(results.into_iter().filter(|(_, ok)| !ok).map(|(n, _)| n));
                     }
                     Some(Command::Retry(signal)) => waiting.push(signal),
                 }
@@ -648,8 +673,9 @@ async fn run_ticker(hub: Weak<Inner>, interval: Duration) {
     }
 }
 
-/// Extends every session that has open connections, every half TTL: one store write per
-/// session, however many connections it has.
+/// Extends every session that has open connections, every half TTL, in batches of
+/// [`TOUCH_BATCH`] (one store request each with the Redis and PostgreSQL stores), however many
+/// connections each session has.
 async fn run_session_keeper(hub: Weak<Inner>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -660,9 +686,9 @@ async fn run_session_keeper(hub: Weak<Inner>, interval: Duration) {
         let live: Vec<SessionId> = inner.live_sessions.lock().keys().copied().collect();
         let (sessions, ttl) = (inner.sessions.clone(), inner.config.session_ttl);
         drop(inner);
-        for id in live {
-            if let Err(err) = sessions.touch(&id, SystemTime::now() + ttl).await {
-                tracing::warn!(session = %id, error = %err, "could not extend a session");
+        for batch in live.chunks(TOUCH_BATCH) {
+            if let Err(err) = sessions.touch_many(batch, SystemTime::now() + ttl).await {
+                tracing::warn!(sessions = batch.len(), error = %err, "could not extend sessions");
             }
         }
     }
@@ -721,13 +747,30 @@ impl Inner {
             let w = state.window.read();
             (w.ready, w.epoch, w.head())
         };
-        let limit = if ready { self.config.hot_window } else { 0 };
-        let page = match self.buffer.read(&state.name, head, limit).await {
-            Ok(page) => page,
-            Err(err) => {
-                tracing::warn!(stream = %state.name, error = %err, "could not refresh a hot window");
-                return Err(err);
+        let failed = |err: &Error| {
+            tracing::warn!(stream = %state.name, error = %err, "could not refresh a hot window");
+        };
+        let mut next = None;
+        if ready {
+            let page = self
+                .buffer
+                .read(&state.name, head, self.config.hot_window)
+                .await
+                .inspect_err(failed)?;
+            if page.epoch == epoch && page.oldest <= head + 1 {
+                next = Some(page);
+            } else if epoch.is_some() && page.epoch != epoch {
+                tracing::info!(stream = %state.name, "the stream's epoch changed");
             }
+        }
+        let continues = next.is_some();
+        // A window that starts (or starts over, in a new epoch) holds the stream's newest
+        // events from the start, not just its head: readers whose cursor is behind the head
+        // (most often "no epoch, position 0", from before a stream got its first event)
+        // find them in memory, rather than each of them reading the store at once.
+        let page = match next {
+            Some(page) => page,
+            None => self.load_tail(&state.name).await.inspect_err(failed)?,
         };
         {
             let mut w = state.window.write();
@@ -736,61 +779,54 @@ impl Inner {
                 // cannot happen, but never apply a stale page.
                 return Ok(());
             }
-            let continues = ready && page.epoch == epoch && page.oldest <= head + 1;
-            if continues {
-                for event in &page.events {
-                    push(
-                        &mut w,
-                        self.transport.encode_body(event),
-                        self.config.hot_window,
-                    );
-                }
-                if page.head > w.head() {
-                    // Further behind than one page: restart the window at the head; readers
-                    // behind it read the store.
-                    reset_window(&mut w, page.epoch, page.head);
-                }
-            } else {
-                if ready && epoch.is_some() && page.epoch != epoch {
-                    tracing::info!(stream = %state.name, "the stream's epoch changed");
-                }
-                reset_window(&mut w, page.epoch, page.head);
-            }
-        }
-        if ready && page.epoch.is_some() && page.epoch != epoch {
-            // A new epoch (most often: a stream that did not exist got its first events).
-            // Fill the window from its beginning, so readers that start before the first
-            // event (cursor "no epoch, position 0") are served from memory rather than each
-            // reading the store.
-            let first = self
-                .buffer
-                .read(&state.name, 0, self.config.hot_window)
-                .await?;
-            let mut w = state.window.write();
-            let contiguous = first
-                .events
-                .iter()
-                .enumerate()
-                .all(|(i, e)| e.position == i as Position + 1);
-            if first.epoch == w.epoch && first.oldest <= 1 && contiguous && first.head <= w.head() {
-                let fresh: VecDeque<Bytes> = first
+            if !continues {
+                let start = page
                     .events
-                    .iter()
-                    .map(|e| self.transport.encode_body(e))
-                    .collect();
-                if fresh.len() as Position == w.head() {
-                    w.start = 1;
-                    w.entries = fresh;
-                    while w.entries.len() > self.config.hot_window {
-                        w.entries.pop_front();
-                        w.start += 1;
-                    }
-                }
+                    .first()
+                    .map_or(page.head, |e| e.position.saturating_sub(1));
+                reset_window(&mut w, page.epoch, start);
+            }
+            for event in &page.events {
+                push(
+                    &mut w,
+                    self.transport.encode_body(event),
+                    self.config.hot_window,
+                );
+            }
+            if page.head > w.head() {
+                // Further behind than one page: restart the window at the head; readers
+                // behind it read the store.
+                reset_window(&mut w, page.epoch, page.head);
             }
         }
         state.notify();
         Ok(())
     }
+
+    /// The newest events of a stream, up to a hot window's worth, ending at its head: one
+    /// read when the stream holds no more than that, two otherwise. No events if the store
+    /// answers anything but a contiguous run up to its head.
+    async fn load_tail(&self, name: &StreamName) -> Result<ReadPage> {
+        let hot = self.config.hot_window;
+        let mut page = self.buffer.read(name, 0, hot).await?;
+        if !is_tail(&page) {
+            let from = page.head.saturating_sub(hot as Position);
+            page = self.buffer.read(name, from, hot).await?;
+        }
+        if !is_tail(&page) {
+            page.events.clear();
+        }
+        Ok(page)
+    }
+}
+
+/// Whether a page's events are contiguous and end at its head.
+fn is_tail(page: &ReadPage) -> bool {
+    let contiguous = page
+        .events
+        .windows(2)
+        .all(|pair| pair[1].position == pair[0].position + 1);
+    contiguous && page.events.last().is_none_or(|e| e.position == page.head)
 }
 
 fn reset_window(w: &mut Window, epoch: Option<Epoch>, head: Position) {

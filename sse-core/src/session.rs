@@ -176,6 +176,34 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// Moves the expiry of a live session; `false` if it no longer exists.
     async fn touch(&self, id: &SessionId, expires_at: SystemTime) -> Result<bool>;
 
+    /// Moves the expiry of many live sessions at once; answers how many still existed (those
+    /// that did not are skipped, not created). The hub's session keeper calls this for every
+    /// session with open connections, every half TTL.
+    ///
+    /// The default calls [`touch`](Self::touch) for each in turn; a store with a network round
+    /// trip per call should override it with one batched request (both the Redis and the
+    /// PostgreSQL stores do), or ten thousand live sessions cost ten thousand round trips on
+    /// the connection that publishes also use.
+    ///
+    /// ```
+    /// # use std::time::{Duration, SystemTime};
+    /// # use sse_core::{SessionRecord, SessionStore};
+    /// # async fn keep(store: &dyn SessionStore, live: &[SessionRecord]) -> sse_core::Result<()> {
+    /// let ids: Vec<_> = live.iter().map(|r| r.id).collect();
+    /// let alive = store
+    ///     .touch_many(&ids, SystemTime::now() + Duration::from_secs(30))
+    ///     .await?;
+    /// assert!(alive <= ids.len());
+    /// # Ok(()) }
+    /// ```
+    async fn touch_many(&self, ids: &[SessionId], expires_at: SystemTime) -> Result<usize> {
+        let mut alive = 0;
+        for id in ids {
+            alive += usize::from(self.touch(id, expires_at).await?);
+        }
+        Ok(alive)
+    }
+
     /// Records the cursor a connection reached and moves the expiry; `false` if the session no
     /// longer exists.
     async fn record_cursor(
@@ -199,6 +227,9 @@ impl<T: SessionStore + ?Sized> SessionStore for std::sync::Arc<T> {
     }
     async fn touch(&self, id: &SessionId, expires_at: SystemTime) -> Result<bool> {
         (**self).touch(id, expires_at).await
+    }
+    async fn touch_many(&self, ids: &[SessionId], expires_at: SystemTime) -> Result<usize> {
+        (**self).touch_many(ids, expires_at).await
     }
     async fn record_cursor(
         &self,

@@ -834,6 +834,57 @@ pub async fn session_touch_extends<S: SessionStore>(store: S) {
     );
 }
 
+/// `touch_many` moves the expiry of every live session it is given, answers how many were
+/// live, and neither creates the unknown ones nor touches sessions it was not given.
+pub async fn session_touch_many<S: SessionStore>(store: S) {
+    let short = Duration::from_secs(30);
+    let records: Vec<SessionRecord> = (0..3)
+        .map(|i| SessionRecord::new((i == 0).then(|| "carol".into()), short))
+        .collect();
+    for record in &records {
+        store.create(record).await.expect("create succeeds");
+    }
+    let unknown = SessionId::random();
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    let ids = [records[0].id, unknown, records[1].id];
+    assert_eq!(
+        store
+            .touch_many(&ids, later)
+            .await
+            .expect("touch_many succeeds"),
+        2,
+        "two of the three sessions were live"
+    );
+    for record in &records[..2] {
+        let loaded = load(&store, &record.id)
+            .await
+            .expect("a touched session loads");
+        assert_same_record(
+            &loaded,
+            &SessionRecord {
+                expires_at: later,
+                ..record.clone()
+            },
+        );
+    }
+    let untouched = load(&store, &records[2].id)
+        .await
+        .expect("the third session loads");
+    assert_same_record(&untouched, &records[2]);
+    assert_eq!(
+        load(&store, &unknown).await,
+        None,
+        "touch_many creates nothing"
+    );
+    assert_eq!(
+        store
+            .touch_many(&[], later)
+            .await
+            .expect("touch_many of nothing succeeds"),
+        0
+    );
+}
+
 /// `record_cursor` stores the cursor, moves the expiry and answers `true`; a later call
 /// replaces the cursor.
 pub async fn session_record_cursor<S: SessionStore>(store: S) {
@@ -1004,6 +1055,7 @@ macro_rules! session_store_tests {
         $crate::__conformance_test!($setup, session_create_load_roundtrip, DEFAULT_RETENTION);
         $crate::__conformance_test!($setup, session_unknown_is_absent, DEFAULT_RETENTION);
         $crate::__conformance_test!($setup, session_touch_extends, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, session_touch_many, DEFAULT_RETENTION);
         $crate::__conformance_test!($setup, session_record_cursor, DEFAULT_RETENTION);
         $crate::__conformance_test!($setup, session_delete, DEFAULT_RETENTION);
         $crate::__conformance_test!($setup, session_expired_is_absent, DEFAULT_RETENTION);

@@ -1035,3 +1035,97 @@ async fn a_feed_that_ends_is_subscribed_again() {
     publish(&hub, &news, "after").await;
     assert_eq!(client.data(1).await, ["after"]);
 }
+
+/// Live delivery comes from the hot windows, not from a store read per connection: over a
+/// store whose reads take a while (as a networked one's do), clients that connected before
+/// their stream's first event, each with its session's private stream, read nothing from
+/// the store while events arrive, and each private stream is read a bounded number of times
+/// however many wake-ups its connection has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_delivery_does_not_read_the_store_per_connection() {
+    const CLIENTS: usize = 40;
+    const EVENTS: usize = 30;
+    let store = MemoryStore::default();
+    let counted = Arc::new(SlowReads {
+        store: store.clone(),
+        reads: Default::default(),
+    });
+    let hub = Hub::builder(counted.clone(), Arc::new(store)).build();
+    let fresh = stream("fresh");
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let session = hub.resolve_session(None, None).await.expect("a session");
+        let request = ConnectRequest::new(vec![fresh.clone()]).session(session.context());
+        let mut client = Client::connect(&hub, request).await;
+        client.connected().await;
+        clients.push(client);
+    }
+    let before = counted.reads_of(&fresh);
+    let expected: Vec<String> = (0..EVENTS).map(|i| i.to_string()).collect();
+    // Spread over several store reads' time, so that events keep arriving while the hub
+    // reads the stream's first events into its window (whatever the timing, the bound below
+    // holds; spread out, a window that moved to the head first sends every client to the
+    // store).
+    for data in &expected {
+        publish(&hub, &fresh, data).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for client in &mut clients {
+        assert_eq!(client.data(EVENTS).await, expected);
+    }
+    let during = counted.reads_of(&fresh) - before;
+    assert!(
+        during <= 4,
+        "{during} reads of the stream while {CLIENTS} clients received {EVENTS} events: \
+         the hub's own (initialisation, first epoch) and no more"
+    );
+    let reads = counted.reads.lock().clone();
+    for (name, n) in reads.iter().filter(|(name, _)| name.is_reserved()) {
+        assert!(
+            *n <= 3,
+            "{name} was read {n} times: once at connect, once for its window, no more"
+        );
+    }
+    assert_eq!(
+        reads.keys().filter(|name| name.is_reserved()).count(),
+        CLIENTS,
+        "every session's private stream was read"
+    );
+}
+
+/// The memory store behind reads that take 5 ms, counted per stream.
+#[derive(Debug)]
+struct SlowReads {
+    store: MemoryStore,
+    reads: parking_lot::Mutex<std::collections::HashMap<StreamName, usize>>,
+}
+
+impl SlowReads {
+    fn reads_of(&self, name: &StreamName) -> usize {
+        self.reads.lock().get(name).copied().unwrap_or(0)
+    }
+}
+
+#[async_trait::async_trait]
+impl sse_core::EventBuffer for SlowReads {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        event: sse_core::NewEvent,
+    ) -> sse_core::Result<sse_core::Appended> {
+        self.store.append(stream, event).await
+    }
+    async fn read(
+        &self,
+        stream: &StreamName,
+        after: u64,
+        limit: usize,
+    ) -> sse_core::Result<sse_core::ReadPage> {
+        *self.reads.lock().entry(stream.clone()).or_insert(0) += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.store.read(stream, after, limit).await
+    }
+    fn live_feed(&self) -> sse_core::LiveFeed {
+        self.store.live_feed()
+    }
+}

@@ -614,6 +614,24 @@ impl SessionStore for PostgresStore {
         .await
     }
 
+    /// One `UPDATE … WHERE id = ANY($1)`.
+    async fn touch_many(&self, ids: &[SessionId], expires_at: SystemTime) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes().as_slice()).collect();
+        self.run(true, || async {
+            let done = sqlx::query(self.shared.sql.session_touch_many.get())
+                .bind(&ids)
+                .bind(ms(expires_at))
+                .bind(ms(SystemTime::now()))
+                .execute(&self.shared.pool)
+                .await?;
+            Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+        })
+        .await
+    }
+
     async fn record_cursor(
         &self,
         id: &SessionId,

@@ -29,6 +29,7 @@ pub(crate) struct Queries {
     pub(crate) session_create: Sql,
     pub(crate) session_load: Sql,
     pub(crate) session_touch: Sql,
+    pub(crate) session_touch_many: Sql,
     pub(crate) session_record_cursor: Sql,
     pub(crate) session_delete: Sql,
     pub(crate) sweep_sessions: Sql,
@@ -90,6 +91,10 @@ impl Queries {
             session_touch: Sql::new(format!(
                 "UPDATE {q}.sessions SET expires_at = to_timestamp($2::float8 / 1000) \
                  WHERE id = $1 AND expires_at > to_timestamp($3::float8 / 1000)"
+            )),
+            session_touch_many: Sql::new(format!(
+                "UPDATE {q}.sessions SET expires_at = to_timestamp($2::float8 / 1000) \
+                 WHERE id = ANY($1) AND expires_at > to_timestamp($3::float8 / 1000)"
             )),
             session_record_cursor: Sql::new(format!(
                 "UPDATE {q}.sessions \

@@ -300,6 +300,9 @@ impl SessionStore for TempStore {
     async fn touch(&self, id: &SessionId, expires_at: SystemTime) -> Result<bool> {
         self.store.touch(id, expires_at).await
     }
+    async fn touch_many(&self, ids: &[SessionId], expires_at: SystemTime) -> Result<usize> {
+        self.store.touch_many(ids, expires_at).await
+    }
     async fn record_cursor(
         &self,
         id: &SessionId,

@@ -418,6 +418,35 @@ impl SessionStore for RedisStore {
         Ok(self.touch_session(id, expires_at, None).await?)
     }
 
+    /// One pipeline: the touch script once per session, loaded first in the same pipeline.
+    async fn touch_many(&self, ids: &[SessionId], expires_at: SystemTime) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let expires = unix_ms(expires_at);
+        let now = unix_ms(SystemTime::now());
+        let deadline = deadline_ms(expires, self.shared.config.session_grace);
+        let calls: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let mut call = SESSION_TOUCH_SCRIPT.prepare_invoke();
+                call.key(self.shared.keys.session(id))
+                    .arg(now)
+                    .arg(expires)
+                    .arg(deadline);
+                call
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.load_script(&SESSION_TOUCH_SCRIPT).ignore();
+        for call in &calls {
+            pipe.invoke_script(call);
+        }
+        let mut conn = self.shared.conn.clone();
+        let touched: Vec<i64> = self.run(pipe.query_async(&mut conn)).await?;
+        Ok(touched.iter().filter(|t| **t == 1).count())
+    }
+
     async fn record_cursor(
         &self,
         id: &SessionId,
