@@ -112,7 +112,9 @@ pub struct ConnectedInfo {
     /// `true` when the connection continues from an earlier cursor (a `Last-Event-ID` or the
     /// session's recorded cursor).
     pub resumed: bool,
-    /// How many events are replayed before live delivery.
+    /// How many events are replayed before live delivery: those between the cursor and the
+    /// head as the server knew it at connect time (the store's, or the hot window's when it
+    /// holds the cursor, which may not yet include an append made a moment before).
     pub replay: u64,
     /// `true` when at least one stream was reset.
     pub reset: bool,
@@ -252,6 +254,24 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
     let mut resets: Vec<(ResetReason, Vec<&str>)> = Vec::new();
     let mut replay = 0;
     for (i, name) in names.iter().enumerate() {
+        // A resume whose cursor the hot window holds continues from the window: the store
+        // is not asked (a reconnect storm would otherwise read it once per client). A fresh
+        // start asks it, for its head: the window may lag behind appends already
+        // acknowledged, which a client connecting after them must not receive.
+        let held = match &start {
+            Start::Resume(cursor) if i < public => {
+                let (epoch, position) = cursor.entries()[i];
+                let w = subs[i].state.window.read();
+                (w.ready && w.holds(epoch, position) && position <= w.head())
+                    .then(|| ((epoch, position), w.head()))
+            }
+            _ => None,
+        };
+        if let Some((entry, head)) = held {
+            replay += head - entry.1;
+            entries.push(entry);
+            continue;
+        }
         let page = inner.buffer.read(name, 0, 0).await?;
         let (entry, reason) = match &start {
             Start::Fresh => ((page.epoch, page.head), None),
@@ -515,11 +535,7 @@ impl State {
                     // becoming ready on a networked store.
                     continue;
                 }
-                // A cursor from before the stream existed (no epoch, position 0) continues in
-                // whatever epoch the stream got, if the window holds it from its first event.
-                let same_log =
-                    w.epoch == epoch || (epoch.is_none() && position == 0 && w.start == 1);
-                if same_log && position + 1 >= w.start {
+                if w.holds(epoch, position) {
                     window_epoch = w.epoch;
                     // The cursor may be ahead of the window (it read the store directly while
                     // the window was catching up): then there is nothing to take yet.

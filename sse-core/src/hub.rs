@@ -16,6 +16,7 @@ use slab::Slab;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::appender::Appender;
 use crate::connection::{self, ConnectRequest, Connection};
 use crate::session::{SessionRecord, SessionStore};
 use crate::token::{TokenClaims, TokenError, TokenKeys};
@@ -121,6 +122,7 @@ impl HubBuilder {
         let heartbeat = (config.heartbeat / 2).max(Duration::from_millis(5));
         let keepalive = (config.session_ttl / 2).max(Duration::from_millis(10));
         let inner = Arc::new(Inner {
+            appender: Appender::new(self.buffer.clone()),
             buffer: self.buffer,
             sessions: self.sessions,
             transport: self.transport,
@@ -142,6 +144,8 @@ impl HubBuilder {
 
 pub(crate) struct Inner {
     pub(crate) buffer: Arc<dyn EventBuffer>,
+    /// Publishes go through it: concurrent ones to a stream share store writes.
+    appender: Arc<Appender>,
     pub(crate) sessions: Arc<dyn SessionStore>,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) keys: TokenKeys,
@@ -226,6 +230,16 @@ pub(crate) struct Window {
 impl Window {
     pub(crate) fn head(&self) -> Position {
         self.start + self.entries.len() as Position - 1
+    }
+
+    /// Whether a reader at this cursor entry continues from the window: same log, and the
+    /// window starts at or before its next position (it may be ahead of the window's head,
+    /// having read the store while the window was catching up). A cursor from before the
+    /// stream existed (no epoch, position 0) continues in whatever epoch the stream got, if the
+    /// window holds it from its first event.
+    pub(crate) fn holds(&self, epoch: Option<Epoch>, position: Position) -> bool {
+        let same_log = self.epoch == epoch || (epoch.is_none() && position == 0 && self.start == 1);
+        same_log && position + 1 >= self.start
     }
 }
 
@@ -333,6 +347,11 @@ impl Hub {
     /// Appends an event to a stream. Returns once the store has it (fan-out to connections
     /// happens afterwards, from the live feed).
     ///
+    /// Concurrent publishes to one stream share store writes: those that arrive while a write
+    /// to the stream is in flight are appended together, in arrival order, in one
+    /// [`EventBuffer::append_many`] as soon as it finishes (ADR 0013). A lone publisher waits
+    /// for one store round trip, as without batching.
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidStreamName`] for a reserved (`@…`) stream, [`Error::TooLarge`] for data
@@ -344,7 +363,22 @@ impl Hub {
             ));
         }
         self.check_size(&event)?;
-        self.inner.buffer.append(stream, event).await
+        self.inner.appender.append(stream, event).await
+    }
+
+    /// Publishes waiting, right now, for a write to their stream to finish so that they can be
+    /// written together (see [`Hub::publish`]). Steadily high means the store's writes are the
+    /// bottleneck.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let store = std::sync::Arc::new(sse_store_memory::MemoryStore::default());
+    /// let hub = sse_core::Hub::builder(store.clone(), store).build();
+    /// assert_eq!(hub.queued_publishes(), 0);
+    /// # }
+    /// ```
+    pub fn queued_publishes(&self) -> usize {
+        self.inner.appender.queued()
     }
 
     /// Appends several events to one stream, in order, in one store operation where the
@@ -381,7 +415,7 @@ impl Hub {
         if self.inner.sessions.load(session).await?.is_none() {
             return Err(Error::NotFound(format!("session {session}")));
         }
-        self.inner.buffer.append(&session.stream(), event).await
+        self.inner.appender.append(&session.stream(), event).await
     }
 
     fn check_size(&self, event: &NewEvent) -> Result<()> {

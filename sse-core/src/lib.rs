@@ -57,6 +57,7 @@
 //! # Ok(()) }
 //! ```
 
+mod appender;
 mod buffer;
 pub mod codec;
 mod config;

@@ -1129,3 +1129,209 @@ impl sse_core::EventBuffer for SlowReads {
         self.store.live_feed()
     }
 }
+
+/// Publishes that arrive while a write to their stream is in flight are written together:
+/// 64 concurrent publishes cost two store writes (the first, then the rest in one batch), each
+/// gets its own position, and a reader gets every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_share_store_writes() {
+    const PUBLISHES: usize = 64;
+    let store = MemoryStore::default();
+    let gated = Arc::new(GatedAppends::new(&store));
+    let hub = Hub::builder(gated.clone(), Arc::new(store)).build();
+    let news = stream("news");
+    let mut reader = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
+    reader.connected().await;
+    gated.close();
+    let publishes: Vec<_> = (0..PUBLISHES)
+        .map(|i| {
+            let (hub, news) = (hub.clone(), news.clone());
+            tokio::spawn(async move { hub.publish(&news, NewEvent::new(i.to_string())).await })
+        })
+        .collect();
+    gated.wait_for_writes(1).await;
+    wait_for_queued(&hub, PUBLISHES - 1).await;
+    gated.open();
+    let mut positions: Vec<u64> = futures_util::future::join_all(publishes)
+        .await
+        .into_iter()
+        .map(|joined| {
+            joined
+                .expect("no panic")
+                .expect("publish succeeds")
+                .position
+        })
+        .collect();
+    positions.sort_unstable();
+    assert_eq!(positions, (1..=PUBLISHES as u64).collect::<Vec<_>>());
+    assert_eq!(gated.writes(), 2, "one write, then one batch of the rest");
+    assert_eq!(hub.queued_publishes(), 0);
+    let mut received = reader.data(PUBLISHES).await;
+    received.sort_unstable_by_key(|d| d.parse::<usize>().expect("a number"));
+    let expected: Vec<String> = (0..PUBLISHES).map(|i| i.to_string()).collect();
+    assert_eq!(received, expected, "every event once");
+}
+
+/// A publish dropped while it writes (its HTTP client went away) does not leave the stream
+/// without a writer: a publish queued behind it and later ones complete. A batch the store
+/// refuses fails each of its publishes with the store's error, and the next write succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_publishes_survive_a_dropped_writer_and_a_failed_batch() {
+    let store = MemoryStore::default();
+    let gated = Arc::new(GatedAppends::new(&store));
+    let hub = Hub::builder(gated.clone(), Arc::new(store.clone())).build();
+    let news = stream("news");
+    let spawn_publish = |data: &'static str| {
+        let (hub, news) = (hub.clone(), news.clone());
+        tokio::spawn(async move { hub.publish(&news, NewEvent::new(data)).await })
+    };
+
+    // The writer is dropped mid-write; the one queued behind it still gets an answer.
+    gated.close();
+    let writer = spawn_publish("dropped");
+    gated.wait_for_writes(1).await;
+    let queued = spawn_publish("queued");
+    wait_for_queued(&hub, 1).await;
+    writer.abort();
+    assert!(writer.await.is_err_and(|e| e.is_cancelled()));
+    gated.open();
+    let queued = timeout(WAIT, queued)
+        .await
+        .expect("the queued publish is answered")
+        .expect("no panic")
+        .expect("the queued publish succeeds");
+    let after = timeout(WAIT, hub.publish(&news, NewEvent::new("after")))
+        .await
+        .expect("a later publish is answered")
+        .expect("a later publish succeeds");
+    assert_eq!((queued.position, after.position), (1, 2));
+
+    // A refused batch: both publishes queued behind a write get the store's error.
+    gated.close();
+    let lone = spawn_publish("lone");
+    gated.wait_for_writes(gated.writes() + 1).await;
+    let batch = [spawn_publish("a"), spawn_publish("b")];
+    wait_for_queued(&hub, 2).await;
+    gated
+        .fail_batches
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    gated.open();
+    lone.await
+        .expect("no panic")
+        .expect("a lone write is not a batch");
+    for publish in batch {
+        let err = publish
+            .await
+            .expect("no panic")
+            .expect_err("the batch was refused");
+        assert!(
+            matches!(err, Error::Unavailable(_)),
+            "the store's error, got {err:?}"
+        );
+        assert!(
+            std::error::Error::source(&err)
+                .is_some_and(|s| s.to_string().contains("refused the batch")),
+            "with its cause: {err:?}"
+        );
+    }
+    gated
+        .fail_batches
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    hub.publish(&news, NewEvent::new("then"))
+        .await
+        .expect("the next write succeeds");
+    let page = store.read(&news, 0, 100).await.expect("read");
+    let data: Vec<&str> = page.events.iter().map(|e| e.data.as_ref()).collect();
+    assert_eq!(data, ["queued", "after", "lone", "then"]);
+}
+
+/// Until `n` publishes wait for a batched write.
+async fn wait_for_queued(hub: &Hub, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while hub.queued_publishes() < n {
+        assert!(Instant::now() < deadline, "{n} publishes were not queued");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The memory store behind writes that wait while a gate is closed, counted; batches can be
+/// made to fail.
+#[derive(Debug)]
+struct GatedAppends {
+    store: MemoryStore,
+    gate: tokio::sync::watch::Sender<bool>,
+    writes: std::sync::atomic::AtomicUsize,
+    fail_batches: std::sync::atomic::AtomicBool,
+}
+
+impl GatedAppends {
+    fn new(store: &MemoryStore) -> Self {
+        GatedAppends {
+            store: store.clone(),
+            gate: tokio::sync::watch::Sender::new(true),
+            writes: Default::default(),
+            fail_batches: Default::default(),
+        }
+    }
+
+    fn close(&self) {
+        self.gate.send_replace(false);
+    }
+
+    fn open(&self) {
+        self.gate.send_replace(true);
+    }
+
+    fn writes(&self) -> usize {
+        self.writes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn wait_for_writes(&self, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.writes() < n {
+            assert!(Instant::now() < deadline, "{n} writes did not start");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    async fn pass(&self) {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut gate = self.gate.subscribe();
+        let _ = gate.wait_for(|open| *open).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl sse_core::EventBuffer for GatedAppends {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        event: sse_core::NewEvent,
+    ) -> sse_core::Result<sse_core::Appended> {
+        self.pass().await;
+        self.store.append(stream, event).await
+    }
+    async fn append_many(
+        &self,
+        stream: &StreamName,
+        events: Vec<sse_core::NewEvent>,
+    ) -> sse_core::Result<Vec<sse_core::Appended>> {
+        self.pass().await;
+        if self.fail_batches.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::unavailable("the test store refused the batch"));
+        }
+        self.store.append_many(stream, events).await
+    }
+    async fn read(
+        &self,
+        stream: &StreamName,
+        after: u64,
+        limit: usize,
+    ) -> sse_core::Result<sse_core::ReadPage> {
+        self.store.read(stream, after, limit).await
+    }
+    fn live_feed(&self) -> sse_core::LiveFeed {
+        self.store.live_feed()
+    }
+}
