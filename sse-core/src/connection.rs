@@ -273,6 +273,7 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
             continue;
         }
         let page = inner.buffer.read(name, 0, 0).await?;
+        hub.seed(name, &page);
         let (entry, reason) = match &start {
             Start::Fresh => ((page.epoch, page.head), None),
             Start::Reset(reason) => (restart(&page, config.reset_policy), Some(*reason)),
@@ -528,10 +529,11 @@ impl State {
             let from_window = {
                 let w = self.subs[i].state.window.read();
                 if !w.ready {
-                    // The hub is initialising this window and raises every subscriber once
-                    // it is ready (retrying while the store fails). Reading the store here
-                    // instead would cost a read per wake-up per connection until then: with
-                    // many subscribers of a busy stream, that load kept windows from ever
+                    // The window starts where this connection's read at open found the
+                    // stream (`Hub::seed`), or at the stream's first append, whichever the
+                    // feed task sees first; it raises every subscriber then. Reading the
+                    // store here instead would cost a read per wake-up per connection until
+                    // then: with many subscribers, that load once kept windows from ever
                     // becoming ready on a networked store.
                     continue;
                 }
@@ -630,17 +632,8 @@ impl Drop for State {
         let session = self.session.map(|s| s.to_string()).unwrap_or_default();
         tracing::info!(parent: &self.span, session = %session, delivered = self.delivered, "disconnected");
         let Some(id) = self.session else { return };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let store = self.hub.inner.sessions.clone();
         let mut wire = String::new();
         self.cursor.encode_into(self.fp, &mut wire);
-        let expires = SystemTime::now() + self.hub.inner.config.session_ttl;
-        runtime.spawn(async move {
-            if let Err(err) = store.record_cursor(&id, &wire, expires).await {
-                tracing::warn!(error = %err, "could not record the session's cursor");
-            }
-        });
+        self.hub.record_cursor(id, wire);
     }
 }

@@ -134,6 +134,7 @@ impl HubBuilder {
             tick: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             live_sessions: Mutex::new(HashMap::new()),
+            closed: Mutex::new(ClosedCursors::default()),
         });
         tokio::spawn(run_ticker(Arc::downgrade(&inner), heartbeat));
         tokio::spawn(run_session_keeper(Arc::downgrade(&inner), keepalive));
@@ -159,11 +160,24 @@ pub(crate) struct Inner {
     pub(crate) closing: AtomicBool,
     /// Sessions with open connections (and how many), kept alive by the session keeper.
     live_sessions: Mutex<HashMap<SessionId, usize>>,
+    /// Cursors of closed connections waiting to be recorded, and whether a task records them.
+    closed: Mutex<ClosedCursors>,
+}
+
+#[derive(Default)]
+struct ClosedCursors {
+    waiting: Vec<(SessionId, String)>,
+    recording: bool,
 }
 
 enum Command {
-    /// A stream got its first reader: initialise its window.
-    Init(StreamName),
+    /// A connection read where a stream stands, after subscribing to it: a window that is
+    /// not ready yet starts there, without a read of its own.
+    Seed {
+        name: StreamName,
+        epoch: Option<Epoch>,
+        head: Position,
+    },
     /// A connection could not read the store: wake it again in a moment.
     Retry(Weak<Signal>),
 }
@@ -560,12 +574,50 @@ impl Hub {
             .send(Command::Retry(Arc::downgrade(signal)));
     }
 
+    /// Records the cursor a closed connection reached in its session, for a later connection
+    /// without `Last-Event-ID` (a page reload). Cursors of connections that close while a
+    /// write is in flight are written together by one task, [`CURSOR_BATCH`] per store
+    /// request: a mass disconnect costs a few writes, not one per connection.
+    pub(crate) fn record_cursor(&self, id: SessionId, cursor: String) {
+        let start = {
+            let mut closed = self.inner.closed.lock();
+            closed.waiting.push((id, cursor));
+            !std::mem::replace(&mut closed.recording, true)
+        };
+        if !start {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(record_closed(self.inner.clone()));
+            }
+            Err(_) => {
+                // Dropped outside a runtime (the process is ending): nothing can write it.
+                let mut closed = self.inner.closed.lock();
+                closed.waiting.clear();
+                closed.recording = false;
+            }
+        }
+    }
+
+    /// Tells the feed task where a stream stood when a connection read it after subscribing
+    /// ([`Hub::watch`]): a window that is not ready yet starts there. Any append after that
+    /// read reaches the feed task after this, or made the window ready already (then this is
+    /// ignored), so the window misses nothing. This is how windows start: one read per
+    /// connection that opens, not a second one per window.
+    pub(crate) fn seed(&self, name: &StreamName, page: &ReadPage) {
+        let _ = self.inner.commands.send(Command::Seed {
+            name: name.clone(),
+            epoch: page.epoch,
+            head: page.head,
+        });
+    }
+
     pub(crate) fn watch(&self, name: &StreamName, signal: &Arc<Signal>) -> Watch {
         let mut streams = self.inner.streams.lock();
         let state = streams
             .entry(name.clone())
             .or_insert_with(|| {
-                let _ = self.inner.commands.send(Command::Init(name.clone()));
                 Arc::new(StreamState {
                     name: name.clone(),
                     window: RwLock::new(Window {
@@ -590,12 +642,10 @@ impl Hub {
 }
 
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
-/// Window initialisations taken at once by the feed task, and how many of their store reads
-/// run concurrently (a small share of a pooled store's connections).
-const INIT_BATCH: usize = 1024;
-const INIT_CONCURRENCY: usize = 8;
 /// Sessions extended per store request by the session keeper.
 const TOUCH_BATCH: usize = 1000;
+/// Cursors of closed connections recorded per store request.
+const CURSOR_BATCH: usize = 1000;
 
 /// The feed task: applies the live feed and window initialisations, one at a time, so each
 /// window only ever moves forward by contiguous positions.
@@ -619,30 +669,7 @@ async fn run_feed(
                 let Some(inner) = hub.upgrade() else { return };
                 match command {
                     None => return,
-                    Some(Command::Init(name)) => {
-                        // Connections arriving together (a reconnect storm, each with its
-                        // session's private stream) bring many windows to initialise: read
-                        // them together rather than one store round trip after another,
-                        // which would hold up the live feed for as long.
-                        let mut names = vec![name];
-                        while names.len() < INIT_BATCH {
-                            match commands.try_recv() {
-                                Ok(Command::Init(name)) => names.push(name),
-                                Ok(Command::Retry(signal)) => waiting.push(signal),
-                                Err(_) => break,
-                            }
-                        }
-                        let inner = &inner;
-                        let results: Vec<_> = futures_util::stream::iter(names)
-                            .map(|name| async move {
-                                let ok = inner.refresh_by_name(&name).await.is_ok();
-                                (name, ok)
-                            })
-                            .buffer_unordered(INIT_CONCURRENCY)
-                            .collect()
-                            .await;
-                        failed.extend(results.into_iter().filter(|(_, ok)| !ok).map(|(n, _)| n));
-                    }
+                    Some(Command::Seed { name, epoch, head }) => inner.seed(&name, epoch, head),
                     Some(Command::Retry(signal)) => waiting.push(signal),
                 }
             }
@@ -707,6 +734,25 @@ async fn run_ticker(hub: Weak<Inner>, interval: Duration) {
     }
 }
 
+/// Writes the cursors of closed connections until none is waiting.
+async fn record_closed(inner: Arc<Inner>) {
+    loop {
+        let batch: Vec<(SessionId, String)> = {
+            let mut closed = inner.closed.lock();
+            if closed.waiting.is_empty() {
+                closed.recording = false;
+                return;
+            }
+            let n = closed.waiting.len().min(CURSOR_BATCH);
+            closed.waiting.drain(..n).collect()
+        };
+        let expires = SystemTime::now() + inner.config.session_ttl;
+        if let Err(err) = inner.sessions.record_cursors(&batch, expires).await {
+            tracing::warn!(sessions = batch.len(), error = %err, "could not record the cursors of closed connections");
+        }
+    }
+}
+
 /// Extends every session that has open connections, every half TTL, in batches of
 /// [`TOUCH_BATCH`] (one store request each with the Redis and PostgreSQL stores), however many
 /// connections each session has.
@@ -765,6 +811,20 @@ impl Inner {
             }
         }
         failed
+    }
+
+    fn seed(&self, name: &StreamName, epoch: Option<Epoch>, head: Position) {
+        let Some(state) = self.state(name) else {
+            return;
+        };
+        {
+            let mut w = state.window.write();
+            if w.ready {
+                return;
+            }
+            reset_window(&mut w, epoch, head);
+        }
+        state.notify();
     }
 
     async fn refresh_by_name(&self, name: &StreamName) -> Result<()> {

@@ -213,6 +213,38 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
         expires_at: SystemTime,
     ) -> Result<bool>;
 
+    /// Records the cursors of many sessions at once and moves their expiry; answers how many
+    /// sessions still existed (the others are skipped, not created). The hub calls this with
+    /// the cursors of connections that closed meanwhile: when ten thousand clients drop at once
+    /// (a deploy, a network blip) that is a few batched writes, not ten thousand.
+    ///
+    /// The default calls [`record_cursor`](Self::record_cursor) for each in turn; a store
+    /// with a network round trip per call should override it (the Redis and PostgreSQL stores
+    /// do). A session listed twice gets its last cursor.
+    ///
+    /// ```
+    /// # use std::time::{Duration, SystemTime};
+    /// # use sse_core::{SessionId, SessionStore};
+    /// # async fn closed(store: &dyn SessionStore, a: SessionId, b: SessionId) -> sse_core::Result<()> {
+    /// let cursors = [(a, "AQAAAAEAAAAAAAAAAQ".to_owned()), (b, "AQAAAAEAAAAAAAAAAg".to_owned())];
+    /// let alive = store
+    ///     .record_cursors(&cursors, SystemTime::now() + Duration::from_secs(30))
+    ///     .await?;
+    /// assert!(alive <= 2);
+    /// # Ok(()) }
+    /// ```
+    async fn record_cursors(
+        &self,
+        cursors: &[(SessionId, String)],
+        expires_at: SystemTime,
+    ) -> Result<usize> {
+        let mut alive = 0;
+        for (id, cursor) in cursors {
+            alive += usize::from(self.record_cursor(id, cursor, expires_at).await?);
+        }
+        Ok(alive)
+    }
+
     /// Forgets a session.
     async fn delete(&self, id: &SessionId) -> Result<()>;
 }
@@ -238,6 +270,13 @@ impl<T: SessionStore + ?Sized> SessionStore for std::sync::Arc<T> {
         expires_at: SystemTime,
     ) -> Result<bool> {
         (**self).record_cursor(id, cursor, expires_at).await
+    }
+    async fn record_cursors(
+        &self,
+        cursors: &[(SessionId, String)],
+        expires_at: SystemTime,
+    ) -> Result<usize> {
+        (**self).record_cursors(cursors, expires_at).await
     }
     async fn delete(&self, id: &SessionId) -> Result<()> {
         (**self).delete(id).await

@@ -885,6 +885,63 @@ pub async fn session_touch_many<S: SessionStore>(store: S) {
     );
 }
 
+/// `record_cursors` stores each live session's cursor (the last one given for a session listed
+/// twice), moves its expiry, answers how many were live, and creates no unknown session.
+pub async fn session_record_cursors<S: SessionStore>(store: S) {
+    let records: Vec<SessionRecord> = (0..3)
+        .map(|_| SessionRecord::new(None, Duration::from_secs(30)))
+        .collect();
+    for record in &records {
+        store.create(record).await.expect("create succeeds");
+    }
+    let unknown = SessionId::random();
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    let cursors = [
+        (records[0].id, "AQAAAAEAAAAAAAAAAQ".to_owned()),
+        (unknown, "AQAAAAEAAAAAAAAAAw".to_owned()),
+        (records[1].id, "AQAAAAEAAAAAAAAAAg".to_owned()),
+        (records[0].id, "AQAAAAEAAAAAAAAABA".to_owned()),
+    ];
+    let alive = store
+        .record_cursors(&cursors, later)
+        .await
+        .expect("record_cursors succeeds");
+    assert!(
+        (2..=3).contains(&alive),
+        "two live sessions (one listed twice) answered {alive}"
+    );
+    for (record, cursor) in [
+        (&records[0], "AQAAAAEAAAAAAAAABA"),
+        (&records[1], "AQAAAAEAAAAAAAAAAg"),
+    ] {
+        let loaded = load(&store, &record.id).await.expect("the session loads");
+        assert_same_record(
+            &loaded,
+            &SessionRecord {
+                expires_at: later,
+                cursor: Some(cursor.to_owned()),
+                ..record.clone()
+            },
+        );
+    }
+    let untouched = load(&store, &records[2].id)
+        .await
+        .expect("the third session loads");
+    assert_same_record(&untouched, &records[2]);
+    assert_eq!(
+        load(&store, &unknown).await,
+        None,
+        "record_cursors creates nothing"
+    );
+    assert_eq!(
+        store
+            .record_cursors(&[], later)
+            .await
+            .expect("record_cursors of nothing succeeds"),
+        0
+    );
+}
+
 /// `record_cursor` stores the cursor, moves the expiry and answers `true`; a later call
 /// replaces the cursor.
 pub async fn session_record_cursor<S: SessionStore>(store: S) {
@@ -1057,6 +1114,7 @@ macro_rules! session_store_tests {
         $crate::__conformance_test!($setup, session_touch_extends, DEFAULT_RETENTION);
         $crate::__conformance_test!($setup, session_touch_many, DEFAULT_RETENTION);
         $crate::__conformance_test!($setup, session_record_cursor, DEFAULT_RETENTION);
+        $crate::__conformance_test!($setup, session_record_cursors, DEFAULT_RETENTION);
         $crate::__conformance_test!($setup, session_delete, DEFAULT_RETENTION);
         $crate::__conformance_test!($setup, session_expired_is_absent, DEFAULT_RETENTION);
     };

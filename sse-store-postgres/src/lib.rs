@@ -70,6 +70,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Weak};
@@ -623,6 +624,36 @@ impl SessionStore for PostgresStore {
         self.run(true, || async {
             let done = sqlx::query(self.shared.sql.session_touch_many.get())
                 .bind(&ids)
+                .bind(ms(expires_at))
+                .bind(ms(SystemTime::now()))
+                .execute(&self.shared.pool)
+                .await?;
+            Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+        })
+        .await
+    }
+
+    /// One `UPDATE … FROM unnest(…)`; a session listed twice gets its last cursor.
+    async fn record_cursors(
+        &self,
+        cursors: &[(SessionId, String)],
+        expires_at: SystemTime,
+    ) -> Result<usize> {
+        let mut last: HashMap<&SessionId, &str> = HashMap::with_capacity(cursors.len());
+        for (id, cursor) in cursors {
+            last.insert(id, cursor);
+        }
+        if last.is_empty() {
+            return Ok(0);
+        }
+        let (ids, wires): (Vec<&[u8]>, Vec<&str>) = last
+            .into_iter()
+            .map(|(id, cursor)| (id.as_bytes().as_slice(), cursor))
+            .unzip();
+        self.run(true, || async {
+            let done = sqlx::query(self.shared.sql.session_record_cursors.get())
+                .bind(&ids)
+                .bind(&wires)
                 .bind(ms(expires_at))
                 .bind(ms(SystemTime::now()))
                 .execute(&self.shared.pool)

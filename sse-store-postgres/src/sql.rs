@@ -30,6 +30,7 @@ pub(crate) struct Queries {
     pub(crate) session_load: Sql,
     pub(crate) session_touch: Sql,
     pub(crate) session_touch_many: Sql,
+    pub(crate) session_record_cursors: Sql,
     pub(crate) session_record_cursor: Sql,
     pub(crate) session_delete: Sql,
     pub(crate) sweep_sessions: Sql,
@@ -91,6 +92,12 @@ impl Queries {
             session_touch: Sql::new(format!(
                 "UPDATE {q}.sessions SET expires_at = to_timestamp($2::float8 / 1000) \
                  WHERE id = $1 AND expires_at > to_timestamp($3::float8 / 1000)"
+            )),
+            session_record_cursors: Sql::new(format!(
+                "UPDATE {q}.sessions AS s \
+                 SET cursor = v.cursor, expires_at = to_timestamp($3::float8 / 1000) \
+                 FROM unnest($1::bytea[], $2::text[]) AS v(id, cursor) \
+                 WHERE s.id = v.id AND s.expires_at > to_timestamp($4::float8 / 1000)"
             )),
             session_touch_many: Sql::new(format!(
                 "UPDATE {q}.sessions SET expires_at = to_timestamp($2::float8 / 1000) \

@@ -303,6 +303,13 @@ impl SessionStore for TempStore {
     async fn touch_many(&self, ids: &[SessionId], expires_at: SystemTime) -> Result<usize> {
         self.store.touch_many(ids, expires_at).await
     }
+    async fn record_cursors(
+        &self,
+        cursors: &[(SessionId, String)],
+        expires_at: SystemTime,
+    ) -> Result<usize> {
+        self.store.record_cursors(cursors, expires_at).await
+    }
     async fn record_cursor(
         &self,
         id: &SessionId,

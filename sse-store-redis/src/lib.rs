@@ -326,6 +326,45 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// The touch script for many sessions (with a cursor to record, or none) in one pipeline,
+    /// the script loaded first in the same pipeline; how many sessions were live.
+    async fn touch_sessions(
+        &self,
+        sessions: &[(&SessionId, Option<&str>)],
+        expires_at: SystemTime,
+    ) -> Result<usize, RedisStoreError> {
+        if sessions.is_empty() {
+            return Ok(0);
+        }
+        let expires = unix_ms(expires_at);
+        let now = unix_ms(SystemTime::now());
+        let deadline = deadline_ms(expires, self.shared.config.session_grace);
+        let calls: Vec<_> = sessions
+            .iter()
+            .map(|(id, cursor)| {
+                let mut call = SESSION_TOUCH_SCRIPT.prepare_invoke();
+                call.key(self.shared.keys.session(id))
+                    .arg(now)
+                    .arg(expires)
+                    .arg(deadline);
+                if let Some(cursor) = cursor {
+                    call.arg(*cursor);
+                }
+                call
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.load_script(&SESSION_TOUCH_SCRIPT).ignore();
+        for call in &calls {
+            pipe.invoke_script(call);
+        }
+        let mut conn = self.shared.conn.clone();
+        let touched: Vec<i64> = self.run(pipe.query_async(&mut conn)).await?;
+        Ok(touched.iter().filter(|t| **t == 1).count())
+    }
+}
+
 #[async_trait]
 impl EventBuffer for RedisStore {
     async fn append(&self, stream: &StreamName, event: NewEvent) -> Result<Appended> {
@@ -418,33 +457,10 @@ impl SessionStore for RedisStore {
         Ok(self.touch_session(id, expires_at, None).await?)
     }
 
-    /// One pipeline: the touch script once per session, loaded first in the same pipeline.
+    /// One pipeline: the touch script once per session.
     async fn touch_many(&self, ids: &[SessionId], expires_at: SystemTime) -> Result<usize> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let expires = unix_ms(expires_at);
-        let now = unix_ms(SystemTime::now());
-        let deadline = deadline_ms(expires, self.shared.config.session_grace);
-        let calls: Vec<_> = ids
-            .iter()
-            .map(|id| {
-                let mut call = SESSION_TOUCH_SCRIPT.prepare_invoke();
-                call.key(self.shared.keys.session(id))
-                    .arg(now)
-                    .arg(expires)
-                    .arg(deadline);
-                call
-            })
-            .collect();
-        let mut pipe = redis::pipe();
-        pipe.load_script(&SESSION_TOUCH_SCRIPT).ignore();
-        for call in &calls {
-            pipe.invoke_script(call);
-        }
-        let mut conn = self.shared.conn.clone();
-        let touched: Vec<i64> = self.run(pipe.query_async(&mut conn)).await?;
-        Ok(touched.iter().filter(|t| **t == 1).count())
+        let sessions: Vec<_> = ids.iter().map(|id| (id, None)).collect();
+        Ok(self.touch_sessions(&sessions, expires_at).await?)
     }
 
     async fn record_cursor(
@@ -454,6 +470,19 @@ impl SessionStore for RedisStore {
         expires_at: SystemTime,
     ) -> Result<bool> {
         Ok(self.touch_session(id, expires_at, Some(cursor)).await?)
+    }
+
+    /// One pipeline: the touch script once per session, with its cursor.
+    async fn record_cursors(
+        &self,
+        cursors: &[(SessionId, String)],
+        expires_at: SystemTime,
+    ) -> Result<usize> {
+        let sessions: Vec<_> = cursors
+            .iter()
+            .map(|(id, cursor)| (id, Some(cursor.as_str())))
+            .collect();
+        Ok(self.touch_sessions(&sessions, expires_at).await?)
     }
 
     async fn delete(&self, id: &SessionId) -> Result<()> {
