@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sse_core::{Epoch, FeedItem, LiveFeed, Notification, Position, StreamName};
+use sse_core::{Epoch, Event, FeedItem, LiveFeed, Notification, Position, StreamName};
 
 /// After this long without a notification the feed checks that its connection is alive: a
 /// half-open TCP connection (a peer gone without a FIN) would otherwise wait forever.
@@ -24,12 +24,15 @@ pub(crate) struct FeedSource {
     pub(crate) retry: Duration,
 }
 
-/// The positions `next ..= last` of one notification, announced one by one.
+/// The positions `next ..= last` of one notification, announced one by one, with their
+/// events when the notification carried them.
 struct Pending {
     stream: StreamName,
     epoch: Epoch,
     next: Position,
     last: Position,
+    /// The events of `next ..= last`, front first (empty when not carried).
+    events: std::collections::VecDeque<Event>,
 }
 
 struct State {
@@ -50,18 +53,49 @@ pub(crate) fn live_feed(source: Arc<FeedSource>) -> LiveFeed {
     futures_util::stream::unfold(state, next).boxed()
 }
 
-/// Parses `<epoch> <first> <last> <stream>`, the payload the append function sends.
+/// Parses `<epoch> <first> <last> <stream>`, optionally followed by
+/// ` <append time ms> <JSON array of [event, publisher_id, data]>` (one per position), the
+/// payload the append function sends (migration 0002). Events that do not match the positions
+/// one for one are dropped: the hub then reads them from the table.
 fn parse(payload: &str) -> Option<Pending> {
-    let mut parts = payload.splitn(4, ' ');
+    let mut parts = payload.splitn(6, ' ');
     let epoch = parts.next()?.parse::<i64>().ok()?;
     let first = parts.next()?.parse::<Position>().ok()?;
     let last = parts.next()?.parse::<Position>().ok()?;
     let stream = StreamName::new(parts.next()?).ok()?;
-    (first >= 1 && first <= last).then_some(Pending {
+    if first < 1 || first > last {
+        return None;
+    }
+    let events = match (parts.next(), parts.next()) {
+        (None, _) => Default::default(),
+        (Some(time), Some(json)) => {
+            let time_ms = time.parse::<u64>().ok()?;
+            let raw: Vec<(Option<String>, Option<String>, String)> =
+                serde_json::from_str(json).ok()?;
+            if raw.len() as u64 == last - first + 1 {
+                raw.into_iter()
+                    .zip(first..)
+                    .map(|((event, id, data), position)| Event {
+                        stream: stream.clone(),
+                        position,
+                        event: event.map(Arc::from),
+                        id: id.map(Arc::from),
+                        data: Arc::from(data),
+                        time_ms,
+                    })
+                    .collect()
+            } else {
+                Default::default()
+            }
+        }
+        (Some(_), None) => return None,
+    };
+    Some(Pending {
         stream,
         epoch: Epoch::from_u64(epoch as u64),
         next: first,
         last,
+        events,
     })
 }
 
@@ -100,7 +134,7 @@ async fn next(mut st: State) -> Option<(FeedItem, State)> {
                     stream: p.stream.clone(),
                     epoch: p.epoch,
                     position: p.next,
-                    event: None,
+                    event: p.events.pop_front(),
                 });
                 p.next += 1;
                 return Some((item, st));
@@ -169,9 +203,38 @@ mod tests {
             (p.epoch.as_u64(), p.next, p.last, p.stream.as_str()),
             ((-5i64) as u64, 3, 7, "room:42")
         );
+        assert!(p.events.is_empty());
+        let p = parse(r#"7 1 2 s 1700000000123 [["tick","order-1","a \"b\"\n"],[null,null,"é"]]"#)
+            .expect("a payload with events");
+        let events: Vec<_> = p.events.iter().collect();
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            (
+                events[0].position,
+                events[0].event.as_deref(),
+                events[0].id.as_deref()
+            ),
+            (1, Some("tick"), Some("order-1"))
+        );
+        assert_eq!(&*events[0].data, "a \"b\"\n");
+        assert_eq!(
+            (
+                events[1].position,
+                events[1].event.as_deref(),
+                &*events[1].data
+            ),
+            (2, None, "é")
+        );
+        assert_eq!(events[1].time_ms, 1_700_000_000_123);
+        // Events that do not match the positions are dropped; the positions still count.
+        let p = parse(r#"7 1 3 s 1 [[null,null,"x"]]"#).expect("a payload");
+        assert!(p.events.is_empty() && p.last == 3);
         for bad in [
             "",
             "1 2 3",
+            "1 1 1 s 5",
+            "1 1 1 s x []",
+            "1 1 1 s 5 not-json",
             "x 1 1 s",
             "1 0 0 s",
             "1 5 4 s",

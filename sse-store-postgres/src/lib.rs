@@ -9,8 +9,8 @@
 //!   (a PL/pgSQL function over arrays), in one transaction.
 //! - **Epochs**: drawn at random when a stream's row is created; a stream whose row is lost
 //!   comes back under a new epoch, so old cursors get a `reset`, never a wrong event.
-//! - **Live feed**: `NOTIFY` carrying only `(epoch, positions, stream)` (payloads are limited to
-//!   8000 bytes), received by a [`PgListener`](sqlx::postgres::PgListener) on a dedicated
+//! - **Live feed**: `NOTIFY` carrying `(epoch, positions, stream)` and, when they fit its 8000
+//!   bytes, the events themselves, received by a [`PgListener`](sqlx::postgres::PgListener) on a dedicated
 //!   connection that reconnects by itself and yields [`FeedItem::Resync`](sse_core::FeedItem::Resync) after every
 //!   (re)connect, since notifications sent meanwhile are lost.
 //! - **Retention** by count and age, **session expiry** and idle-stream cleanup, enforced on

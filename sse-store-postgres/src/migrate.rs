@@ -19,14 +19,21 @@ struct Migration {
 }
 
 /// Every migration of this build, oldest first. Never edit one that has shipped: add another.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "streams, events, sessions and the append function",
-    sql: include_str!("../migrations/0001_schema.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "streams, events, sessions and the append function",
+        sql: include_str!("../migrations/0001_schema.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "notifications carry small appends whole",
+        sql: include_str!("../migrations/0002_inline_notifications.sql"),
+    },
+];
 
 /// The version the newest embedded migration brings the schema to.
-pub(crate) const LATEST: i32 = 1;
+pub(crate) const LATEST: i32 = 2;
 
 fn checksum(sql: &str) -> String {
     Sha256::digest(sql.as_bytes())

@@ -89,8 +89,8 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
     applied.sort();
     assert_eq!(
         applied,
-        [vec![], vec![], vec![1]],
-        "exactly one run applies it"
+        [vec![], vec![], vec![1, 2]],
+        "exactly one run applies them"
     );
     assert_eq!(
         stores[0].migrate().await.expect("migrate"),
@@ -306,6 +306,52 @@ async fn a_publisher_id_is_free_again_once_out_of_retention() {
         page.events.iter().map(|e| e.position).collect::<Vec<_>>(),
         [3, 4]
     );
+}
+
+/// Notifications carry small appends whole (events, ids and data exactly as read back), with
+/// publisher ids and without; an append too large for a notification announces positions only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_carry_small_events_only() {
+    let store = temp_store(PostgresConfig::default()).await;
+    let stream = name("inline");
+    let mut feed = store.live_feed();
+    assert_eq!(next_item(&mut feed, &stream).await, FeedItem::Resync);
+    let quoted = "a \"quoted\"\nline, \u{e9}t\u{e9} \\ {\"json\": [1]}";
+    store
+        .append_many(
+            &stream,
+            vec![
+                NewEvent::new(quoted)
+                    .with_event("tick")
+                    .expect("an event name"),
+                NewEvent::new("second"),
+            ],
+        )
+        .await
+        .expect("append");
+    store
+        .append(
+            &stream,
+            NewEvent::new("keyed").with_id("order-1").expect("an id"),
+        )
+        .await
+        .expect("append");
+    store
+        .append(&stream, NewEvent::new("x".repeat(9000)))
+        .await
+        .expect("append");
+    let page = store.read(&stream, 0, 10).await.expect("read");
+    for expected in &page.events[..3] {
+        let FeedItem::Appended(n) = next_item(&mut feed, &stream).await else {
+            panic!("a resync instead of an append");
+        };
+        assert_eq!(n.position, expected.position);
+        assert_eq!(n.event.as_ref(), Some(expected), "carried whole");
+    }
+    let FeedItem::Appended(large) = next_item(&mut feed, &stream).await else {
+        panic!("a resync instead of an append");
+    };
+    assert_eq!((large.position, large.event), (4, None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
