@@ -811,11 +811,14 @@ async fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
         args.runs
     ));
 
-    // Fan-out.
-    let mut rows = Vec::new();
-    for s in &subjects {
-        let mut reports = Vec::new();
-        for _ in 0..args.runs {
+    // Fan-out, in rounds (each server once per round), so that the machine drifting during
+    // the comparison weighs on every server alike and the ratios stay comparable.
+    let mut rows: Vec<(String, Vec<FanoutReport>)> = subjects
+        .iter()
+        .map(|s| (s.name.clone(), Vec::new()))
+        .collect();
+    for _ in 0..args.runs {
+        for (s, (_, reports)) in subjects.iter().zip(rows.iter_mut()) {
             let server = s.start()?;
             let report = fanout(FanoutArgs {
                 target: server.target(),
@@ -828,7 +831,6 @@ async fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("{}: {report:?}", s.name);
             reports.push(report);
         }
-        rows.push((s.name.clone(), reports));
     }
     let base = rows
         .last()
@@ -844,9 +846,16 @@ async fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
             )
         })
         .unwrap_or(f64::NAN);
+    // The first backend (memory, by default) is what the others are compared with.
+    let first = rows
+        .first()
+        .map(|(_, r)| median(r.iter().map(|x| x.delivered_per_sec).collect()))
+        .unwrap_or(f64::NAN);
+    let first_name = rows.first().map(|(n, _)| n.as_str()).unwrap_or("");
     out.push_str(&format!(
         "## Fan-out: {} subscribers of one stream, {} events published as fast as possible by {} concurrent publishers\n\n\
-         | server | delivered events/s | vs baseline | server CPU µs / delivery | vs baseline | latency p50 / p99 ms | publish p50 / p99 ms | publish errors | lost | duplicates | resets |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+         Runs go in rounds, each server once per round.\n\n\
+         | server | delivered events/s | vs baseline | vs {first_name} | server CPU µs / delivery | vs baseline | latency p50 / p99 ms | publish p50 / p99 ms | publish errors | lost | duplicates | resets |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         args.subscribers, args.events, args.publishers
     ));
     for (name, r) in &rows {
@@ -857,8 +866,8 @@ async fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .collect(),
         );
         out.push_str(&format!(
-            "| {name} | {:.0} | {:.2}× | {:.3} | {:.2}× | {:.1} / {:.1} | {:.2} / {:.2} | {} | {} | {} | {} |\n",
-            d, d / base, cpu, cpu / base_cpu,
+            "| {name} | {:.0} | {:.2}× | {:.2}× | {:.3} | {:.2}× | {:.1} / {:.1} | {:.2} / {:.2} | {} | {} | {} | {} |\n",
+            d, d / base, d / first, cpu, cpu / base_cpu,
             median(r.iter().map(|x| x.latency_ms_p50).collect()),
             median(r.iter().map(|x| x.latency_ms_p99).collect()),
             median(r.iter().map(|x| x.publish_ms_p50).collect()),
