@@ -273,7 +273,7 @@ pub(crate) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
             continue;
         }
         let page = inner.buffer.read(name, 0, 0).await?;
-        hub.seed(name, &page);
+        hub.seed(&subs[i], &page);
         let (entry, reason) = match &start {
             Start::Fresh => ((page.epoch, page.head), None),
             Start::Reset(reason) => (restart(&page, config.reset_policy), Some(*reason)),
@@ -443,9 +443,9 @@ impl Stream for State {
         let inner = this.hub.inner.clone();
         let page_size = inner.config.page_size;
         let mut budget = page_size;
-        // Streams read from the store during this poll: not read again before the next wake-up,
-        // or a stream whose window is not usable (starting after the cursor, another epoch) would be read
-        // over and over while nothing changes.
+        // Streams read from the store during this poll: not read again before the next
+        // wake-up, or a stream whose window is not usable (starting after the cursor, another
+        // epoch) would be read over and over while nothing changes.
         let mut read_already: Vec<usize> = Vec::new();
         loop {
             if let Some(read) = this.read.as_mut() {

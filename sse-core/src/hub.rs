@@ -174,7 +174,7 @@ enum Command {
     /// A connection read where a stream stands, after subscribing to it: a window that is
     /// not ready yet starts there, without a read of its own.
     Seed {
-        name: StreamName,
+        state: Weak<StreamState>,
         epoch: Option<Epoch>,
         head: Position,
     },
@@ -605,9 +605,13 @@ impl Hub {
     /// read reaches the feed task after this, or made the window ready already (then this is
     /// ignored), so the window misses nothing. This is how windows start: one read per
     /// connection that opens, not a second one per window.
-    pub(crate) fn seed(&self, name: &StreamName, page: &ReadPage) {
+    /// A window that is ready already needs nothing: most connections send nothing.
+    pub(crate) fn seed(&self, watch: &Watch, page: &ReadPage) {
+        if watch.state.window.read().ready {
+            return;
+        }
         let _ = self.inner.commands.send(Command::Seed {
-            name: name.clone(),
+            state: Arc::downgrade(&watch.state),
             epoch: page.epoch,
             head: page.head,
         });
@@ -666,10 +670,16 @@ async fn run_feed(
         };
         tokio::select! {
             command = commands.recv() => {
-                let Some(inner) = hub.upgrade() else { return };
+                if hub.strong_count() == 0 {
+                    return;
+                }
                 match command {
                     None => return,
-                    Some(Command::Seed { name, epoch, head }) => inner.seed(&name, epoch, head),
+                    Some(Command::Seed { state, epoch, head }) => {
+                        if let Some(state) = state.upgrade() {
+                            seed(&state, epoch, head);
+                        }
+                    }
                     Some(Command::Retry(signal)) => waiting.push(signal),
                 }
             }
@@ -813,20 +823,6 @@ impl Inner {
         failed
     }
 
-    fn seed(&self, name: &StreamName, epoch: Option<Epoch>, head: Position) {
-        let Some(state) = self.state(name) else {
-            return;
-        };
-        {
-            let mut w = state.window.write();
-            if w.ready {
-                return;
-            }
-            reset_window(&mut w, epoch, head);
-        }
-        state.notify();
-    }
-
     async fn refresh_by_name(&self, name: &StreamName) -> Result<()> {
         match self.state(name) {
             Some(state) => self.refresh(&state).await,
@@ -866,6 +862,12 @@ impl Inner {
             Some(page) => page,
             None => self.load_tail(&state.name).await.inspect_err(failed)?,
         };
+        // Encoded before the lock: connections read the window meanwhile.
+        let bodies: Vec<Bytes> = page
+            .events
+            .iter()
+            .map(|e| self.transport.encode_body(e))
+            .collect();
         {
             let mut w = state.window.write();
             if w.ready && (w.epoch != epoch || w.head() != head) {
@@ -880,12 +882,8 @@ impl Inner {
                     .map_or(page.head, |e| e.position.saturating_sub(1));
                 reset_window(&mut w, page.epoch, start);
             }
-            for event in &page.events {
-                push(
-                    &mut w,
-                    self.transport.encode_body(event),
-                    self.config.hot_window,
-                );
+            for body in bodies {
+                push(&mut w, body, self.config.hot_window);
             }
             if page.head > w.head() {
                 // Further behind than one page: restart the window at the head; readers
@@ -921,6 +919,18 @@ fn is_tail(page: &ReadPage) -> bool {
         .windows(2)
         .all(|pair| pair[1].position == pair[0].position + 1);
     contiguous && page.events.last().is_none_or(|e| e.position == page.head)
+}
+
+/// Starts a window that is not ready yet at `head` (see [`Hub::seed`]); run by the feed task.
+fn seed(state: &StreamState, epoch: Option<Epoch>, head: Position) {
+    {
+        let mut w = state.window.write();
+        if w.ready {
+            return;
+        }
+        reset_window(&mut w, epoch, head);
+    }
+    state.notify();
 }
 
 fn reset_window(w: &mut Window, epoch: Option<Epoch>, head: Position) {
