@@ -5,5 +5,5 @@
 # (pass --stores memory to skip them). Extra arguments go to `sse-load compare`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p sse-server -p sse-benches --bins
+cargo build --release -p resumable-sse-server -p sse-benches --bins
 exec target/release/sse-load compare "$@"

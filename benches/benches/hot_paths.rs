@@ -6,8 +6,8 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sse_core::{Cursor, Epoch, EventBuffer, NewEvent, SseTransport, StreamName, Transport, cursor};
-use sse_store_memory::MemoryStore;
+use resumable_sse_core::{Cursor, Epoch, EventBuffer, NewEvent, SseTransport, StreamName, Transport, cursor};
+use resumable_sse_store_memory::MemoryStore;
 
 fn encoding(c: &mut Criterion) {
     let transport = SseTransport::default();

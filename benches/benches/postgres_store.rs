@@ -10,9 +10,9 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sse_core::{EventBuffer, NewEvent, StreamName};
-use sse_store_postgres::PostgresConfig;
-use sse_store_postgres::testing::temp_store;
+use resumable_sse_core::{EventBuffer, NewEvent, StreamName};
+use resumable_sse_store_postgres::PostgresConfig;
+use resumable_sse_store_postgres::testing::temp_store;
 
 /// A typical notification: 128 bytes of JSON-ish text.
 fn payload() -> String {

@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sse_core::{EventBuffer, NewEvent, StreamName};
-use sse_store_redis::{RedisConfig, RedisStore};
+use resumable_sse_core::{EventBuffer, NewEvent, StreamName};
+use resumable_sse_store_redis::{RedisConfig, RedisStore};
 
 fn redis_append(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -24,7 +24,7 @@ fn redis_append(c: &mut Criterion) {
         .build()
         .unwrap();
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let prefix = format!("bench:{}:", sse_core::SessionId::random());
+    let prefix = format!("bench:{}:", resumable_sse_core::SessionId::random());
     let store = runtime
         .block_on(RedisStore::connect(
             &url,

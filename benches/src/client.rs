@@ -1,11 +1,11 @@
 //! A minimal HTTP/1.1 client for load generation: thousands of SSE connections and a
 //! keep-alive publisher, with as little overhead per connection as possible. SSE parsing is
-//! the workspace's one parser (`sse_core::codec::Parser`).
+//! the workspace's one parser (`resumable_sse_core::codec::Parser`).
 
 use std::io;
 use std::time::Duration;
 
-use sse_core::codec::{Item, Parser};
+use resumable_sse_core::codec::{Item, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

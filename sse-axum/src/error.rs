@@ -9,9 +9,9 @@ use serde::Serialize;
 ///
 /// ```
 /// use axum::response::IntoResponse;
-/// use sse_axum::ApiError;
+/// use resumable_sse_axum::ApiError;
 ///
-/// let response = ApiError::from(sse_core::StreamName::new("no spaces").unwrap_err()).into_response();
+/// let response = ApiError::from(resumable_sse_core::StreamName::new("no spaces").unwrap_err()).into_response();
 /// assert_eq!(response.status(), 400);
 /// ```
 #[derive(Debug)]
@@ -43,9 +43,9 @@ impl ApiError {
     }
 }
 
-impl From<sse_core::Error> for ApiError {
-    fn from(err: sse_core::Error) -> Self {
-        use sse_core::Error as E;
+impl From<resumable_sse_core::Error> for ApiError {
+    fn from(err: resumable_sse_core::Error) -> Self {
+        use resumable_sse_core::Error as E;
         let (status, code) = match &err {
             E::InvalidStreamName(_) => (StatusCode::BAD_REQUEST, "invalid_stream_name"),
             E::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),

@@ -15,7 +15,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
-use sse_core::{ConnectRequest, Connection, Error, Frame, Hub, NewEvent, SessionId, StreamName};
+use resumable_sse_core::{ConnectRequest, Connection, Error, Frame, Hub, NewEvent, SessionId, StreamName};
 
 use crate::{ApiError, Session, SseLayer};
 
@@ -58,12 +58,12 @@ pub(crate) fn sse_headers(hub: &Hub, body: Body) -> Response {
 ///
 /// ```
 /// use axum::{Router, routing::get};
-/// use sse_axum::SseLayer;
+/// use resumable_sse_axum::SseLayer;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let hub = sse_axum::memory_hub(Default::default());
+/// # let hub = resumable_sse_axum::memory_hub(Default::default());
 /// let app: Router = Router::new()
-///     .route("/events", get(sse_axum::events))
+///     .route("/events", get(resumable_sse_axum::events))
 ///     .layer(SseLayer::new(hub));
 /// # Ok(()) }
 /// ```
@@ -260,11 +260,11 @@ pub async fn healthz(State(state): State<PublishState>) -> Response {
 /// [`publish`] and [`healthz`].
 ///
 /// ```
-/// use sse_axum::SseLayer;
+/// use resumable_sse_axum::SseLayer;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let hub = sse_axum::memory_hub(Default::default());
-/// let app: axum::Router = sse_axum::router(SseLayer::new(hub));
+/// # let hub = resumable_sse_axum::memory_hub(Default::default());
+/// let app: axum::Router = resumable_sse_axum::router(SseLayer::new(hub));
 /// # Ok(()) }
 /// ```
 pub fn router(layer: SseLayer) -> Router {

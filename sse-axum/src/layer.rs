@@ -8,11 +8,11 @@
 //!
 //! ```
 //! use axum::{Router, routing::get};
-//! use sse_axum::{Session, SseLayer};
+//! use resumable_sse_axum::{Session, SseLayer};
 //! use tower::ServiceExt;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let hub = sse_axum::memory_hub(Default::default());
+//! let hub = resumable_sse_axum::memory_hub(Default::default());
 //! let app = Router::new()
 //!     .route("/me", get(|session: Session| async move { session.id().to_string() }))
 //!     .layer(SseLayer::new(hub));
@@ -38,7 +38,7 @@ use axum::response::{IntoResponse, Response};
 use http::header::{ACCEPT, COOKIE, SET_COOKIE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
-use sse_core::{Hub, StreamName};
+use resumable_sse_core::{Hub, StreamName};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -168,8 +168,8 @@ impl SseLayer {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let hub = sse_axum::memory_hub(Default::default());
-    /// let layer = sse_axum::SseLayer::new(hub).with_secure_cookie(false);
+    /// # let hub = resumable_sse_axum::memory_hub(Default::default());
+    /// let layer = resumable_sse_axum::SseLayer::new(hub).with_secure_cookie(false);
     /// # Ok(()) }
     /// ```
     #[must_use]
@@ -181,8 +181,8 @@ impl SseLayer {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let hub = sse_axum::memory_hub(Default::default());
-    /// let layer = sse_axum::SseLayer::new(hub).with_cookie_name("app_sse");
+    /// # let hub = resumable_sse_axum::memory_hub(Default::default());
+    /// let layer = resumable_sse_axum::SseLayer::new(hub).with_cookie_name("app_sse");
     /// # Ok(()) }
     /// ```
     #[must_use]
@@ -195,8 +195,8 @@ impl SseLayer {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let hub = sse_axum::memory_hub(Default::default());
-    /// let layer = sse_axum::SseLayer::new(hub)
+    /// # let hub = resumable_sse_axum::memory_hub(Default::default());
+    /// let layer = resumable_sse_axum::SseLayer::new(hub)
     ///     .with_header(http::HeaderName::from_static("x-app-session"));
     /// # Ok(()) }
     /// ```
@@ -210,8 +210,8 @@ impl SseLayer {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let hub = sse_axum::memory_hub(Default::default());
-    /// let layer = sse_axum::SseLayer::new(hub).with_principal(|parts| {
+    /// # let hub = resumable_sse_axum::memory_hub(Default::default());
+    /// let layer = resumable_sse_axum::SseLayer::new(hub).with_principal(|parts| {
     ///     parts.headers.get("x-user").and_then(|v| v.to_str().ok()).map(str::to_owned)
     /// });
     /// # Ok(()) }
@@ -228,8 +228,8 @@ impl SseLayer {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let hub = sse_axum::memory_hub(Default::default());
-    /// let layer = sse_axum::SseLayer::new(hub).with_authorizer(|_parts, session, stream| {
+    /// # let hub = resumable_sse_axum::memory_hub(Default::default());
+    /// let layer = resumable_sse_axum::SseLayer::new(hub).with_authorizer(|_parts, session, stream| {
     ///     !stream.as_str().starts_with("admin:") || session.principal() == Some("root")
     /// });
     /// # Ok(()) }
@@ -246,8 +246,8 @@ impl SseLayer {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let hub = sse_axum::memory_hub(Default::default());
-    /// let layer = sse_axum::SseLayer::new(hub).with_default_stream("news".parse()?);
+    /// # let hub = resumable_sse_axum::memory_hub(Default::default());
+    /// let layer = resumable_sse_axum::SseLayer::new(hub).with_default_stream("news".parse()?);
     /// # Ok(()) }
     /// ```
     #[must_use]

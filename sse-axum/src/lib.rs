@@ -14,8 +14,8 @@
 //!
 //! ```no_run
 //! use axum::{Router, routing::{get, post}};
-//! use sse_axum::{ApiError, Session, SseLayer};
-//! use sse_core::{NewEvent, StreamName};
+//! use resumable_sse_axum::{ApiError, Session, SseLayer};
+//! use resumable_sse_core::{NewEvent, StreamName};
 //!
 //! async fn chat(session: Session, body: String) -> Result<(), ApiError> {
 //!     session.publish(&StreamName::new("chat")?, NewEvent::new(body)).await?;
@@ -24,9 +24,9 @@
 //!
 //! #[tokio::main]
 //! async fn main() {
-//!     let hub = sse_axum::memory_hub(Default::default());
+//!     let hub = resumable_sse_axum::memory_hub(Default::default());
 //!     let app = Router::new()
-//!         .route("/events", get(sse_axum::events))
+//!         .route("/events", get(resumable_sse_axum::events))
 //!         .route("/chat", post(chat))
 //!         .layer(SseLayer::new(hub));
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
@@ -52,4 +52,4 @@ pub use session::{MissingSseLayer, Session};
 pub use store::memory_hub;
 pub use store::{OpenStoreError, Stores, open_store};
 
-pub use sse_core;
+pub use resumable_sse_core;

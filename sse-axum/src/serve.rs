@@ -12,16 +12,16 @@
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
-//! use sse_axum::SseLayer;
+//! use resumable_sse_axum::SseLayer;
 //!
 //! # #[tokio::main] async fn main() -> std::io::Result<()> {
-//! let hub = sse_axum::memory_hub(Default::default());
+//! let hub = resumable_sse_axum::memory_hub(Default::default());
 //! let layer = SseLayer::new(hub);
 //! let app = Router::new()
-//!     .route("/events", get(sse_axum::events))
+//!     .route("/events", get(resumable_sse_axum::events))
 //!     .layer(layer.clone());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! sse_axum::serve(listener, app, layer).await
+//! resumable_sse_axum::serve(listener, app, layer).await
 //! # }
 //! ```
 
@@ -96,7 +96,7 @@ impl<F> Serve<F> {
     }
 
     /// Stops accepting connections when `signal` completes. Open SSE responses are not waited
-    /// for (they never end on their own): call [`Hub::close_connections`](sse_core::Hub::close_connections)
+    /// for (they never end on their own): call [`Hub::close_connections`](resumable_sse_core::Hub::close_connections)
     /// to end them with a retry hint.
     pub fn with_graceful_shutdown<G: Future<Output = ()> + Send + 'static>(
         self,
@@ -121,14 +121,14 @@ impl<F> Serve<F> {
     ///
     /// ```no_run
     /// # #[tokio::main] async fn main() -> std::io::Result<()> {
-    /// # let layer = sse_axum::SseLayer::new(sse_axum::memory_hub(Default::default()));
-    /// # let app = sse_axum::router(layer.clone());
+    /// # let layer = resumable_sse_axum::SseLayer::new(resumable_sse_axum::memory_hub(Default::default()));
+    /// # let app = resumable_sse_axum::router(layer.clone());
     /// let streams = tokio::runtime::Builder::new_multi_thread()
     ///     .thread_name("sse-streams")
     ///     .enable_all()
     ///     .build()?;
     /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-    /// sse_axum::serve(listener, app, layer)
+    /// resumable_sse_axum::serve(listener, app, layer)
     ///     .streams_on(streams.handle().clone())
     ///     .await?;
     /// streams.shutdown_background();

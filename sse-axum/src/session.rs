@@ -7,7 +7,7 @@ use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
-use sse_core::{Appended, Hub, NewEvent, ResolvedSession, SessionId, SessionStatus, StreamName};
+use resumable_sse_core::{Appended, Hub, NewEvent, ResolvedSession, SessionId, SessionStatus, StreamName};
 
 use crate::layer::Shared;
 
@@ -16,8 +16,8 @@ use crate::layer::Shared;
 ///
 /// ```
 /// use axum::{Router, routing::post};
-/// use sse_axum::{ApiError, Session, SseLayer};
-/// use sse_core::NewEvent;
+/// use resumable_sse_axum::{ApiError, Session, SseLayer};
+/// use resumable_sse_core::NewEvent;
 ///
 /// async fn notify_me(session: Session) -> Result<&'static str, ApiError> {
 ///     // Every connection of this session gets it; if it is away, it gets it on reconnect.
@@ -26,7 +26,7 @@ use crate::layer::Shared;
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let hub = sse_axum::memory_hub(Default::default());
+/// # let hub = resumable_sse_axum::memory_hub(Default::default());
 /// let app: Router = Router::new().route("/notify-me", post(notify_me)).layer(SseLayer::new(hub));
 /// # Ok(()) }
 /// ```
@@ -84,7 +84,7 @@ impl Session {
         &self,
         stream: &StreamName,
         event: NewEvent,
-    ) -> sse_core::Result<Appended> {
+    ) -> resumable_sse_core::Result<Appended> {
         self.shared.hub.publish(stream, event).await
     }
 
@@ -93,7 +93,7 @@ impl Session {
     /// # Errors
     ///
     /// As [`Hub::send_to_session`].
-    pub async fn send(&self, event: NewEvent) -> sse_core::Result<Appended> {
+    pub async fn send(&self, event: NewEvent) -> resumable_sse_core::Result<Appended> {
         self.shared.hub.send_to_session(&self.id(), event).await
     }
 
@@ -106,7 +106,7 @@ impl Session {
         &self,
         session: &SessionId,
         event: NewEvent,
-    ) -> sse_core::Result<Appended> {
+    ) -> resumable_sse_core::Result<Appended> {
         self.shared.hub.send_to_session(session, event).await
     }
 
@@ -119,7 +119,7 @@ impl Session {
 /// [`SseLayer`](crate::SseLayer).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error(
-    "no session: the route is not behind sse_axum::SseLayer; add `.layer(SseLayer::new(hub))` to the router"
+    "no session: the route is not behind resumable_sse_axum::SseLayer; add `.layer(SseLayer::new(hub))` to the router"
 )]
 pub struct MissingSseLayer;
 

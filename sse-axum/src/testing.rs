@@ -4,12 +4,12 @@
 //! exactly the bytes a browser would.
 //!
 //! ```
-//! use sse_axum::testing::{TestServer, connect};
+//! use resumable_sse_axum::testing::{TestServer, connect};
 //! use std::time::Duration;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let hub = sse_axum::memory_hub(Default::default());
-//! let server = TestServer::start(sse_axum::router(sse_axum::SseLayer::new(hub))).await;
+//! let hub = resumable_sse_axum::memory_hub(Default::default());
+//! let server = TestServer::start(resumable_sse_axum::router(resumable_sse_axum::SseLayer::new(hub))).await;
 //! let mut events = connect(&server.url("/events?stream=news"), &[]).await;
 //! let connected = events.next_event(Duration::from_secs(5)).await.unwrap();
 //! assert_eq!(connected.event, "connected");
@@ -26,7 +26,7 @@ use axum::Router;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::HeaderMap;
-use sse_core::codec::{Item, ParsedEvent, Parser};
+use resumable_sse_core::codec::{Item, ParsedEvent, Parser};
 use tokio::task::JoinHandle;
 
 /// A router served on `127.0.0.1:0`; stops when dropped.

@@ -6,14 +6,14 @@ mod suite;
 
 suite::http_suite!(|retention| async move {
     let store = std::sync::Arc::new(
-        sse_store_postgres::testing::temp_store(
-            sse_store_postgres::PostgresConfig::default()
+        resumable_sse_store_postgres::testing::temp_store(
+            resumable_sse_store_postgres::PostgresConfig::default()
                 .with_retention(retention)
                 .with_sweep_interval(std::time::Duration::from_millis(100)),
         )
         .await,
     );
-    sse_axum::Stores {
+    resumable_sse_axum::Stores {
         buffer: store.clone(),
         sessions: store,
     }

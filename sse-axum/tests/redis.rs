@@ -9,11 +9,11 @@ mod suite;
 
 suite::http_suite!(|retention| async move {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let prefix = format!("http-suite:{}:", sse_core::SessionId::random());
-    let config = sse_store_redis::RedisConfig::default()
+    let prefix = format!("http-suite:{}:", resumable_sse_core::SessionId::random());
+    let config = resumable_sse_store_redis::RedisConfig::default()
         .with_retention(retention)
         .with_key_prefix(prefix);
-    let store = sse_store_redis::RedisStore::connect(&url, config)
+    let store = resumable_sse_store_redis::RedisStore::connect(&url, config)
         .await
         .unwrap_or_else(|err| {
             panic!(
@@ -23,7 +23,7 @@ suite::http_suite!(|retention| async move {
             )
         });
     let store = std::sync::Arc::new(store);
-    sse_axum::Stores {
+    resumable_sse_axum::Stores {
         buffer: store.clone(),
         sessions: store,
     }

@@ -13,7 +13,7 @@
 //! use std::time::SystemTime;
 //! use async_trait::async_trait;
 //! use futures_util::StreamExt;
-//! use sse_core::{
+//! use resumable_sse_core::{
 //!     Appended, Epoch, EventBuffer, Event, FeedItem, LiveFeed, NewEvent, Notification,
 //!     Position, ReadPage, Result, StreamName,
 //! };

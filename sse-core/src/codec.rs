@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use bytes::BytesMut;
-//! use sse_core::codec::{self, Parser, Item};
+//! use resumable_sse_core::codec::{self, Parser, Item};
 //!
 //! let mut out = BytesMut::new();
 //! codec::write_field(&mut out, "id", "7")?;
@@ -23,7 +23,7 @@
 //! assert_eq!(event.event, "tick");
 //! assert_eq!(event.data, "line one\nline two");
 //! assert_eq!(event.last_event_id, "7");
-//! # Ok::<(), sse_core::Error>(())
+//! # Ok::<(), resumable_sse_core::Error>(())
 //! ```
 
 use std::time::Duration;

@@ -21,7 +21,7 @@ pub enum ResetPolicy {
 ///
 /// ```
 /// use std::time::Duration;
-/// use sse_core::Config;
+/// use resumable_sse_core::Config;
 ///
 /// let config = Config::default().with_heartbeat(Duration::from_secs(5));
 /// assert_eq!(config.heartbeat, Duration::from_secs(5));

@@ -36,11 +36,11 @@ pub struct SessionContext {
 /// What a connection should read and where it comes from.
 ///
 /// ```
-/// use sse_core::{ConnectRequest, StreamName};
+/// use resumable_sse_core::{ConnectRequest, StreamName};
 ///
 /// let request = ConnectRequest::new(vec![StreamName::new("news")?])
 ///     .last_event_id(Some("AQAAAAACAAAAAAAAAAcq".to_owned()));
-/// # Ok::<(), sse_core::Error>(())
+/// # Ok::<(), resumable_sse_core::Error>(())
 /// ```
 #[derive(Clone, Debug)]
 #[must_use]

@@ -26,7 +26,7 @@
 //! a reset, never a failure.
 //!
 //! ```
-//! use sse_core::{Cursor, Epoch, StreamName};
+//! use resumable_sse_core::{Cursor, Epoch, StreamName};
 //!
 //! let streams = vec![StreamName::new("news")?];
 //! let epoch = Epoch::from_u64(7);

@@ -34,10 +34,10 @@ use crate::{
 /// ```
 /// use std::sync::Arc;
 /// use futures_util::StreamExt;
-/// use sse_core::{codec, ConnectRequest, Config, Hub, NewEvent, StreamName};
-/// use sse_store_memory::MemoryStore;
+/// use resumable_sse_core::{codec, ConnectRequest, Config, Hub, NewEvent, StreamName};
+/// use resumable_sse_store_memory::MemoryStore;
 ///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> sse_core::Result<()> {
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> resumable_sse_core::Result<()> {
 /// let store = Arc::new(MemoryStore::default());
 /// let hub = Hub::builder(store.clone(), store).config(Config::default()).build();
 ///
@@ -386,8 +386,8 @@ impl Hub {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let store = std::sync::Arc::new(sse_store_memory::MemoryStore::default());
-    /// let hub = sse_core::Hub::builder(store.clone(), store).build();
+    /// # let store = std::sync::Arc::new(resumable_sse_store_memory::MemoryStore::default());
+    /// let hub = resumable_sse_core::Hub::builder(store.clone(), store).build();
     /// assert_eq!(hub.queued_publishes(), 0);
     /// # }
     /// ```

@@ -23,8 +23,8 @@
 //! ```
 //! use std::sync::Arc;
 //! use futures_util::StreamExt;
-//! use sse_core::{codec, ConnectRequest, Hub, NewEvent, StreamName};
-//! use sse_store_memory::MemoryStore;
+//! use resumable_sse_core::{codec, ConnectRequest, Hub, NewEvent, StreamName};
+//! use resumable_sse_store_memory::MemoryStore;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = Arc::new(MemoryStore::default());

@@ -11,7 +11,7 @@
 //! use std::sync::Mutex;
 //! use std::time::SystemTime;
 //! use async_trait::async_trait;
-//! use sse_core::{Result, SessionId, SessionRecord, SessionStore};
+//! use resumable_sse_core::{Result, SessionId, SessionRecord, SessionStore};
 //!
 //! #[derive(Debug, Default)]
 //! struct MapStore(Mutex<HashMap<SessionId, SessionRecord>>);
@@ -65,7 +65,7 @@ use crate::{Result, StreamName};
 /// A session id: 128 random bits, shown as 32 lowercase hex digits.
 ///
 /// ```
-/// use sse_core::SessionId;
+/// use resumable_sse_core::SessionId;
 ///
 /// let id = SessionId::random();
 /// assert_eq!(id.to_string().parse::<SessionId>().ok(), Some(id));
@@ -187,8 +187,8 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     ///
     /// ```
     /// # use std::time::{Duration, SystemTime};
-    /// # use sse_core::{SessionRecord, SessionStore};
-    /// # async fn keep(store: &dyn SessionStore, live: &[SessionRecord]) -> sse_core::Result<()> {
+    /// # use resumable_sse_core::{SessionRecord, SessionStore};
+    /// # async fn keep(store: &dyn SessionStore, live: &[SessionRecord]) -> resumable_sse_core::Result<()> {
     /// let ids: Vec<_> = live.iter().map(|r| r.id).collect();
     /// let alive = store
     ///     .touch_many(&ids, SystemTime::now() + Duration::from_secs(30))
@@ -224,8 +224,8 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     ///
     /// ```
     /// # use std::time::{Duration, SystemTime};
-    /// # use sse_core::{SessionId, SessionStore};
-    /// # async fn closed(store: &dyn SessionStore, a: SessionId, b: SessionId) -> sse_core::Result<()> {
+    /// # use resumable_sse_core::{SessionId, SessionStore};
+    /// # async fn closed(store: &dyn SessionStore, a: SessionId, b: SessionId) -> resumable_sse_core::Result<()> {
     /// let cursors = [(a, "AQAAAAEAAAAAAAAAAQ".to_owned()), (b, "AQAAAAEAAAAAAAAAAg".to_owned())];
     /// let alive = store
     ///     .record_cursors(&cursors, SystemTime::now() + Duration::from_secs(30))

@@ -8,8 +8,8 @@
 //!
 //! ```
 //! // sse-store-memory/tests/conformance.rs
-//! use sse_core::Retention;
-//! use sse_store_memory::{MemoryConfig, MemoryStore};
+//! use resumable_sse_core::Retention;
+//! use resumable_sse_store_memory::{MemoryConfig, MemoryStore};
 //!
 //! async fn setup(retention: Retention) -> MemoryStore {
 //!     MemoryStore::new(
@@ -19,7 +19,7 @@
 //!     )
 //! }
 //!
-//! sse_core::conformance_tests!(setup);
+//! resumable_sse_core::conformance_tests!(setup);
 //! # fn main() {}
 //! ```
 //!
@@ -32,8 +32,8 @@
 //! The functions can also be called directly:
 //!
 //! ```
-//! use sse_core::testing;
-//! use sse_store_memory::MemoryStore;
+//! use resumable_sse_core::testing;
+//! use resumable_sse_store_memory::MemoryStore;
 //!
 //! # #[tokio::main] async fn main() {
 //! testing::buffer_idempotent_publisher_id(MemoryStore::default()).await;

@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
-//! use sse_core::{SessionId, TokenClaims, TokenKeys};
+//! use resumable_sse_core::{SessionId, TokenClaims, TokenKeys};
 //!
 //! let old = TokenKeys::new([b"an old key of at least 32 bytes!!".to_vec()])?;
 //! let claims = TokenClaims {

@@ -13,7 +13,7 @@
 //!
 //! ```
 //! use bytes::{BufMut, Bytes, BytesMut};
-//! use sse_core::{Event, Frame, Transport};
+//! use resumable_sse_core::{Event, Frame, Transport};
 //!
 //! #[derive(Debug)]
 //! struct Ndjson;
@@ -107,7 +107,7 @@ pub trait Transport: Debug + Send + Sync + 'static {
 ///
 /// ```
 /// use bytes::BytesMut;
-/// use sse_core::{Frame, SseTransport, Transport};
+/// use resumable_sse_core::{Frame, SseTransport, Transport};
 ///
 /// let sse = SseTransport::default();
 /// let mut out = BytesMut::new();
@@ -119,7 +119,7 @@ pub trait Transport: Debug + Send + Sync + 'static {
 /// let mut out = BytesMut::new();
 /// quiet.write_frame(&mut out, &Frame::Connected { id: "AQ", data: "{}" });
 /// assert_eq!(&out[..], b"id: AQ\n\n");
-/// # Ok::<(), sse_core::Error>(())
+/// # Ok::<(), resumable_sse_core::Error>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct SseTransport {

@@ -27,13 +27,13 @@ pub const RESERVED_PREFIX: char = '@';
 /// Cloning is cheap (a reference count).
 ///
 /// ```
-/// use sse_core::StreamName;
+/// use resumable_sse_core::StreamName;
 ///
 /// let news: StreamName = "news".parse()?;
 /// assert_eq!(news.as_str(), "news");
 /// assert!(StreamName::new("room 42").is_err()); // space is not allowed
 /// assert!(StreamName::new("").is_err());
-/// # Ok::<(), sse_core::Error>(())
+/// # Ok::<(), resumable_sse_core::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamName(Arc<str>);
@@ -124,7 +124,7 @@ impl AsRef<str> for StreamName {
 /// to a reset.
 ///
 /// ```
-/// use sse_core::Epoch;
+/// use resumable_sse_core::Epoch;
 ///
 /// let epoch = Epoch::random();
 /// let text = epoch.to_string();
@@ -189,12 +189,12 @@ impl FromStr for Epoch {
 /// client's cursor, never the publisher id.
 ///
 /// ```
-/// use sse_core::NewEvent;
+/// use resumable_sse_core::NewEvent;
 ///
 /// let event = NewEvent::new("{\"price\": 42}").with_event("tick")?.with_id("order-17")?;
 /// assert_eq!(event.event(), Some("tick"));
 /// assert!(NewEvent::new("x").with_event("bad\nname").is_err()); // would inject a field
-/// # Ok::<(), sse_core::Error>(())
+/// # Ok::<(), resumable_sse_core::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewEvent {
@@ -359,7 +359,7 @@ impl ReadPage {
 ///
 /// ```
 /// use std::time::Duration;
-/// use sse_core::Retention;
+/// use resumable_sse_core::Retention;
 ///
 /// let retention = Retention::default();
 /// assert_eq!(retention.max_len, 1000);

@@ -9,12 +9,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use sse_core::codec::{Item, ParsedEvent, Parser};
-use sse_core::{
+use resumable_sse_core::codec::{Item, ParsedEvent, Parser};
+use resumable_sse_core::{
     Config, ConnectRequest, Connection, Cursor, Error, EventBuffer, Hub, NewEvent, ResetPolicy,
     SessionStatus, SessionStore, StreamName, TokenClaims, TokenKeys,
 };
-use sse_store_memory::{MemoryConfig, MemoryStore};
+use resumable_sse_store_memory::{MemoryConfig, MemoryStore};
 use tokio::time::{Instant, timeout};
 
 /// Longest wait for anything a test expects; reaching it fails the test.
@@ -35,7 +35,7 @@ fn new_hub() -> (MemoryStore, Hub) {
     (store, hub)
 }
 
-async fn publish(hub: &Hub, stream: &StreamName, data: &str) -> sse_core::Appended {
+async fn publish(hub: &Hub, stream: &StreamName, data: &str) -> resumable_sse_core::Appended {
     hub.publish(stream, NewEvent::new(data))
         .await
         .expect("publish succeeds")
@@ -777,7 +777,7 @@ async fn send_to_session_while_away_arrives_on_reconnect() {
     );
 
     let err = hub
-        .send_to_session(&sse_core::SessionId::random(), NewEvent::new("x"))
+        .send_to_session(&resumable_sse_core::SessionId::random(), NewEvent::new("x"))
         .await
         .expect_err("unknown session");
     assert!(matches!(err, Error::NotFound(_)), "{err}");
@@ -991,12 +991,12 @@ struct FeedEndsOnce {
 }
 
 #[async_trait::async_trait]
-impl sse_core::EventBuffer for FeedEndsOnce {
+impl resumable_sse_core::EventBuffer for FeedEndsOnce {
     async fn append(
         &self,
         stream: &StreamName,
-        event: sse_core::NewEvent,
-    ) -> sse_core::Result<sse_core::Appended> {
+        event: resumable_sse_core::NewEvent,
+    ) -> resumable_sse_core::Result<resumable_sse_core::Appended> {
         self.store.append(stream, event).await
     }
     async fn read(
@@ -1004,10 +1004,10 @@ impl sse_core::EventBuffer for FeedEndsOnce {
         stream: &StreamName,
         after: u64,
         limit: usize,
-    ) -> sse_core::Result<sse_core::ReadPage> {
+    ) -> resumable_sse_core::Result<resumable_sse_core::ReadPage> {
         self.store.read(stream, after, limit).await
     }
-    fn live_feed(&self) -> sse_core::LiveFeed {
+    fn live_feed(&self) -> resumable_sse_core::LiveFeed {
         if self.ended.swap(true, std::sync::atomic::Ordering::AcqRel) {
             self.store.live_feed()
         } else {
@@ -1107,12 +1107,12 @@ impl SlowReads {
 }
 
 #[async_trait::async_trait]
-impl sse_core::EventBuffer for SlowReads {
+impl resumable_sse_core::EventBuffer for SlowReads {
     async fn append(
         &self,
         stream: &StreamName,
-        event: sse_core::NewEvent,
-    ) -> sse_core::Result<sse_core::Appended> {
+        event: resumable_sse_core::NewEvent,
+    ) -> resumable_sse_core::Result<resumable_sse_core::Appended> {
         self.store.append(stream, event).await
     }
     async fn read(
@@ -1120,12 +1120,12 @@ impl sse_core::EventBuffer for SlowReads {
         stream: &StreamName,
         after: u64,
         limit: usize,
-    ) -> sse_core::Result<sse_core::ReadPage> {
+    ) -> resumable_sse_core::Result<resumable_sse_core::ReadPage> {
         *self.reads.lock().entry(stream.clone()).or_insert(0) += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
         self.store.read(stream, after, limit).await
     }
-    fn live_feed(&self) -> sse_core::LiveFeed {
+    fn live_feed(&self) -> resumable_sse_core::LiveFeed {
         self.store.live_feed()
     }
 }
@@ -1303,20 +1303,20 @@ impl GatedAppends {
 }
 
 #[async_trait::async_trait]
-impl sse_core::EventBuffer for GatedAppends {
+impl resumable_sse_core::EventBuffer for GatedAppends {
     async fn append(
         &self,
         stream: &StreamName,
-        event: sse_core::NewEvent,
-    ) -> sse_core::Result<sse_core::Appended> {
+        event: resumable_sse_core::NewEvent,
+    ) -> resumable_sse_core::Result<resumable_sse_core::Appended> {
         self.pass().await;
         self.store.append(stream, event).await
     }
     async fn append_many(
         &self,
         stream: &StreamName,
-        events: Vec<sse_core::NewEvent>,
-    ) -> sse_core::Result<Vec<sse_core::Appended>> {
+        events: Vec<resumable_sse_core::NewEvent>,
+    ) -> resumable_sse_core::Result<Vec<resumable_sse_core::Appended>> {
         self.pass().await;
         if self.fail_batches.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::unavailable("the test store refused the batch"));
@@ -1328,10 +1328,10 @@ impl sse_core::EventBuffer for GatedAppends {
         stream: &StreamName,
         after: u64,
         limit: usize,
-    ) -> sse_core::Result<sse_core::ReadPage> {
+    ) -> resumable_sse_core::Result<resumable_sse_core::ReadPage> {
         self.store.read(stream, after, limit).await
     }
-    fn live_feed(&self) -> sse_core::LiveFeed {
+    fn live_feed(&self) -> resumable_sse_core::LiveFeed {
         self.store.live_feed()
     }
 }

@@ -10,10 +10,10 @@
 //! instances or keep it across restarts.
 //!
 //! ```
-//! use sse_core::{EventBuffer, NewEvent, StreamName};
-//! use sse_store_memory::{MemoryConfig, MemoryStore};
+//! use resumable_sse_core::{EventBuffer, NewEvent, StreamName};
+//! use resumable_sse_store_memory::{MemoryConfig, MemoryStore};
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> sse_core::Result<()> {
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> resumable_sse_core::Result<()> {
 //! let store = MemoryStore::new(MemoryConfig::default().with_max_len(2));
 //! let news = StreamName::new("news")?;
 //! for data in ["a", "b", "c"] {
@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use sse_core::{
+use resumable_sse_core::{
     Appended, Epoch, Event, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, Position,
     ReadPage, Result, Retention, SessionId, SessionRecord, SessionStore, StreamName, unix_ms,
 };
@@ -41,7 +41,7 @@ use tokio::sync::broadcast;
 ///
 /// ```
 /// use std::time::Duration;
-/// use sse_store_memory::MemoryConfig;
+/// use resumable_sse_store_memory::MemoryConfig;
 ///
 /// let config = MemoryConfig::default()
 ///     .with_max_len(10_000)

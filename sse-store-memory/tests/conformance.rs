@@ -1,7 +1,7 @@
 //! The backend conformance suite of `sse-core`, run against the memory store.
 
-use sse_core::Retention;
-use sse_store_memory::{MemoryConfig, MemoryStore};
+use resumable_sse_core::Retention;
+use resumable_sse_store_memory::{MemoryConfig, MemoryStore};
 
 /// A fresh store per test, with the default sweep interval (10 s): retention and session
 /// expiry must hold without the sweeper's help.
@@ -13,4 +13,4 @@ async fn setup(retention: Retention) -> MemoryStore {
     )
 }
 
-sse_core::conformance_tests!(setup);
+resumable_sse_core::conformance_tests!(setup);

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sse_core::Retention;
+use resumable_sse_core::Retention;
 
 use crate::PostgresStoreError;
 
@@ -20,14 +20,14 @@ pub const MAX_SCHEMA_LEN: usize = 48;
 /// applications (or tests) can share one database, each in a schema of its own.
 ///
 /// ```
-/// use sse_store_postgres::Schema;
+/// use resumable_sse_store_postgres::Schema;
 ///
 /// let schema: Schema = "tenant_42".parse()?;
 /// assert_eq!(schema.as_str(), "tenant_42");
 /// assert!(Schema::new("Tenant").is_err()); // upper case would need quoting everywhere
 /// assert!(Schema::new("a-b").is_err());
 /// assert!(Schema::new("pg_sse").is_err());
-/// # Ok::<(), sse_store_postgres::PostgresStoreError>(())
+/// # Ok::<(), resumable_sse_store_postgres::PostgresStoreError>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Schema(String);
@@ -107,8 +107,8 @@ impl FromStr for Schema {
 ///
 /// ```
 /// use std::time::Duration;
-/// use sse_core::Retention;
-/// use sse_store_postgres::PostgresConfig;
+/// use resumable_sse_core::Retention;
+/// use resumable_sse_store_postgres::PostgresConfig;
 ///
 /// let config = PostgresConfig::default()
 ///     .with_schema("chat".parse()?)
@@ -116,7 +116,7 @@ impl FromStr for Schema {
 ///     .with_sweep_interval(Duration::from_secs(5));
 /// assert_eq!(config.schema.as_str(), "chat");
 /// assert_eq!(config.max_connections, 10);
-/// # Ok::<(), sse_store_postgres::PostgresStoreError>(())
+/// # Ok::<(), resumable_sse_store_postgres::PostgresStoreError>(())
 /// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -141,7 +141,7 @@ pub struct PostgresConfig {
     /// feed holds one more connection of its own.
     pub max_connections: u32,
     /// How long an operation waits for a pooled connection, including connecting, before it
-    /// fails with [`sse_core::Error::Unavailable`] (default 3 s). Keeps publishers from
+    /// fails with [`resumable_sse_core::Error::Unavailable`] (default 3 s). Keeps publishers from
     /// hanging while PostgreSQL is down.
     pub acquire_timeout: Duration,
     /// Pause between attempts of a live feed to reconnect its LISTEN connection (default

@@ -1,18 +1,18 @@
-//! The store's errors and their mapping onto [`sse_core::Error`].
+//! The store's errors and their mapping onto [`resumable_sse_core::Error`].
 
 /// Everything that can go wrong in the PostgreSQL store.
 ///
-/// Converts into [`sse_core::Error`]: connection-level failures (PostgreSQL unreachable or
-/// restarting, the pool timed out or closed) become [`sse_core::Error::Unavailable`], which
-/// the HTTP adapter answers with 503; everything else becomes [`sse_core::Error::Store`]. The
+/// Converts into [`resumable_sse_core::Error`]: connection-level failures (PostgreSQL unreachable or
+/// restarting, the pool timed out or closed) become [`resumable_sse_core::Error::Unavailable`], which
+/// the HTTP adapter answers with 503; everything else becomes [`resumable_sse_core::Error::Store`]. The
 /// original error stays reachable through [`std::error::Error::source`].
 ///
 /// ```
-/// use sse_store_postgres::PostgresStoreError;
+/// use resumable_sse_store_postgres::PostgresStoreError;
 ///
 /// let down = PostgresStoreError::from(sqlx::Error::PoolTimedOut);
 /// assert!(down.is_unavailable());
-/// assert!(matches!(sse_core::Error::from(down), sse_core::Error::Unavailable(_)));
+/// assert!(matches!(resumable_sse_core::Error::from(down), resumable_sse_core::Error::Unavailable(_)));
 /// ```
 #[derive(thiserror::Error, Debug)]
 #[non_exhaustive]
@@ -88,12 +88,12 @@ impl PostgresStoreError {
     }
 }
 
-impl From<PostgresStoreError> for sse_core::Error {
+impl From<PostgresStoreError> for resumable_sse_core::Error {
     fn from(err: PostgresStoreError) -> Self {
         if err.is_unavailable() {
-            sse_core::Error::unavailable(err)
+            resumable_sse_core::Error::unavailable(err)
         } else {
-            sse_core::Error::store(err)
+            resumable_sse_core::Error::store(err)
         }
     }
 }
@@ -114,20 +114,20 @@ mod tests {
             sqlx::Error::PoolClosed,
             sqlx::Error::WorkerCrashed,
         ] {
-            let mapped = sse_core::Error::from(PostgresStoreError::from(err));
+            let mapped = resumable_sse_core::Error::from(PostgresStoreError::from(err));
             assert!(
-                matches!(mapped, sse_core::Error::Unavailable(_)),
+                matches!(mapped, resumable_sse_core::Error::Unavailable(_)),
                 "{mapped:?}"
             );
             let source = mapped.source().expect("the chain is kept");
             assert!(source.downcast_ref::<PostgresStoreError>().is_some());
         }
-        let other = sse_core::Error::from(PostgresStoreError::from(sqlx::Error::RowNotFound));
-        assert!(matches!(other, sse_core::Error::Store(_)), "{other:?}");
-        let schema = sse_core::Error::from(PostgresStoreError::InvalidSchema {
+        let other = resumable_sse_core::Error::from(PostgresStoreError::from(sqlx::Error::RowNotFound));
+        assert!(matches!(other, resumable_sse_core::Error::Store(_)), "{other:?}");
+        let schema = resumable_sse_core::Error::from(PostgresStoreError::InvalidSchema {
             name: "X".into(),
             reason: "r",
         });
-        assert!(matches!(schema, sse_core::Error::Store(_)));
+        assert!(matches!(schema, resumable_sse_core::Error::Store(_)));
     }
 }

@@ -11,7 +11,7 @@
 //!   comes back under a new epoch, so old cursors get a `reset`, never a wrong event.
 //! - **Live feed**: `NOTIFY` carrying `(epoch, positions, stream)` and, when they fit its 8000
 //!   bytes, the events themselves, received by a [`PgListener`](sqlx::postgres::PgListener) on a dedicated
-//!   connection that reconnects by itself and yields [`FeedItem::Resync`](sse_core::FeedItem::Resync) after every
+//!   connection that reconnects by itself and yields [`FeedItem::Resync`](resumable_sse_core::FeedItem::Resync) after every
 //!   (re)connect, since notifications sent meanwhile are lost.
 //! - **Retention** by count and age, **session expiry** and idle-stream cleanup, enforced on
 //!   every read at once and by a sweeper task that deletes rows every
@@ -19,7 +19,7 @@
 //! - **Paged replays**: a read returns at most [`PostgresConfig::page_size`] events.
 //! - **Migrations** embedded in the crate, run by [`PostgresStore::migrate`], in a configurable,
 //!   validated [`Schema`].
-//! - **Outages**: connection-level failures map to [`sse_core::Error::Unavailable`] within
+//! - **Outages**: connection-level failures map to [`resumable_sse_core::Error::Unavailable`] within
 //!   [`PostgresConfig::acquire_timeout`] (the HTTP adapter answers 503), and everything
 //!   recovers by itself when PostgreSQL is back.
 //!
@@ -35,12 +35,12 @@
 //! ```
 //! use std::time::Duration;
 //! use futures_util::StreamExt;
-//! use sse_core::{EventBuffer, FeedItem, NewEvent, StreamName};
-//! use sse_store_postgres::{PostgresConfig, PostgresStore};
+//! use resumable_sse_core::{EventBuffer, FeedItem, NewEvent, StreamName};
+//! use resumable_sse_store_postgres::{PostgresConfig, PostgresStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let url = sse_store_postgres::testing::url();
-//! # let schema = sse_store_postgres::testing::fresh_schema();
+//! # let url = resumable_sse_store_postgres::testing::url();
+//! # let schema = resumable_sse_store_postgres::testing::fresh_schema();
 //! // url: "postgres://user:password@host:5432/database"
 //! let config = PostgresConfig::default()
 //!     .with_schema(schema.clone())
@@ -66,7 +66,7 @@
 //!     assert_eq!((n.stream.as_str(), n.position), ("news", position));
 //! }
 //! # drop((feed, store));
-//! # sse_store_postgres::testing::drop_schema(&url, &schema).await;
+//! # resumable_sse_store_postgres::testing::drop_schema(&url, &schema).await;
 //! # Ok(()) }
 //! ```
 
@@ -79,7 +79,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sse_core::{
+use resumable_sse_core::{
     Appended, Epoch, Event, EventBuffer, LiveFeed, NewEvent, Position, ReadPage, Result, SessionId,
     SessionRecord, SessionStore, StreamName, from_unix_ms, unix_ms,
 };

@@ -7,10 +7,10 @@
 //! skips silently.
 //!
 //! ```
-//! use sse_core::{EventBuffer, NewEvent, StreamName};
-//! use sse_store_postgres::{PostgresConfig, testing};
+//! use resumable_sse_core::{EventBuffer, NewEvent, StreamName};
+//! use resumable_sse_store_postgres::{PostgresConfig, testing};
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> sse_core::Result<()> {
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> resumable_sse_core::Result<()> {
 //! let store = testing::temp_store(PostgresConfig::default()).await;
 //! let news = StreamName::new("news")?;
 //! store.append(&news, NewEvent::new("hello")).await?;
@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
-use sse_core::{
+use resumable_sse_core::{
     Appended, EventBuffer, LiveFeed, NewEvent, Position, ReadPage, Result, SessionId,
     SessionRecord, SessionStore, StreamName,
 };

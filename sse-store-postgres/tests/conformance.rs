@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use sse_core::Retention;
-use sse_store_postgres::PostgresConfig;
-use sse_store_postgres::testing::{TempStore, temp_store};
+use resumable_sse_core::Retention;
+use resumable_sse_store_postgres::PostgresConfig;
+use resumable_sse_store_postgres::testing::{TempStore, temp_store};
 
 /// The sweeper runs every 200 ms so that it races the tests, as it would in production; the
 /// suite's retention and expiry checks must also hold before it has run.
@@ -18,4 +18,4 @@ async fn setup(retention: Retention) -> TempStore {
     .await
 }
 
-sse_core::conformance_tests!(setup);
+resumable_sse_core::conformance_tests!(setup);

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sse_axum::SseLayer;
-use sse_axum::testing::{TestServer, connect};
-use sse_core::{
+use resumable_sse_axum::SseLayer;
+use resumable_sse_axum::testing::{TestServer, connect};
+use resumable_sse_core::{
     Appended, Config, EventBuffer, Hub, LiveFeed, NewEvent, Position, ReadPage, StreamName,
 };
-use sse_store_postgres::PostgresConfig;
-use sse_store_postgres::testing::{TempStore, temp_store};
+use resumable_sse_store_postgres::PostgresConfig;
+use resumable_sse_store_postgres::testing::{TempStore, temp_store};
 
 const EVENTS: usize = 10_000;
 const PAGE: usize = 200;
@@ -27,9 +27,9 @@ struct Recording {
     largest_page: AtomicUsize,
 }
 
-#[sse_core::async_trait]
+#[resumable_sse_core::async_trait]
 impl EventBuffer for Recording {
-    async fn append(&self, stream: &StreamName, event: NewEvent) -> sse_core::Result<Appended> {
+    async fn append(&self, stream: &StreamName, event: NewEvent) -> resumable_sse_core::Result<Appended> {
         self.inner.append(stream, event).await
     }
 
@@ -37,7 +37,7 @@ impl EventBuffer for Recording {
         &self,
         stream: &StreamName,
         events: Vec<NewEvent>,
-    ) -> sse_core::Result<Vec<Appended>> {
+    ) -> resumable_sse_core::Result<Vec<Appended>> {
         self.inner.append_many(stream, events).await
     }
 
@@ -46,7 +46,7 @@ impl EventBuffer for Recording {
         stream: &StreamName,
         after: Position,
         limit: usize,
-    ) -> sse_core::Result<ReadPage> {
+    ) -> resumable_sse_core::Result<ReadPage> {
         self.largest_limit.fetch_max(limit, Ordering::Relaxed);
         let page = self.inner.read(stream, after, limit).await?;
         self.reads.fetch_add(1, Ordering::Relaxed);
@@ -74,7 +74,7 @@ async fn ten_thousand_events_replay_in_pages() {
     let hub = Hub::builder(recording.clone(), Arc::new(store.clone()))
         .config(config)
         .build();
-    let server = TestServer::start(sse_axum::router(SseLayer::new(hub))).await;
+    let server = TestServer::start(resumable_sse_axum::router(SseLayer::new(hub))).await;
     let url = server.url("/events?stream=history");
 
     // The cursor before the first event: the `connected` frame's id on the empty stream.

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use sqlx::AssertSqlSafe;
-use sse_core::{
+use resumable_sse_core::{
     EventBuffer, FeedItem, LiveFeed, NewEvent, Position, SessionRecord, SessionStore, StreamName,
 };
-use sse_store_postgres::testing::{self, TempStore, temp_store};
-use sse_store_postgres::{PostgresConfig, PostgresStore, PostgresStoreError, Schema};
+use resumable_sse_store_postgres::testing::{self, TempStore, temp_store};
+use resumable_sse_store_postgres::{PostgresConfig, PostgresStore, PostgresStoreError, Schema};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -437,8 +437,8 @@ async fn an_unreachable_server_fails_fast_as_unavailable() {
         started.elapsed()
     );
     assert!(matches!(
-        sse_core::Error::from(err),
-        sse_core::Error::Unavailable(_)
+        resumable_sse_core::Error::from(err),
+        resumable_sse_core::Error::Unavailable(_)
     ));
 }
 

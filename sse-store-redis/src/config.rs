@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use sse_core::Retention;
+use resumable_sse_core::Retention;
 
 /// Settings of a [`RedisStore`](crate::RedisStore). Every field has a default; set the ones
 /// you need with the `with_*` methods.
 ///
 /// ```
 /// use std::time::Duration;
-/// use sse_store_redis::RedisConfig;
+/// use resumable_sse_store_redis::RedisConfig;
 ///
 /// let config = RedisConfig::default()
 ///     .with_max_len(10_000)
@@ -40,7 +40,7 @@ pub struct RedisConfig {
     /// Bound on establishing a connection (default 1 s).
     pub connect_timeout: Duration,
     /// Bound on one command's answer (default 2 s). With Redis down or unreachable an
-    /// operation fails with [`sse_core::Error::Unavailable`] after at most
+    /// operation fails with [`resumable_sse_core::Error::Unavailable`] after at most
     /// `connect_timeout + response_timeout`.
     pub response_timeout: Duration,
     /// Largest event (data, name and publisher id) carried inside its notification (default
@@ -91,8 +91,8 @@ impl RedisConfig {
     /// Sets both retention limits.
     ///
     /// ```
-    /// use sse_core::Retention;
-    /// use sse_store_redis::RedisConfig;
+    /// use resumable_sse_core::Retention;
+    /// use resumable_sse_store_redis::RedisConfig;
     ///
     /// let config = RedisConfig::default().with_retention(Retention { max_len: 50, ..Default::default() });
     /// assert_eq!(config.retention.max_len, 50);
@@ -106,7 +106,7 @@ impl RedisConfig {
     /// Sets the events kept per stream (at least 1 is used).
     ///
     /// ```
-    /// let config = sse_store_redis::RedisConfig::default().with_max_len(0);
+    /// let config = resumable_sse_store_redis::RedisConfig::default().with_max_len(0);
     /// assert_eq!(config.retention.max_len, 1);
     /// ```
     #[must_use]
@@ -120,7 +120,7 @@ impl RedisConfig {
     /// ```
     /// use std::time::Duration;
     ///
-    /// let config = sse_store_redis::RedisConfig::default().with_max_age(Duration::from_secs(60));
+    /// let config = resumable_sse_store_redis::RedisConfig::default().with_max_age(Duration::from_secs(60));
     /// assert_eq!(config.retention.max_age, Duration::from_secs(60));
     /// ```
     #[must_use]
@@ -132,7 +132,7 @@ impl RedisConfig {
     /// Sets the key prefix (checked when connecting: no `{` or `}`).
     ///
     /// ```
-    /// let config = sse_store_redis::RedisConfig::default().with_key_prefix("app1:");
+    /// let config = resumable_sse_store_redis::RedisConfig::default().with_key_prefix("app1:");
     /// assert_eq!(config.key_layout().channel(), "app1:feed");
     /// ```
     #[must_use]
@@ -145,7 +145,7 @@ impl RedisConfig {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use sse_store_redis::RedisConfig;
+    /// use resumable_sse_store_redis::RedisConfig;
     ///
     /// let config = RedisConfig::default().with_stream_ttl(Duration::from_secs(7 * 24 * 3600));
     /// assert_eq!(config.stream_ttl(), Duration::from_secs(7 * 24 * 3600));
@@ -164,7 +164,7 @@ impl RedisConfig {
     /// ```
     /// use std::time::Duration;
     ///
-    /// let config = sse_store_redis::RedisConfig::default().with_connect_timeout(Duration::from_millis(500));
+    /// let config = resumable_sse_store_redis::RedisConfig::default().with_connect_timeout(Duration::from_millis(500));
     /// assert_eq!(config.connect_timeout, Duration::from_millis(500));
     /// ```
     #[must_use]
@@ -178,7 +178,7 @@ impl RedisConfig {
     /// ```
     /// use std::time::Duration;
     ///
-    /// let config = sse_store_redis::RedisConfig::default().with_response_timeout(Duration::from_secs(5));
+    /// let config = resumable_sse_store_redis::RedisConfig::default().with_response_timeout(Duration::from_secs(5));
     /// assert_eq!(config.response_timeout, Duration::from_secs(5));
     /// ```
     #[must_use]
@@ -191,7 +191,7 @@ impl RedisConfig {
     /// events, and hubs read every event from the streams).
     ///
     /// ```
-    /// let config = sse_store_redis::RedisConfig::default().with_feed_inline_max(0);
+    /// let config = resumable_sse_store_redis::RedisConfig::default().with_feed_inline_max(0);
     /// assert_eq!(config.feed_inline_max, 0);
     /// ```
     #[must_use]
@@ -203,7 +203,7 @@ impl RedisConfig {
     /// Sets the notifications buffered per live feed (at least 16 are used).
     ///
     /// ```
-    /// let config = sse_store_redis::RedisConfig::default().with_feed_capacity(1 << 16);
+    /// let config = resumable_sse_store_redis::RedisConfig::default().with_feed_capacity(1 << 16);
     /// assert_eq!(config.feed_capacity, 65_536);
     /// ```
     #[must_use]
@@ -217,7 +217,7 @@ impl RedisConfig {
     /// ```
     /// use std::time::Duration;
     ///
-    /// let config = sse_store_redis::RedisConfig::default().with_session_grace(Duration::ZERO);
+    /// let config = resumable_sse_store_redis::RedisConfig::default().with_session_grace(Duration::ZERO);
     /// assert_eq!(config.session_grace, Duration::ZERO);
     /// ```
     #[must_use]

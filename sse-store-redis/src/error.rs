@@ -1,4 +1,4 @@
-//! [`RedisStoreError`] and its mapping onto [`sse_core::Error`].
+//! [`RedisStoreError`] and its mapping onto [`resumable_sse_core::Error`].
 
 use std::time::Duration;
 
@@ -6,20 +6,20 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 /// What can go wrong in the Redis store.
 ///
-/// Converts into [`sse_core::Error`]: failures that mean "Redis cannot be reached right now"
+/// Converts into [`resumable_sse_core::Error`]: failures that mean "Redis cannot be reached right now"
 /// (I/O errors, refused or dropped connections, timeouts, a server still loading its data,
 /// a cluster or master that is down, a read-only replica after a failover, out of memory)
-/// become [`sse_core::Error::Unavailable`], which the HTTP layer answers with 503; the rest
-/// become [`sse_core::Error::Store`]. The original error stays reachable through
+/// become [`resumable_sse_core::Error::Unavailable`], which the HTTP layer answers with 503; the rest
+/// become [`resumable_sse_core::Error::Store`]. The original error stays reachable through
 /// [`std::error::Error::source`].
 ///
 /// ```
 /// use std::time::Duration;
-/// use sse_store_redis::RedisStoreError;
+/// use resumable_sse_store_redis::RedisStoreError;
 ///
 /// let err = RedisStoreError::Timeout(Duration::from_secs(3));
 /// assert!(err.is_unavailable());
-/// assert!(matches!(sse_core::Error::from(err), sse_core::Error::Unavailable(_)));
+/// assert!(matches!(resumable_sse_core::Error::from(err), resumable_sse_core::Error::Unavailable(_)));
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -43,7 +43,7 @@ impl RedisStoreError {
     /// `true` when the operation may succeed later, once Redis is reachable again.
     ///
     /// ```
-    /// use sse_store_redis::RedisStoreError;
+    /// use resumable_sse_store_redis::RedisStoreError;
     ///
     /// assert!(!RedisStoreError::Config("bad prefix".into()).is_unavailable());
     /// ```
@@ -88,12 +88,12 @@ fn redis_unavailable(err: &RedisError) -> bool {
     }
 }
 
-impl From<RedisStoreError> for sse_core::Error {
+impl From<RedisStoreError> for resumable_sse_core::Error {
     fn from(err: RedisStoreError) -> Self {
         if err.is_unavailable() {
-            sse_core::Error::unavailable(err)
+            resumable_sse_core::Error::unavailable(err)
         } else {
-            sse_core::Error::store(err)
+            resumable_sse_core::Error::store(err)
         }
     }
 }
@@ -116,8 +116,8 @@ mod tests {
         ] {
             let err = RedisStoreError::from(RedisError::from(io::Error::from(kind)));
             assert!(err.is_unavailable(), "{kind:?}");
-            let core = sse_core::Error::from(err);
-            assert!(matches!(core, sse_core::Error::Unavailable(_)), "{kind:?}");
+            let core = resumable_sse_core::Error::from(err);
+            assert!(matches!(core, resumable_sse_core::Error::Unavailable(_)), "{kind:?}");
             let source = core.source().expect("the Redis error is kept");
             assert!(source.to_string().contains("I/O") || !source.to_string().is_empty());
         }
@@ -131,13 +131,13 @@ mod tests {
         )));
         assert!(!err.is_unavailable());
         assert!(matches!(
-            sse_core::Error::from(err),
-            sse_core::Error::Store(_)
+            resumable_sse_core::Error::from(err),
+            resumable_sse_core::Error::Store(_)
         ));
         let err = RedisStoreError::unexpected("an entry without data");
         assert!(matches!(
-            sse_core::Error::from(err),
-            sse_core::Error::Store(_)
+            resumable_sse_core::Error::from(err),
+            resumable_sse_core::Error::Store(_)
         ));
     }
 }

@@ -1,5 +1,5 @@
 //! The live feed: one dedicated pub/sub connection per store, fanned out to every
-//! [`live_feed`](sse_core::EventBuffer::live_feed) through a broadcast channel.
+//! [`live_feed`](resumable_sse_core::EventBuffer::live_feed) through a broadcast channel.
 //!
 //! The connection is subscribed before [`RedisStore::connect`](crate::RedisStore::connect)
 //! returns, so every append made after a feed is created is announced on it. When the
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
-use sse_core::{Epoch, Event, FeedItem, Notification, Position, StreamName};
+use resumable_sse_core::{Epoch, Event, FeedItem, Notification, Position, StreamName};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::{RedisConfig, RedisStoreError};
@@ -153,7 +153,7 @@ async fn run(
 }
 
 /// A live feed over the broadcast channel; a lagging receiver gets [`FeedItem::Resync`].
-pub(crate) fn subscribe_local(tx: &broadcast::Sender<FeedItem>) -> sse_core::LiveFeed {
+pub(crate) fn subscribe_local(tx: &broadcast::Sender<FeedItem>) -> resumable_sse_core::LiveFeed {
     let rx = tx.subscribe();
     futures_util::stream::unfold(rx, |mut rx| async move {
         let item = match rx.recv().await {

@@ -1,6 +1,6 @@
 //! [`KeyLayout`]: the names of the keys and the channel, in one place.
 
-use sse_core::{SessionId, StreamName};
+use resumable_sse_core::{SessionId, StreamName};
 
 /// The names of the Redis keys and the pub/sub channel a store uses, from its key prefix.
 ///
@@ -10,8 +10,8 @@ use sse_core::{SessionId, StreamName};
 /// A session's key shares the tag of its private stream `@session:<id>`.
 ///
 /// ```
-/// use sse_core::{SessionId, StreamName};
-/// use sse_store_redis::KeyLayout;
+/// use resumable_sse_core::{SessionId, StreamName};
+/// use resumable_sse_store_redis::KeyLayout;
 ///
 /// let keys = KeyLayout::new("sse:");
 /// let news = StreamName::new("news")?;
@@ -21,7 +21,7 @@ use sse_core::{SessionId, StreamName};
 /// assert_eq!(keys.channel(), "sse:feed");
 /// let id: SessionId = "0123456789abcdef0123456789abcdef".parse().unwrap();
 /// assert_eq!(keys.session(&id), "sse:{@session:0123456789abcdef0123456789abcdef}:session");
-/// # Ok::<(), sse_core::Error>(())
+/// # Ok::<(), resumable_sse_core::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyLayout {

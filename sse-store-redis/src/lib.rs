@@ -21,7 +21,7 @@
 //! - **Redis Cluster**: every key of a stream carries the stream name as its hash tag, so
 //!   each script touches one slot. A key prefix lets several applications share one Redis.
 //! - **outages**: connection and response timeouts are bounded (3 s in all by default), so
-//!   with Redis down publishers get [`sse_core::Error::Unavailable`] (503 over HTTP) quickly;
+//!   with Redis down publishers get [`resumable_sse_core::Error::Unavailable`] (503 over HTTP) quickly;
 //!   connected clients stay connected and get events again once Redis is back.
 //!
 //! Needs Redis 6.2 or later (`XADD … MINID`).
@@ -48,11 +48,11 @@
 //!
 //! ```
 //! use futures_util::StreamExt;
-//! use sse_core::{EventBuffer, FeedItem, NewEvent, SessionRecord, SessionStore, StreamName};
-//! use sse_store_redis::{RedisConfig, RedisStore};
+//! use resumable_sse_core::{EventBuffer, FeedItem, NewEvent, SessionRecord, SessionStore, StreamName};
+//! use resumable_sse_store_redis::{RedisConfig, RedisStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let prefix = format!("doc:{}:", sse_core::SessionId::random());
+//! # let prefix = format!("doc:{}:", resumable_sse_core::SessionId::random());
 //! let config = RedisConfig::default().with_max_len(100).with_key_prefix(prefix);
 //! let a = RedisStore::connect("redis://127.0.0.1:6379", config.clone()).await?;
 //! let b = RedisStore::connect("redis://127.0.0.1:6379", config).await?;
@@ -85,7 +85,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use sse_core::{
+use resumable_sse_core::{
     Appended, Epoch, Event, EventBuffer, LiveFeed, NewEvent, Position, ReadPage, Result, SessionId,
     SessionRecord, SessionStore, StreamName, from_unix_ms, unix_ms,
 };

@@ -16,8 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use sse_core::{Error, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, StreamName};
-use sse_store_redis::{RedisConfig, RedisStore, RedisStoreError};
+use resumable_sse_core::{Error, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, StreamName};
+use resumable_sse_store_redis::{RedisConfig, RedisStore, RedisStoreError};
 
 const START_REDIS: &str = "start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 \
      --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log \
@@ -31,7 +31,7 @@ fn shared_url() -> String {
 }
 
 fn unique_prefix(what: &str) -> String {
-    format!("behaviour:{what}:{}:", sse_core::SessionId::random())
+    format!("behaviour:{what}:{}:", resumable_sse_core::SessionId::random())
 }
 
 async fn shared_store(config: RedisConfig) -> RedisStore {
@@ -62,7 +62,7 @@ async fn query<T: redis::FromRedisValue>(
 }
 
 fn stream(name: &str) -> StreamName {
-    sse_core::testing::unique_stream(name)
+    resumable_sse_core::testing::unique_stream(name)
 }
 
 /// The next notification of `stream` on `feed` (skipping other streams), or a resync.
@@ -117,7 +117,7 @@ impl PrivateRedis {
         let dir = std::env::temp_dir().join(format!(
             "sse-store-redis-{}-{port}-{}",
             std::process::id(),
-            sse_core::SessionId::random()
+            resumable_sse_core::SessionId::random()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = PrivateRedis {
@@ -368,7 +368,7 @@ async fn idle_streams_expire_and_come_back_in_a_new_epoch() {
 /// expiring in a thousand years) are clamped, not turned into an immediate expiry.
 #[tokio::test]
 async fn huge_durations_are_clamped() {
-    use sse_core::{SessionRecord, SessionStore};
+    use resumable_sse_core::{SessionRecord, SessionStore};
 
     let store = shared_store(
         RedisConfig::default()
@@ -416,7 +416,7 @@ async fn a_lost_meta_starts_a_new_epoch() {
     let _: i64 = query(&mut conn, &["DEL", &store.key_layout().meta(&news)]).await;
     assert_eq!(
         store.read(&news, 0, 10).await.unwrap(),
-        sse_core::ReadPage::missing()
+        resumable_sse_core::ReadPage::missing()
     );
     let new = store
         .append(&news, NewEvent::new("new").with_id("k0").unwrap())
@@ -538,7 +538,7 @@ async fn outage_without_persistence_changes_the_epoch() {
 /// sessions survive, and the live feed resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_with_aof_keeps_everything() {
-    use sse_core::{SessionRecord, SessionStore};
+    use resumable_sse_core::{SessionRecord, SessionStore};
 
     let mut redis = PrivateRedis::start(true);
     let store = RedisStore::connect(&redis.url(), RedisConfig::default())

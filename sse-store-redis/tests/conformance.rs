@@ -4,8 +4,8 @@
 //! with a message saying how to start it. Each store gets a key prefix of its own, so runs
 //! never see each other's keys.
 
-use sse_core::Retention;
-use sse_store_redis::{RedisConfig, RedisStore};
+use resumable_sse_core::Retention;
+use resumable_sse_store_redis::{RedisConfig, RedisStore};
 
 const START_REDIS: &str = "start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 \
      --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log \
@@ -13,7 +13,7 @@ const START_REDIS: &str = "start it with: redis-server --daemonize yes --bind 12
 
 async fn setup(retention: Retention) -> RedisStore {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let prefix = format!("conformance:{}:", sse_core::SessionId::random());
+    let prefix = format!("conformance:{}:", resumable_sse_core::SessionId::random());
     let config = RedisConfig::default()
         .with_retention(retention)
         .with_key_prefix(prefix);
@@ -22,4 +22,4 @@ async fn setup(retention: Retention) -> RedisStore {
         .unwrap_or_else(|err| panic!("these tests need Redis at {url} ({err}); {START_REDIS}"))
 }
 
-sse_core::conformance_tests!(setup);
+resumable_sse_core::conformance_tests!(setup);

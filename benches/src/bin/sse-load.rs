@@ -25,7 +25,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use sse_benches::client::{Poster, SseConnection, Url};
 use sse_benches::proc;
-use sse_core::codec::Item;
+use resumable_sse_core::codec::Item;
 use tokio::sync::{Barrier, Mutex};
 
 #[derive(Parser)]
@@ -374,7 +374,7 @@ async fn connect_retry(
 /// Reads until an event whose data parses as a sequence number (or a marker) arrives.
 async fn until_event(
     conn: &mut SseConnection,
-    pred: impl Fn(&sse_core::codec::ParsedEvent) -> bool,
+    pred: impl Fn(&resumable_sse_core::codec::ParsedEvent) -> bool,
 ) -> std::io::Result<()> {
     loop {
         let items = tokio::time::timeout(Duration::from_secs(30), conn.next_items())

@@ -14,9 +14,9 @@ use axum::Router;
 use axum::extract::Path;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
-use sse_axum::{ApiError, Session, SseLayer};
-use sse_core::{Config, Hub, NewEvent, StreamName, TokenKeys};
-use sse_store_postgres::{PostgresConfig, PostgresStore};
+use resumable_sse_axum::{ApiError, Session, SseLayer};
+use resumable_sse_core::{Config, Hub, NewEvent, StreamName, TokenKeys};
+use resumable_sse_store_postgres::{PostgresConfig, PostgresStore};
 
 /// Publishes an order's new status to the `orders` stream. An `Idempotency-Key` header
 /// becomes the event's publisher id, so a client that retries after a timeout does not
@@ -54,7 +54,7 @@ fn app(store: PostgresStore, keys: TokenKeys) -> Router {
         .build();
     let layer = SseLayer::new(hub).with_default_stream(StreamName::new("orders").expect("valid"));
     Router::new()
-        .route("/events", get(sse_axum::events))
+        .route("/events", get(resumable_sse_axum::events))
         .route("/orders/{order}", post(update_order))
         .layer(layer)
 }
@@ -79,8 +79,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sse_axum::testing::{TestServer, connect};
-    use sse_store_postgres::testing::temp_store;
+    use resumable_sse_axum::testing::{TestServer, connect};
+    use resumable_sse_store_postgres::testing::temp_store;
     use std::time::Duration;
 
     fn keys() -> TokenKeys {

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
-use sse_axum::{ApiError, Session, SseLayer};
-use sse_core::{Config, Hub, NewEvent, StreamName, TokenKeys};
-use sse_store_redis::{RedisConfig, RedisStore};
+use resumable_sse_axum::{ApiError, Session, SseLayer};
+use resumable_sse_core::{Config, Hub, NewEvent, StreamName, TokenKeys};
+use resumable_sse_store_redis::{RedisConfig, RedisStore};
 
 /// Development only: set `SSE_SECRET` in production.
 const DEV_SECRET: &str = "redis-example-development-key-change-me!";
@@ -45,7 +45,7 @@ fn app(store: RedisStore, keys: TokenKeys) -> Router {
         .build();
     let layer = SseLayer::new(hub).with_default_stream(StreamName::new("chat").expect("valid"));
     Router::new()
-        .route("/events", get(sse_axum::events))
+        .route("/events", get(resumable_sse_axum::events))
         .route("/say", post(say))
         .layer(layer)
 }
@@ -66,7 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sse_axum::testing::{TestServer, connect};
+    use resumable_sse_axum::testing::{TestServer, connect};
     use std::time::Duration;
 
     /// Two instances on one Redis (with a key prefix of this test's own): a client listens on
@@ -74,7 +74,7 @@ mod tests {
     /// and the receipt sent to its session, both through the first.
     #[tokio::test]
     async fn two_instances_share_the_chat_and_the_session() {
-        let prefix = format!("example-test:{}:", sse_core::SessionId::random());
+        let prefix = format!("example-test:{}:", resumable_sse_core::SessionId::random());
         let instance = || async {
             let config = RedisConfig::default().with_key_prefix(prefix.clone());
             let store = RedisStore::connect("redis://127.0.0.1:6379", config)

@@ -1,7 +1,7 @@
 //! The reference server: the HTTP contract of resumable SSE over any backend, usable from any
 //! language, with a demo page.
 //!
-//! Run with: `cargo run -p sse-server` and open <http://127.0.0.1:3000>.
+//! Run with: `cargo run -p resumable-sse-server` and open <http://127.0.0.1:3000>.
 //!
 //! ```text
 //! GET  /          demo page
@@ -18,8 +18,8 @@ use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
 use clap::Parser;
-use sse_axum::SseLayer;
-use sse_core::{Config, Hub, Retention, TokenKeys};
+use resumable_sse_axum::SseLayer;
+use resumable_sse_core::{Config, Hub, Retention, TokenKeys};
 
 /// Resumable Server-Sent Events: the reference server.
 #[derive(Parser, Debug)]
@@ -54,7 +54,7 @@ const DEMO: &str = include_str!("../static/index.html");
 
 /// The whole application: the reference contract plus the demo page.
 fn app(layer: SseLayer) -> Router {
-    sse_axum::router(layer).route("/", get(|| async { Html(DEMO) }))
+    resumable_sse_axum::router(layer).route("/", get(|| async { Html(DEMO) }))
 }
 
 #[tokio::main]
@@ -71,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_len: args.max_len.max(1),
         max_age: args.max_age,
     };
-    let stores = sse_axum::open_store(&args.store, retention).await?;
+    let stores = resumable_sse_axum::open_store(&args.store, retention).await?;
     let config = Config::default()
         .with_session_ttl(args.session_ttl)
         .with_heartbeat(args.heartbeat);
@@ -101,9 +101,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let shutdown_hub = hub.clone();
     let layer = SseLayer::new(hub);
-    // `sse_axum::serve` answers SSE requests outside hyper (a fraction of the memory per idle
+    // `resumable_sse_axum::serve` answers SSE requests outside hyper (a fraction of the memory per idle
     // connection) and hands everything else to the router.
-    sse_axum::serve(listener, app(layer.clone()), layer)
+    resumable_sse_axum::serve(listener, app(layer.clone()), layer)
         .streams_on(streams.handle().clone())
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
@@ -147,11 +147,11 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sse_axum::testing::{TestServer, connect, publish};
+    use resumable_sse_axum::testing::{TestServer, connect, publish};
 
     #[tokio::test]
     async fn serves_the_demo_and_the_contract() {
-        let layer = SseLayer::new(sse_axum::memory_hub(Config::default()));
+        let layer = SseLayer::new(resumable_sse_axum::memory_hub(Config::default()));
         let server = TestServer::start_fast(app(layer.clone()), layer).await;
         let page = reqwest::get(server.url("/"))
             .await

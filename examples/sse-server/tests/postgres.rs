@@ -21,8 +21,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use sse_axum::testing::{SseStream, connect};
-use sse_core::codec::{Item, ParsedEvent};
+use resumable_sse_axum::testing::{SseStream, connect};
+use resumable_sse_core::codec::{Item, ParsedEvent};
 use support::{Server, TempDir, tail};
 
 /// The signing key both servers share, so a session token from one is genuine on the other.

@@ -2,7 +2,7 @@
 //! instance restarting, Redis restarting with and without persistence, and retention.
 //!
 //! Everything goes through real HTTP: the real binary on a free port, real SSE clients
-//! (`sse_axum::testing::connect`), `POST /publish`. Instances of one test share a `--secret`,
+//! (`resumable_sse_axum::testing::connect`), `POST /publish`. Instances of one test share a `--secret`,
 //! so a session token issued by one is genuine on the others.
 //!
 //! Two kinds of Redis:
@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sse_axum::testing::{SseStream, connect};
-use sse_core::codec::{Item, ParsedEvent};
+use resumable_sse_axum::testing::{SseStream, connect};
+use resumable_sse_core::codec::{Item, ParsedEvent};
 use support::{Server, TempDir, tail};
 
 /// The session token key every instance of a test shares.
@@ -269,7 +269,7 @@ impl Drop for Logs {
 
 /// A stream name no other test or run uses.
 fn unique(what: &str) -> String {
-    format!("{what}-{}", sse_core::SessionId::random())
+    format!("{what}-{}", resumable_sse_core::SessionId::random())
 }
 
 /// `POST /publish`; the status and the JSON answer.
@@ -738,7 +738,7 @@ async fn events_older_than_max_age_are_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_prefixes_separate_deployments() {
     let url = shared_redis();
-    let tag = sse_core::SessionId::random();
+    let tag = resumable_sse_core::SessionId::random();
     let (one, two) = (format!("app1-{tag}:"), format!("app2-{tag}:"));
     let a = start(&format!("{url}/0?key_prefix={one}"));
     let b = start(&format!("{url}/0?key_prefix={two}"));

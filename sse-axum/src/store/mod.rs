@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use sse_core::{EventBuffer, Retention, SessionStore};
+use resumable_sse_core::{EventBuffer, Retention, SessionStore};
 
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -33,7 +33,7 @@ pub enum OpenStoreError {
     Unknown(String),
     /// The backend could not be opened.
     #[error("could not open the store")]
-    Open(#[source] sse_core::Error),
+    Open(#[source] resumable_sse_core::Error),
 }
 
 /// Opens the backend a URL names: `memory`, `redis://…` or `postgres://…`.
@@ -45,10 +45,10 @@ pub enum OpenStoreError {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// use sse_core::Retention;
+/// use resumable_sse_core::Retention;
 ///
-/// let stores = sse_axum::open_store("memory", Retention::default()).await.unwrap();
-/// assert!(sse_axum::open_store("carrier-pigeon://", Retention::default()).await.is_err());
+/// let stores = resumable_sse_axum::open_store("memory", Retention::default()).await.unwrap();
+/// assert!(resumable_sse_axum::open_store("carrier-pigeon://", Retention::default()).await.is_err());
 /// # }
 /// ```
 pub async fn open_store(url: &str, retention: Retention) -> Result<Stores, OpenStoreError> {
@@ -57,8 +57,8 @@ pub async fn open_store(url: &str, retention: Retention) -> Result<Stores, OpenS
     if url == "memory" {
         #[cfg(feature = "memory")]
         {
-            let store = sse_store_memory::MemoryStore::new(
-                sse_store_memory::MemoryConfig::default()
+            let store = resumable_sse_store_memory::MemoryStore::new(
+                resumable_sse_store_memory::MemoryConfig::default()
                     .with_max_len(retention.max_len)
                     .with_max_age(retention.max_age),
             );
@@ -96,13 +96,13 @@ pub async fn open_store(url: &str, retention: Retention) -> Result<Stores, OpenS
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let hub = sse_axum::memory_hub(sse_core::Config::default());
+/// let hub = resumable_sse_axum::memory_hub(resumable_sse_core::Config::default());
 /// # }
 /// ```
 #[cfg(feature = "memory")]
-pub fn memory_hub(config: sse_core::Config) -> sse_core::Hub {
-    let store = Arc::new(sse_store_memory::MemoryStore::default());
-    sse_core::Hub::builder(store.clone(), store)
+pub fn memory_hub(config: resumable_sse_core::Config) -> resumable_sse_core::Hub {
+    let store = Arc::new(resumable_sse_store_memory::MemoryStore::default());
+    resumable_sse_core::Hub::builder(store.clone(), store)
         .config(config)
         .build()
 }

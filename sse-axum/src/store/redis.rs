@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use sse_core::Retention;
-use sse_store_redis::{RedisConfig, RedisStore};
+use resumable_sse_core::Retention;
+use resumable_sse_store_redis::{RedisConfig, RedisStore};
 
 use super::{OpenStoreError, Stores};
 

@@ -1,7 +1,7 @@
 //! The HTTP-level suite of sse-axum, written once and run against every backend.
 //!
-//! Every test serves [`sse_axum::router`] on `127.0.0.1:0` and reads it with the real SSE
-//! client of [`sse_axum::testing`] (reqwest plus the one parser of `sse-core`), so it sees
+//! Every test serves [`resumable_sse_axum::router`] on `127.0.0.1:0` and reads it with the real SSE
+//! client of [`resumable_sse_axum::testing`] (reqwest plus the one parser of `sse-core`), so it sees
 //! exactly the bytes a browser would.
 //!
 //! A backend is a function from a [`Retention`] to fresh, independent [`Stores`]. Each call
@@ -31,13 +31,13 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use sse_axum::testing::{SseStream, TestServer, connect};
-use sse_axum::{SseLayer, Stores};
-use sse_core::codec::{Item, ParsedEvent};
-use sse_core::{Config, Hub, Retention, SessionId, TokenKeys};
+use resumable_sse_axum::testing::{SseStream, TestServer, connect};
+use resumable_sse_axum::{SseLayer, Stores};
+use resumable_sse_core::codec::{Item, ParsedEvent};
+use resumable_sse_core::{Config, Hub, Retention, SessionId, TokenKeys};
 
 /// Expands to one `#[tokio::test]` per suite test, each over stores from `$setup`, a
-/// function (usually a closure) `Fn(Retention) -> impl Future<Output = sse_axum::Stores>`
+/// function (usually a closure) `Fn(Retention) -> impl Future<Output = resumable_sse_axum::Stores>`
 /// that returns fresh, independent stores on every call.
 macro_rules! http_suite {
     ($setup:expr) => {
@@ -76,7 +76,7 @@ macro_rules! __http_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 // Once through `axum::serve` (hyper serves the SSE response), once through
-                // `sse_axum::serve` (its fast path does).
+                // `resumable_sse_axum::serve` (its fast path does).
                 $crate::suite::$name($crate::suite::Backend::new($setup)).await;
                 $crate::suite::$name($crate::suite::Backend::new($setup).fast()).await;
             }
@@ -91,7 +91,7 @@ type StoresFuture = Pin<Box<dyn Future<Output = Stores>>>;
 /// A backend under test: makes fresh, independent stores for a retention.
 pub(crate) struct Backend {
     make: Box<dyn Fn(Retention) -> StoresFuture>,
-    /// Serve with `sse_axum::serve` instead of `axum::serve`.
+    /// Serve with `resumable_sse_axum::serve` instead of `axum::serve`.
     fast: bool,
 }
 
@@ -108,7 +108,7 @@ impl Backend {
         }
     }
 
-    /// The same backend served through `sse_axum::serve`'s fast path.
+    /// The same backend served through `resumable_sse_axum::serve`'s fast path.
     pub(crate) fn fast(mut self) -> Self {
         self.fast = true;
         self
@@ -158,9 +158,9 @@ impl Server {
             .build();
         let layer = SseLayer::new(hub.clone());
         let http = if fast {
-            TestServer::start_fast(sse_axum::router(layer.clone()), layer).await
+            TestServer::start_fast(resumable_sse_axum::router(layer.clone()), layer).await
         } else {
-            TestServer::start(sse_axum::router(layer)).await
+            TestServer::start(resumable_sse_axum::router(layer)).await
         };
         Server { hub, http }
     }
@@ -171,7 +171,7 @@ impl Server {
 
     /// `POST /publish`; returns the status and the JSON answer.
     async fn publish(&self, body: Value) -> (u16, Value) {
-        let (status, json) = sse_axum::testing::publish(&self.http, body).await;
+        let (status, json) = resumable_sse_axum::testing::publish(&self.http, body).await;
         (status.as_u16(), json)
     }
 
@@ -586,13 +586,13 @@ pub(crate) async fn clients_join_a_busy_stream(backend: Backend) {
         let hub = server.hub.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let busy: sse_core::StreamName = "busy".parse().expect("a name");
+            let busy: resumable_sse_core::StreamName = "busy".parse().expect("a name");
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let batch: Vec<_> = (0..16)
                     .map(|_| {
                         n += 1;
-                        sse_core::NewEvent::new(n.to_string())
+                        resumable_sse_core::NewEvent::new(n.to_string())
                     })
                     .collect();
                 hub.publish_many(&busy, batch).await.expect("publish");
@@ -630,42 +630,42 @@ pub(crate) async fn clients_join_a_busy_stream(backend: Backend) {
 /// PostgreSQL NOTIFY do: an append is readable before its notification arrives.
 #[derive(Debug)]
 struct LaggingFeed {
-    inner: Arc<dyn sse_core::EventBuffer>,
+    inner: Arc<dyn resumable_sse_core::EventBuffer>,
     lag: Duration,
 }
 
-#[sse_core::async_trait]
-impl sse_core::EventBuffer for LaggingFeed {
+#[resumable_sse_core::async_trait]
+impl resumable_sse_core::EventBuffer for LaggingFeed {
     async fn append(
         &self,
-        stream: &sse_core::StreamName,
-        event: sse_core::NewEvent,
-    ) -> sse_core::Result<sse_core::Appended> {
+        stream: &resumable_sse_core::StreamName,
+        event: resumable_sse_core::NewEvent,
+    ) -> resumable_sse_core::Result<resumable_sse_core::Appended> {
         self.inner.append(stream, event).await
     }
 
     async fn append_many(
         &self,
-        stream: &sse_core::StreamName,
-        events: Vec<sse_core::NewEvent>,
-    ) -> sse_core::Result<Vec<sse_core::Appended>> {
+        stream: &resumable_sse_core::StreamName,
+        events: Vec<resumable_sse_core::NewEvent>,
+    ) -> resumable_sse_core::Result<Vec<resumable_sse_core::Appended>> {
         self.inner.append_many(stream, events).await
     }
 
-    async fn ping(&self) -> sse_core::Result<()> {
+    async fn ping(&self) -> resumable_sse_core::Result<()> {
         self.inner.ping().await
     }
 
     async fn read(
         &self,
-        stream: &sse_core::StreamName,
+        stream: &resumable_sse_core::StreamName,
         after: u64,
         limit: usize,
-    ) -> sse_core::Result<sse_core::ReadPage> {
+    ) -> resumable_sse_core::Result<resumable_sse_core::ReadPage> {
         self.inner.read(stream, after, limit).await
     }
 
-    fn live_feed(&self) -> sse_core::LiveFeed {
+    fn live_feed(&self) -> resumable_sse_core::LiveFeed {
         use futures_util::StreamExt;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let mut feed = self.inner.live_feed();
