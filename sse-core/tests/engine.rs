@@ -8,13 +8,13 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::StreamExt;
-use serde_json::{Value, json};
 use resumable_sse_core::codec::{Item, ParsedEvent, Parser};
 use resumable_sse_core::{
     Config, ConnectRequest, Connection, Cursor, Error, EventBuffer, Hub, NewEvent, ResetPolicy,
     SessionStatus, SessionStore, StreamName, TokenClaims, TokenKeys,
 };
 use resumable_sse_store_memory::{MemoryConfig, MemoryStore};
+use serde_json::{Value, json};
 use tokio::time::{Instant, timeout};
 
 /// Longest wait for anything a test expects; reaching it fails the test.

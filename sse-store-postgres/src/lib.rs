@@ -77,12 +77,12 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use resumable_sse_core::{
     Appended, Epoch, Event, EventBuffer, LiveFeed, NewEvent, Position, ReadPage, Result, SessionId,
     SessionRecord, SessionStore, StreamName, from_unix_ms, unix_ms,
 };
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 mod config;
 mod error;

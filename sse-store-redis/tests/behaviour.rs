@@ -16,7 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use resumable_sse_core::{Error, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, StreamName};
+use resumable_sse_core::{
+    Error, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, StreamName,
+};
 use resumable_sse_store_redis::{RedisConfig, RedisStore, RedisStoreError};
 
 const START_REDIS: &str = "start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 \
@@ -31,7 +33,10 @@ fn shared_url() -> String {
 }
 
 fn unique_prefix(what: &str) -> String {
-    format!("behaviour:{what}:{}:", resumable_sse_core::SessionId::random())
+    format!(
+        "behaviour:{what}:{}:",
+        resumable_sse_core::SessionId::random()
+    )
 }
 
 async fn shared_store(config: RedisConfig) -> RedisStore {
