@@ -1,54 +1,17 @@
 //! The HTTP endpoints of the reference contract: the SSE endpoint, publishing and health.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
 use axum::Json;
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::BytesMut;
-use futures_util::StreamExt;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::StatusCode;
 use http::request::Parts;
-use http::{HeaderValue, StatusCode};
-use resumable_sse_core::{
-    ConnectRequest, Connection, Error, Frame, Hub, NewEvent, SessionId, StreamName,
-};
+use resumable_sse_core::{ConnectRequest, Connection, Error, Hub, NewEvent, SessionId, StreamName};
 use serde::Deserialize;
 
 use crate::{ApiError, Session, SseLayer};
-
-/// How long a client told to back off waits before reconnecting.
-const BACKOFF: Duration = Duration::from_secs(5);
-
-/// A `200` answer that asks an `EventSource` to come back later: browsers treat any other
-/// status as fatal, so overload and store outages answer this instead of a 5xx.
-pub(crate) fn backoff_response(hub: &Hub) -> Response {
-    let mut body = BytesMut::new();
-    let retry = hub.config().retry.max(BACKOFF);
-    hub.transport()
-        .write_frame(&mut body, &Frame::Close { retry: Some(retry) });
-    sse_headers(hub, Body::from(body.freeze()))
-}
-
-pub(crate) fn sse_headers(hub: &Hub, body: Body) -> Response {
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(hub.transport().content_type()),
-    );
-    headers.insert(
-        CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-store"),
-    );
-    // Tells nginx not to buffer the stream.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
-}
 
 /// The SSE endpoint: `GET /events?stream=A&stream=B[&lastEventId=…]`.
 ///
@@ -70,17 +33,15 @@ pub(crate) fn sse_headers(hub: &Hub, body: Body) -> Response {
 /// # Ok(()) }
 /// ```
 pub async fn events(session: Session, parts: Parts) -> Response {
-    let hub = session.hub().clone();
     match open_events(&session, &parts).await {
-        Ok(connection) => sse_headers(&hub, Body::from_stream(connection.map(Ok::<_, Infallible>))),
+        Ok(connection) => crate::response::event_stream(session.hub(), connection),
         Err(response) => response,
     }
 }
 
-/// The SSE endpoint's logic, shared by [`events`] and the fast path of
-/// [`serve`](crate::serve()): the streams and cursor from the request, the authorizer, then the
+/// The SSE endpoint's logic: the streams and cursor from the request, the authorizer, then the
 /// connection; or the response to answer instead (4xx, or a backoff).
-pub(crate) async fn open_events(session: &Session, parts: &Parts) -> Result<Connection, Response> {
+async fn open_events(session: &Session, parts: &Parts) -> Result<Connection, Response> {
     let shared = &session.shared;
     let hub = &shared.hub;
     let mut streams = Vec::new();
@@ -129,7 +90,7 @@ pub(crate) async fn open_events(session: &Session, parts: &Parts) -> Result<Conn
         Err(err) if err.is_client_error() => Err(ApiError::from(err).into_response()),
         Err(err) => {
             tracing::warn!(error = %err, "could not open a connection; asking the client to retry later");
-            Err(backoff_response(hub))
+            Err(crate::response::backoff(hub))
         }
     }
 }

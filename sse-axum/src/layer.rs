@@ -109,10 +109,6 @@ pub struct SseLayer {
 }
 
 impl SseLayer {
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// A layer over `hub` with the defaults: cookie `sse_session` (Secure), header
     /// `x-sse-session`, no principal, every stream readable, default stream `broadcast`.
     pub fn new(hub: Hub) -> Self {
@@ -343,7 +339,7 @@ impl Shared {
                 if wants_sse && !err.is_client_error() {
                     // EventSource gives up for good on any non-200 answer: ask it to come back
                     // later instead.
-                    return Err(crate::handler::backoff_response(&self.hub));
+                    return Err(crate::response::backoff(&self.hub));
                 }
                 Err(ApiError::from(err).into_response())
             }

@@ -8,8 +8,9 @@
 //! - [`events`]: the SSE endpoint (`Last-Event-ID` header, `lastEventId` query fallback, an
 //!   authorizer hook, the session's private stream);
 //! - [`router`]: the whole reference HTTP contract (`/events`, `/publish`, `/healthz`);
-//! - [`serve`]: an HTTP/1.1 server that answers SSE requests outside hyper (about 2 KB per
-//!   idle connection instead of about 19 KB) and hands everything else to the router;
+//! - [`serve`]: an HTTP/1.1 server that runs every request through the router (with all its
+//!   middleware) and writes the event streams it answers outside hyper, so an idle
+//!   connection keeps none of hyper's buffers (figures in docs/benchmarks.md);
 //! - backends by Cargo feature: `memory` (default); [`open_store`] picks one by URL.
 //!
 //! ```no_run
@@ -37,6 +38,7 @@
 mod error;
 mod handler;
 mod layer;
+mod response;
 mod serve;
 mod session;
 mod store;

@@ -48,13 +48,13 @@ impl TestServer {
         TestServer { addr, task }
     }
 
-    /// Serves `router` on a fresh port with [`serve`](crate::serve()), whose fast path answers
-    /// `GET /events` outside hyper with `layer`'s logic.
-    pub async fn start_fast(router: Router, layer: crate::SseLayer) -> Self {
+    /// Serves `router` on a fresh port with [`serve`](crate::serve()), whose fast path writes
+    /// the event streams of `GET /events` outside hyper.
+    pub async fn start_fast(router: Router) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
-            crate::serve(listener, router, layer).await.unwrap();
+            crate::serve(listener, router).await.unwrap();
         });
         TestServer { addr, task }
     }

@@ -101,9 +101,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let shutdown_hub = hub.clone();
     let layer = SseLayer::new(hub);
-    // `resumable_sse_axum::serve` answers SSE requests outside hyper (a fraction of the memory per idle
-    // connection) and hands everything else to the router.
-    resumable_sse_axum::serve(listener, app(layer.clone()), layer)
+    // `resumable_sse_axum::serve` writes event streams outside hyper (a fraction of the memory
+    // per idle connection); the router answers every request, as with `axum::serve`.
+    resumable_sse_axum::serve(listener, app(layer))
         .streams_on(streams.handle().clone())
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
@@ -152,7 +152,7 @@ mod tests {
     #[tokio::test]
     async fn serves_the_demo_and_the_contract() {
         let layer = SseLayer::new(resumable_sse_axum::memory_hub(Config::default()));
-        let server = TestServer::start_fast(app(layer.clone()), layer).await;
+        let server = TestServer::start_fast(app(layer)).await;
         let page = reqwest::get(server.url("/"))
             .await
             .unwrap()

@@ -158,7 +158,7 @@ impl Server {
             .build();
         let layer = SseLayer::new(hub.clone());
         let http = if fast {
-            TestServer::start_fast(resumable_sse_axum::router(layer.clone()), layer).await
+            TestServer::start_fast(resumable_sse_axum::router(layer)).await
         } else {
             TestServer::start(resumable_sse_axum::router(layer)).await
         };

@@ -1,0 +1,234 @@
+//! HTTP/1.1 on the fast path: reading the request heads it takes, and the one writer of
+//! response heads and bodies.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{Method, Request, StatusCode, Version};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Largest request head read by the fast path (longer ones go to hyper, which answers 431).
+pub(super) const MAX_HEAD: usize = 16 * 1024;
+/// Most header lines in a request head the fast path takes (more: hyper's).
+const MAX_HEADERS: usize = 48;
+
+/// Reads until a complete request head. Returns the request when the fast path takes it: a
+/// plain HTTP/1.1 `GET` of `path` with nothing after its head (no body: no `Content-Length`,
+/// no `Transfer-Encoding`, no pipelined request). `None` for anything else, which hyper gets
+/// with the bytes read, so every request the fast path does not take, malformed ones
+/// included, is answered exactly as `axum::serve` answers it.
+pub(super) async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    path: &str,
+) -> io::Result<Option<Request<Body>>> {
+    loop {
+        if stream.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let takes = len == buf.len()
+                    && request.version == Some(1)
+                    && request.method == Some(Method::GET.as_str())
+                    && request
+                        .path
+                        .is_some_and(|p| p.split('?').next() == Some(path))
+                    && !request.headers.iter().any(|h| {
+                        h.name.eq_ignore_ascii_case(CONTENT_LENGTH.as_str())
+                            || h.name.eq_ignore_ascii_case(TRANSFER_ENCODING.as_str())
+                    });
+                if !takes {
+                    return Ok(None);
+                }
+                let mut builder = Request::builder()
+                    .method(Method::GET)
+                    .uri(request.path.unwrap_or("/"))
+                    .version(Version::HTTP_11);
+                for header in request.headers.iter() {
+                    builder = builder.header(header.name, header.value);
+                }
+                // A name or value `http` refuses: hyper answers it.
+                return Ok(builder.body(Body::empty()).ok());
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            _ => return Ok(None),
+        }
+    }
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// By the end of the connection (an event stream: its batches go out as they are).
+    Close,
+    /// No body at all (1xx, 204, 304).
+    Empty,
+}
+
+/// Writes a response head: the status line, the response's own headers (its framing headers
+/// replaced by `framing`'s), and `connection: close`, since the fast path serves one request
+/// per connection.
+pub(super) fn write_head(out: &mut Vec<u8>, response: &http::response::Parts, framing: Framing) {
+    let status = response.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &response.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Close | Framing::Empty => {}
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+}
+
+/// Writes a whole response that the fast path does not stream itself (a refusal, a backoff,
+/// or whatever else the router answered), then closes the connection.
+pub(super) async fn write_response(stream: &mut TcpStream, response: Response) -> io::Result<()> {
+    let (parts, mut body) = response.into_parts();
+    let framing = if parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Empty
+    } else {
+        body.size_hint()
+            .exact()
+            .map_or(Framing::Chunked, Framing::Length)
+    };
+    let mut out = Vec::with_capacity(256);
+    write_head(&mut out, &parts, framing);
+    stream.write_all(&out).await?;
+    if framing != Framing::Empty {
+        while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            // A body that fails ends the response early; the client sees the connection close.
+            let Ok(frame) = frame else { break };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if framing == Framing::Chunked {
+                stream
+                    .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                    .await?;
+                stream.write_all(&data).await?;
+                stream.write_all(b"\r\n").await?;
+            } else {
+                stream.write_all(&data).await?;
+            }
+        }
+        if framing == Framing::Chunked {
+            stream.write_all(b"0\r\n\r\n").await?;
+        }
+    }
+    stream.shutdown().await
+}
+
+/// A stream that first yields bytes already read: how hyper gets a connection whose head the
+/// fast path read and did not take.
+pub(super) struct Rewind {
+    pub(super) prefix: Bytes,
+    pub(super) inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.prefix.has_remaining() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(response: Response, framing: Framing) -> String {
+        let mut out = Vec::new();
+        write_head(&mut out, &response.into_parts().0, framing);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn heads_keep_the_response_headers_and_replace_its_framing() {
+        let response = Response::builder()
+            .status(StatusCode::FORBIDDEN)
+            .header("x-a", "1")
+            .header("content-length", "999")
+            .header("connection", "keep-alive")
+            .body(Body::empty())
+            .unwrap_or_default();
+        assert_eq!(
+            head(response, Framing::Length(3)),
+            "HTTP/1.1 403 Forbidden\r\nx-a: 1\r\ncontent-length: 3\r\nconnection: close\r\n\r\n"
+        );
+        let response = Response::new(Body::empty());
+        assert_eq!(
+            head(response, Framing::Chunked),
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+    }
+}

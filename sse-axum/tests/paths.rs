@@ -1,0 +1,172 @@
+//! The two servers answer alike: `axum::serve` and `resumable_sse_axum::serve` run the same
+//! router with all its middleware, and differ only in how an event stream's bytes are written.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+use resumable_sse_axum::SseLayer;
+use resumable_sse_axum::testing::{TestServer, connect};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// An application's own middleware: refuses requests without `authorization: Bearer ok`, and
+/// marks every response it lets through.
+async fn authenticate(request: Request, next: Next) -> Response {
+    let allowed = request
+        .headers()
+        .get("authorization")
+        .is_some_and(|v| v == "Bearer ok");
+    if !allowed {
+        return (StatusCode::UNAUTHORIZED, "who are you?").into_response();
+    }
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .insert("x-checked-by", HeaderValue::from_static("authenticate"));
+    response
+}
+
+fn app() -> Router {
+    let layer = SseLayer::new(resumable_sse_axum::memory_hub(Default::default()));
+    resumable_sse_axum::router(layer).layer(middleware::from_fn(authenticate))
+}
+
+/// Both servers of the same app: hyper, and the fast path.
+async fn servers() -> [(&'static str, TestServer); 2] {
+    [
+        ("axum::serve", TestServer::start(app()).await),
+        (
+            "resumable_sse_axum::serve",
+            TestServer::start_fast(app()).await,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn the_applications_middleware_decides_event_streams_on_both_paths() {
+    for (name, server) in servers().await {
+        let refused = reqwest::get(server.url("/events?stream=news"))
+            .await
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert_eq!(refused.status(), 401, "{name}: no credentials");
+        assert!(
+            refused.headers().get("set-cookie").is_none(),
+            "{name}: a refused request gets no session cookie from the layer inside"
+        );
+        assert_eq!(refused.text().await.unwrap_or_default(), "who are you?");
+
+        let mut events = connect(
+            &server.url("/events?stream=news"),
+            &[("authorization", "Bearer ok")],
+        )
+        .await;
+        assert_eq!(events.status, 200, "{name}: with credentials");
+        assert_eq!(
+            events.headers.get("x-checked-by").map(|v| v.as_bytes()),
+            Some(b"authenticate".as_slice()),
+            "{name}: the middleware's response header reaches the client"
+        );
+        assert_eq!(
+            events.headers["content-type"], "text/event-stream",
+            "{name}"
+        );
+        let connected = events.next_event(WAIT).await;
+        assert_eq!(
+            connected.map(|e| e.event).as_deref(),
+            Some("connected"),
+            "{name}"
+        );
+    }
+}
+
+/// Sends raw bytes and returns the status line of the answer.
+async fn status_line(server: &TestServer, request: &[u8]) -> String {
+    let mut socket = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .unwrap_or_else(|err| panic!("connect: {err}"));
+    socket
+        .write_all(request)
+        .await
+        .unwrap_or_else(|err| panic!("write: {err}"));
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(2).any(|w| w == b"\r\n") {
+        match tokio::time::timeout(WAIT, socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer to {:?}", String::from_utf8_lossy(request)),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer.lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn malformed_and_unusual_heads_get_the_same_status_on_both_paths() {
+    let auth = "authorization: Bearer ok\r\n";
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "conflicting content-length",
+            format!(
+                "GET /events HTTP/1.1\r\nhost: x\r\n{auth}content-length: 1\r\ncontent-length: 2\r\n\r\n"
+            ),
+        ),
+        (
+            "non-numeric content-length",
+            format!("GET /events HTTP/1.1\r\nhost: x\r\n{auth}content-length: abc\r\n\r\n"),
+        ),
+        (
+            "content-length with transfer-encoding",
+            format!(
+                "GET /events HTTP/1.1\r\nhost: x\r\n{auth}content-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"
+            ),
+        ),
+        (
+            "unknown method on the events path",
+            format!("BREW /events HTTP/1.1\r\nhost: x\r\n{auth}\r\n"),
+        ),
+        (
+            "POST to the events path",
+            format!("POST /events HTTP/1.1\r\nhost: x\r\n{auth}content-length: 0\r\n\r\n"),
+        ),
+        (
+            "invalid stream name",
+            format!("GET /events?stream=a%20b HTTP/1.1\r\nhost: x\r\n{auth}\r\n"),
+        ),
+        (
+            "a head too large",
+            format!(
+                "GET /events HTTP/1.1\r\nhost: x\r\n{auth}x-big: {}\r\n\r\n",
+                "a".repeat(20_000)
+            ),
+        ),
+        (
+            "no credentials",
+            "GET /events HTTP/1.1\r\nhost: x\r\n\r\n".to_owned(),
+        ),
+        (
+            "a good request",
+            format!("GET /events HTTP/1.1\r\nhost: x\r\n{auth}\r\n"),
+        ),
+    ];
+    let [(_, hyper), (_, fast)] = servers().await;
+    for (what, request) in cases {
+        let through_hyper = status_line(&hyper, request.as_bytes()).await;
+        let through_fast = status_line(&fast, request.as_bytes()).await;
+        let status = |line: &str| line.split(' ').nth(1).unwrap_or("").to_owned();
+        assert!(
+            !status(&through_hyper).is_empty(),
+            "{what}: hyper answered {through_hyper:?}"
+        );
+        assert_eq!(
+            status(&through_hyper),
+            status(&through_fast),
+            "{what}: axum::serve answered {through_hyper:?}, the fast path {through_fast:?}"
+        );
+    }
+}
