@@ -5,8 +5,8 @@
 
 use axum::Router;
 use axum::routing::{get, post};
-use resumable_sse_axum::{ApiError, Session, SseLayer};
-use resumable_sse_core::{Config, NewEvent, StreamName};
+use resumable_sse::axum::{ApiError, Session, SseLayer};
+use resumable_sse::{Config, NewEvent, StreamName};
 
 /// Posts the body to the `chat` stream, and a receipt to the sender's own session only.
 async fn say(session: Session, text: String) -> Result<String, ApiError> {
@@ -21,10 +21,10 @@ async fn say(session: Session, text: String) -> Result<String, ApiError> {
 }
 
 fn app() -> Router {
-    let hub = resumable_sse_axum::memory_hub(Config::default());
+    let hub = resumable_sse::axum::memory_hub(Config::default());
     let layer = SseLayer::new(hub).with_default_stream(StreamName::new("chat").expect("valid"));
     Router::new()
-        .route("/events", get(resumable_sse_axum::events))
+        .route("/events", get(resumable_sse::axum::events))
         .route("/say", post(say))
         .layer(layer)
 }
