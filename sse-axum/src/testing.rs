@@ -18,6 +18,7 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
@@ -40,22 +41,24 @@ pub struct TestServer {
 impl TestServer {
     /// Serves `router` on a fresh port.
     pub async fn start(router: Router) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
-        });
-        TestServer { addr, task }
+        Self::on_free_port(|listener| async move { axum::serve(listener, router).await }).await
     }
 
     /// Serves `router` on a fresh port with [`serve`](crate::serve()), whose fast path writes
     /// the event streams of `GET /events` outside hyper.
     pub async fn start_fast(router: Router) -> Self {
+        Self::on_free_port(|listener| crate::serve(listener, router).into_future()).await
+    }
+
+    async fn on_free_port<F, S>(serve: S) -> Self
+    where
+        S: FnOnce(tokio::net::TcpListener) -> F,
+        F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            crate::serve(listener, router).await.unwrap();
-        });
+        let server = serve(listener);
+        let task = tokio::spawn(async move { server.await.unwrap() });
         TestServer { addr, task }
     }
 
