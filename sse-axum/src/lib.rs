@@ -54,4 +54,3 @@ pub use session::{MissingSseLayer, Session};
 pub use store::memory_hub;
 pub use store::{OpenStoreError, Stores, open_store};
 
-pub use resumable_sse_core;
