@@ -14,8 +14,10 @@ use futures_util::StreamExt;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderValue, StatusCode};
+use resumable_sse_core::{
+    ConnectRequest, Connection, Error, Frame, Hub, NewEvent, SessionId, StreamName,
+};
 use serde::Deserialize;
-use resumable_sse_core::{ConnectRequest, Connection, Error, Frame, Hub, NewEvent, SessionId, StreamName};
 
 use crate::{ApiError, Session, SseLayer};
 

@@ -7,7 +7,9 @@ use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
-use resumable_sse_core::{Appended, Hub, NewEvent, ResolvedSession, SessionId, SessionStatus, StreamName};
+use resumable_sse_core::{
+    Appended, Hub, NewEvent, ResolvedSession, SessionId, SessionStatus, StreamName,
+};
 
 use crate::layer::Shared;
 

@@ -35,7 +35,7 @@
 //! ```
 //! use std::time::Duration;
 //! use futures_util::StreamExt;
-//! use resumable_sse_core::{EventBuffer, FeedItem, NewEvent, StreamName};
+//! use resumable_sse_core::{EventBuffer, FeedItem, NewEvent, Retention, StreamName};
 //! use resumable_sse_store_postgres::{PostgresConfig, PostgresStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,8 +44,7 @@
 //! // url: "postgres://user:password@host:5432/database"
 //! let config = PostgresConfig::default()
 //!     .with_schema(schema.clone())
-//!     .with_max_len(10_000)
-//!     .with_max_age(Duration::from_secs(3600));
+//!     .with_retention(Retention::new(10_000, Duration::from_secs(3600)));
 //! let store = PostgresStore::connect(&url, config).await?;
 //! store.migrate().await?;
 //!
@@ -77,12 +76,12 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use resumable_sse_core::{
     Appended, Epoch, Event, EventBuffer, LiveFeed, NewEvent, Position, ReadPage, Result, SessionId,
     SessionRecord, SessionStore, StreamName, from_unix_ms, unix_ms,
 };
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 mod config;
 mod error;

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
+use resumable_sse_core::codec::Item;
 use serde::Serialize;
 use sse_benches::client::{Poster, SseConnection, Url};
 use sse_benches::proc;
-use resumable_sse_core::codec::Item;
 use tokio::sync::{Barrier, Mutex};
 
 #[derive(Parser)]

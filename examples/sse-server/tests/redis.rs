@@ -25,9 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use resumable_sse_axum::testing::{SseStream, connect};
 use resumable_sse_core::codec::{Item, ParsedEvent};
+use serde_json::{Value, json};
 use support::{Server, TempDir, tail};
 
 /// The session token key every instance of a test shares.

@@ -9,7 +9,8 @@ use resumable_sse_store_postgres::{PostgresConfig, PostgresStore};
 use super::{OpenStoreError, Stores};
 
 pub(super) async fn open(url: &str, retention: Retention) -> Result<Stores, OpenStoreError> {
-    let open = |err: resumable_sse_store_postgres::PostgresStoreError| OpenStoreError::Open(err.into());
+    let open =
+        |err: resumable_sse_store_postgres::PostgresStoreError| OpenStoreError::Open(err.into());
     let config = PostgresConfig::default().with_retention(retention);
     let store = PostgresStore::connect(url, config).await.map_err(open)?;
     store.migrate().await.map_err(open)?;

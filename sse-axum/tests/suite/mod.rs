@@ -30,11 +30,11 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
 use resumable_sse_axum::testing::{SseStream, TestServer, connect};
 use resumable_sse_axum::{SseLayer, Stores};
 use resumable_sse_core::codec::{Item, ParsedEvent};
 use resumable_sse_core::{Config, Hub, Retention, SessionId, TokenKeys};
+use serde_json::{Value, json};
 
 /// Expands to one `#[tokio::test]` per suite test, each over stores from `$setup`, a
 /// function (usually a closure) `Fn(Retention) -> impl Future<Output = resumable_sse_axum::Stores>`
@@ -134,10 +134,7 @@ fn keys() -> TokenKeys {
 }
 
 fn retention(max_len: usize) -> Retention {
-    Retention {
-        max_len,
-        ..Retention::default()
-    }
+    Retention::new(max_len, Retention::default().max_age())
 }
 
 /// A hub over some stores, served on port 0.
