@@ -75,52 +75,67 @@ impl Default for Config {
     }
 }
 
-macro_rules! setter {
-    ($(#[$doc:meta])* $name:ident, $field:ident: $ty:ty) => {
-        $(#[$doc])*
-        #[must_use]
-        pub fn $name(mut self, $field: $ty) -> Self {
-            self.$field = $field;
-            self
-        }
-    };
-}
-
 impl Config {
-    setter!(
-        /// Sets [`Config::session_ttl`].
-        with_session_ttl, session_ttl: Duration
-    );
-    setter!(
-        /// Sets [`Config::token_ttl`].
-        with_token_ttl, token_ttl: Duration
-    );
-    setter!(
-        /// Sets [`Config::heartbeat`].
-        with_heartbeat, heartbeat: Duration
-    );
-    setter!(
-        /// Sets [`Config::retry`].
-        with_retry, retry: Duration
-    );
-    setter!(
-        /// Sets [`Config::hot_window`] (at least 1 is used).
-        with_hot_window, hot_window: usize
-    );
-    setter!(
-        /// Sets [`Config::page_size`] (at least 1 is used).
-        with_page_size, page_size: usize
-    );
-    setter!(
-        /// Sets [`Config::max_event_bytes`].
-        with_max_event_bytes, max_event_bytes: usize
-    );
-    setter!(
-        /// Sets [`Config::max_streams`].
-        with_max_streams, max_streams: usize
-    );
-    setter!(
-        /// Sets [`Config::reset_policy`].
-        with_reset_policy, reset_policy: ResetPolicy
-    );
+    /// Sets [`Config::session_ttl`].
+    #[must_use]
+    pub fn with_session_ttl(mut self, session_ttl: Duration) -> Self {
+        self.session_ttl = session_ttl;
+        self
+    }
+
+    /// Sets [`Config::token_ttl`].
+    #[must_use]
+    pub fn with_token_ttl(mut self, token_ttl: Duration) -> Self {
+        self.token_ttl = token_ttl;
+        self
+    }
+
+    /// Sets [`Config::heartbeat`].
+    #[must_use]
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Sets [`Config::retry`].
+    #[must_use]
+    pub fn with_retry(mut self, retry: Duration) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets [`Config::hot_window`] (at least 1 is used).
+    #[must_use]
+    pub fn with_hot_window(mut self, hot_window: usize) -> Self {
+        self.hot_window = hot_window;
+        self
+    }
+
+    /// Sets [`Config::page_size`] (at least 1 is used).
+    #[must_use]
+    pub fn with_page_size(mut self, page_size: usize) -> Self {
+        self.page_size = page_size;
+        self
+    }
+
+    /// Sets [`Config::max_event_bytes`].
+    #[must_use]
+    pub fn with_max_event_bytes(mut self, max_event_bytes: usize) -> Self {
+        self.max_event_bytes = max_event_bytes;
+        self
+    }
+
+    /// Sets [`Config::max_streams`].
+    #[must_use]
+    pub fn with_max_streams(mut self, max_streams: usize) -> Self {
+        self.max_streams = max_streams;
+        self
+    }
+
+    /// Sets [`Config::reset_policy`].
+    #[must_use]
+    pub fn with_reset_policy(mut self, reset_policy: ResetPolicy) -> Self {
+        self.reset_policy = reset_policy;
+        self
+    }
 }
