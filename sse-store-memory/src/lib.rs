@@ -27,12 +27,13 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
+use resumable_sse_core::task::spawn_periodic;
 use resumable_sse_core::{
     Appended, Epoch, Event, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, Position,
     ReadPage, Result, Retention, SessionId, SessionRecord, SessionStore, StreamName, unix_ms,
@@ -168,8 +169,11 @@ impl MemoryStore {
             sessions: Mutex::new(HashMap::new()),
             feed: broadcast::channel(config.feed_capacity.max(16)).0,
         });
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(sweep(Arc::downgrade(&shared), config.sweep_interval));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let interval = config.sweep_interval.max(Duration::from_millis(10));
+            spawn_periodic(Arc::downgrade(&shared), interval, |shared| async move {
+                shared.sweep();
+            });
         }
         MemoryStore { shared }
     }
@@ -227,19 +231,6 @@ impl Shared {
             // into the old log is answered with a reset, never mistaken for the new one.
             !log.events.is_empty()
         });
-    }
-}
-
-async fn sweep(shared: Weak<Shared>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        shared.sweep();
     }
 }
 
