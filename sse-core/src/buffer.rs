@@ -98,8 +98,10 @@ pub struct Notification {
     pub epoch: Epoch,
     /// The new event's position.
     pub position: Position,
-    /// The event itself when the backend has it at hand (memory, small Redis payloads);
-    /// `None` makes the hub read it from the store (PostgreSQL's NOTIFY carries no payload).
+    /// The event itself when it travelled with the notification: always with the memory store;
+    /// with Redis and PostgreSQL when it is small enough (Redis: `feed_inline_max`;
+    /// PostgreSQL, since migration 0002: appends whose notification fits `NOTIFY`'s 8000
+    /// bytes). `None` makes the hub read it from the store.
     pub event: Option<Event>,
 }
 

@@ -48,7 +48,13 @@ pub struct Config {
     /// Events kept in memory per stream with readers, the hot window live delivery is served
     /// from (default 1024).
     pub hot_window: usize,
-    /// Most events written in one batch and read from the store in one page (default 512).
+    /// Most events a connection sends in one chunk, and reads from the store in one page when
+    /// it is behind its stream's hot window (default 512): a replay of any length streams in
+    /// pages of this size.
+    ///
+    /// It does not bound store writes: publishes batched together (see
+    /// [`Hub::publish`](crate::Hub::publish)) are written at most 256 events or 1 MiB of data
+    /// at a time, the engine's `MAX_BATCH_EVENTS` and `MAX_BATCH_BYTES`.
     pub page_size: usize,
     /// Largest accepted event data in bytes (default 256 KiB).
     pub max_event_bytes: usize,
