@@ -28,7 +28,10 @@ fn appends(c: &mut Criterion) {
     // Retention keeps the tables small whatever the run length, as in production.
     let store = runtime.block_on(temp_store(
         PostgresConfig::default()
-            .with_max_len(10_000)
+            .with_retention(resumable_sse_core::Retention::new(
+                10_000,
+                Duration::from_secs(3600),
+            ))
             .with_sweep_interval(Duration::from_secs(1)),
     ));
     let data = payload();

@@ -1,32 +1,4 @@
-//! [`SseLayer`]: resolves or creates the session of every request and puts a [`Session`]
-//! handle in its extensions.
-//!
-//! The session token is read from the `x-sse-session` header (non-browser clients) or the
-//! `sse_session` cookie (browsers), verified, and answered on the way out with a freshly
-//! signed token in both places: `Set-Cookie` (HttpOnly, SameSite=Strict, Secure by default)
-//! and the header.
-//!
-//! ```
-//! use axum::{Router, routing::get};
-//! use resumable_sse_axum::{Session, SseLayer};
-//! use tower::ServiceExt;
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let hub = resumable_sse_axum::memory_hub(Default::default());
-//! let app = Router::new()
-//!     .route("/me", get(|session: Session| async move { session.id().to_string() }))
-//!     .layer(SseLayer::new(hub));
-//!
-//! let response = app
-//!     .oneshot(http::Request::get("/me").body(axum::body::Body::empty()).unwrap())
-//!     .await
-//!     .unwrap();
-//! let cookie = response.headers()["set-cookie"].to_str().unwrap();
-//! assert!(cookie.starts_with("sse_session="));
-//! assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
-//! assert!(response.headers().contains_key("x-sse-session"));
-//! # }
-//! ```
+//! [`SseLayer`], the session layer, and its service.
 
 use std::fmt;
 use std::future::Future;
@@ -102,7 +74,35 @@ impl Shared {
     }
 }
 
-/// The session layer. See the [module docs](self).
+/// The session layer: resolves or creates the session of every request and puts a [`Session`]
+/// handle in its extensions.
+///
+/// The session token is read from the `x-sse-session` header (non-browser clients) or the
+/// `sse_session` cookie (browsers), verified, and answered on the way out with a freshly
+/// signed token in both places: `Set-Cookie` (HttpOnly, SameSite=Strict, Secure by default)
+/// and the header.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use resumable_sse_axum::{Session, SseLayer};
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let hub = resumable_sse_axum::memory_hub(Default::default());
+/// let app = Router::new()
+///     .route("/me", get(|session: Session| async move { session.id().to_string() }))
+///     .layer(SseLayer::new(hub));
+///
+/// let response = app
+///     .oneshot(http::Request::get("/me").body(axum::body::Body::empty()).unwrap())
+///     .await
+///     .unwrap();
+/// let cookie = response.headers()["set-cookie"].to_str().unwrap();
+/// assert!(cookie.starts_with("sse_session="));
+/// assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+/// assert!(response.headers().contains_key("x-sse-session"));
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct SseLayer {
     shared: Arc<Shared>,

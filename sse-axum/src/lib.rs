@@ -53,4 +53,3 @@ pub use session::{MissingSseLayer, Session};
 #[cfg(feature = "memory")]
 pub use store::memory_hub;
 pub use store::{OpenStoreError, Stores, open_store};
-

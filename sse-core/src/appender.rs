@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use crate::{Appended, Error, EventBuffer, NewEvent, Result, StreamName};
 
 /// At most this many events, or this many bytes of data (and at least one event), per batch.
+/// [`Config::page_size`](crate::Config::page_size) states both figures; a test keeps it true.
 const MAX_BATCH_EVENTS: usize = 256;
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
@@ -210,5 +211,25 @@ fn copy(err: &Error) -> Error {
         Error::NotFound(s) => Error::NotFound(s.clone()),
         Error::Unavailable(_) => Error::unavailable(chain()),
         Error::Store(_) => Error::store(chain()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Config::page_size` states the batch limits in prose; this keeps the prose true.
+    #[test]
+    fn config_docs_state_the_batch_limits() {
+        let docs = include_str!("config.rs");
+        let figures = format!(
+            "at most {MAX_BATCH_EVENTS} events or {} MiB of data",
+            MAX_BATCH_BYTES >> 20
+        );
+        assert!(
+            docs.contains(&figures),
+            "Config::page_size should say {figures:?}"
+        );
+        assert!(docs.contains("`MAX_BATCH_EVENTS` and `MAX_BATCH_BYTES`"));
     }
 }

@@ -1,85 +1,6 @@
 //! [`EventBuffer`]: the durable, bounded, per-stream log, and its live feed.
 //!
-//! # Writing a store
-//!
-//! A complete store: one vector per stream behind a mutex, never trimmed, with the live feed
-//! on a broadcast channel (whose lag becomes [`FeedItem::Resync`]). It passes the same
-//! contract the shipped backends do (idempotency by publisher id aside, which it skips for
-//! brevity).
-//!
-//! ```
-//! use std::collections::HashMap;
-//! use std::sync::Mutex;
-//! use std::time::SystemTime;
-//! use async_trait::async_trait;
-//! use futures_util::StreamExt;
-//! use resumable_sse_core::{
-//!     Appended, Epoch, EventBuffer, Event, FeedItem, LiveFeed, NewEvent, Notification,
-//!     Position, ReadPage, Result, StreamName,
-//! };
-//! use tokio::sync::broadcast;
-//!
-//! #[derive(Debug)]
-//! struct VecStore {
-//!     epoch: Epoch,
-//!     streams: Mutex<HashMap<StreamName, Vec<Event>>>,
-//!     feed: broadcast::Sender<Notification>,
-//! }
-//!
-//! #[async_trait]
-//! impl EventBuffer for VecStore {
-//!     async fn append(&self, stream: &StreamName, event: NewEvent) -> Result<Appended> {
-//!         let mut streams = self.streams.lock().unwrap();
-//!         let log = streams.entry(stream.clone()).or_default();
-//!         let position = log.len() as Position + 1;
-//!         let event = event.into_event(stream.clone(), position, SystemTime::now());
-//!         log.push(event.clone());
-//!         // Announce while holding the lock, so notifications leave in position order.
-//!         let _ = self.feed.send(Notification {
-//!             stream: stream.clone(), epoch: self.epoch, position, event: Some(event),
-//!         });
-//!         Ok(Appended { epoch: self.epoch, position, duplicate: false })
-//!     }
-//!
-//!     async fn read(&self, stream: &StreamName, after: Position, limit: usize) -> Result<ReadPage> {
-//!         let streams = self.streams.lock().unwrap();
-//!         let log = streams.get(stream).map(Vec::as_slice).unwrap_or_default();
-//!         Ok(ReadPage {
-//!             epoch: Some(self.epoch),
-//!             oldest: 1,
-//!             head: log.len() as Position,
-//!             events: log.iter().skip(after as usize).take(limit).cloned().collect(),
-//!         })
-//!     }
-//!
-//!     fn live_feed(&self) -> LiveFeed {
-//!         let rx = self.feed.subscribe();
-//!         futures_util::stream::unfold(rx, |mut rx| async move {
-//!             let item = match rx.recv().await {
-//!                 Ok(n) => FeedItem::Appended(n),
-//!                 Err(broadcast::error::RecvError::Lagged(_)) => FeedItem::Resync,
-//!                 Err(broadcast::error::RecvError::Closed) => return None,
-//!             };
-//!             Some((item, rx))
-//!         })
-//!         .boxed()
-//!     }
-//! }
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<()> {
-//! let store = VecStore {
-//!     epoch: Epoch::random(),
-//!     streams: Mutex::default(),
-//!     feed: broadcast::channel(1024).0,
-//! };
-//! let news = StreamName::new("news")?;
-//! let mut feed = store.live_feed();
-//! store.append(&news, NewEvent::new("hello")).await?;
-//! let page = store.read(&news, 0, 10).await?;
-//! assert_eq!((page.head, page.events[0].data.as_ref()), (1, "hello"));
-//! assert!(matches!(feed.next().await, Some(FeedItem::Appended(n)) if n.position == 1));
-//! # Ok(()) }
-//! ```
+//! The trait's docs show a complete implementation.
 
 use std::fmt::Debug;
 use std::pin::Pin;
@@ -98,8 +19,10 @@ pub struct Notification {
     pub epoch: Epoch,
     /// The new event's position.
     pub position: Position,
-    /// The event itself when the backend has it at hand (memory, small Redis payloads);
-    /// `None` makes the hub read it from the store (PostgreSQL's NOTIFY carries no payload).
+    /// The event itself when it travelled with the notification: always with the memory store;
+    /// with Redis and PostgreSQL when it is small enough (Redis: `feed_inline_max`;
+    /// PostgreSQL, since migration 0002: appends whose notification fits `NOTIFY`'s 8000
+    /// bytes). `None` makes the hub read it from the store.
     pub event: Option<Event>,
 }
 
@@ -129,7 +52,86 @@ pub type LiveFeed = Pin<Box<dyn Stream<Item = FeedItem> + Send + 'static>>;
 ///   tell "nothing new" from "trimmed away";
 /// - every append, from any node sharing the backend, shows up on every live feed.
 ///
-/// See the [module docs](self) for a complete implementation.
+/// # Writing a store
+///
+/// A complete store: one vector per stream behind a mutex, never trimmed, with the live feed
+/// on a broadcast channel (whose lag becomes [`FeedItem::Resync`]). It passes the same
+/// contract the shipped backends do (idempotency by publisher id aside, which it skips for
+/// brevity).
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use std::time::SystemTime;
+/// use async_trait::async_trait;
+/// use futures_util::StreamExt;
+/// use resumable_sse_core::{
+///     Appended, Epoch, EventBuffer, Event, FeedItem, LiveFeed, NewEvent, Notification,
+///     Position, ReadPage, Result, StreamName,
+/// };
+/// use tokio::sync::broadcast;
+///
+/// #[derive(Debug)]
+/// struct VecStore {
+///     epoch: Epoch,
+///     streams: Mutex<HashMap<StreamName, Vec<Event>>>,
+///     feed: broadcast::Sender<Notification>,
+/// }
+///
+/// #[async_trait]
+/// impl EventBuffer for VecStore {
+///     async fn append(&self, stream: &StreamName, event: NewEvent) -> Result<Appended> {
+///         let mut streams = self.streams.lock().unwrap();
+///         let log = streams.entry(stream.clone()).or_default();
+///         let position = log.len() as Position + 1;
+///         let event = event.into_event(stream.clone(), position, SystemTime::now());
+///         log.push(event.clone());
+///         // Announce while holding the lock, so notifications leave in position order.
+///         let _ = self.feed.send(Notification {
+///             stream: stream.clone(), epoch: self.epoch, position, event: Some(event),
+///         });
+///         Ok(Appended { epoch: self.epoch, position, duplicate: false })
+///     }
+///
+///     async fn read(&self, stream: &StreamName, after: Position, limit: usize) -> Result<ReadPage> {
+///         let streams = self.streams.lock().unwrap();
+///         let log = streams.get(stream).map(Vec::as_slice).unwrap_or_default();
+///         Ok(ReadPage {
+///             epoch: Some(self.epoch),
+///             oldest: 1,
+///             head: log.len() as Position,
+///             events: log.iter().skip(after as usize).take(limit).cloned().collect(),
+///         })
+///     }
+///
+///     fn live_feed(&self) -> LiveFeed {
+///         let rx = self.feed.subscribe();
+///         futures_util::stream::unfold(rx, |mut rx| async move {
+///             let item = match rx.recv().await {
+///                 Ok(n) => FeedItem::Appended(n),
+///                 Err(broadcast::error::RecvError::Lagged(_)) => FeedItem::Resync,
+///                 Err(broadcast::error::RecvError::Closed) => return None,
+///             };
+///             Some((item, rx))
+///         })
+///         .boxed()
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<()> {
+/// let store = VecStore {
+///     epoch: Epoch::random(),
+///     streams: Mutex::default(),
+///     feed: broadcast::channel(1024).0,
+/// };
+/// let news = StreamName::new("news")?;
+/// let mut feed = store.live_feed();
+/// store.append(&news, NewEvent::new("hello")).await?;
+/// let page = store.read(&news, 0, 10).await?;
+/// assert_eq!((page.head, page.events[0].data.as_ref()), (1, "hello"));
+/// assert!(matches!(feed.next().await, Some(FeedItem::Appended(n)) if n.position == 1));
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait EventBuffer: Debug + Send + Sync + 'static {
     /// Appends one event and returns its position. An event whose publisher id is already

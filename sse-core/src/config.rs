@@ -48,7 +48,13 @@ pub struct Config {
     /// Events kept in memory per stream with readers, the hot window live delivery is served
     /// from (default 1024).
     pub hot_window: usize,
-    /// Most events written in one batch and read from the store in one page (default 512).
+    /// Most events a connection sends in one chunk, and reads from the store in one page when
+    /// it is behind its stream's hot window (default 512): a replay of any length streams in
+    /// pages of this size.
+    ///
+    /// It does not bound store writes: publishes batched together (see
+    /// [`Hub::publish`](crate::Hub::publish)) are written at most 256 events or 1 MiB of data
+    /// at a time, the engine's `MAX_BATCH_EVENTS` and `MAX_BATCH_BYTES`.
     pub page_size: usize,
     /// Largest accepted event data in bytes (default 256 KiB).
     pub max_event_bytes: usize,
@@ -75,52 +81,67 @@ impl Default for Config {
     }
 }
 
-macro_rules! setter {
-    ($(#[$doc:meta])* $name:ident, $field:ident: $ty:ty) => {
-        $(#[$doc])*
-        #[must_use]
-        pub fn $name(mut self, $field: $ty) -> Self {
-            self.$field = $field;
-            self
-        }
-    };
-}
-
 impl Config {
-    setter!(
-        /// Sets [`Config::session_ttl`].
-        with_session_ttl, session_ttl: Duration
-    );
-    setter!(
-        /// Sets [`Config::token_ttl`].
-        with_token_ttl, token_ttl: Duration
-    );
-    setter!(
-        /// Sets [`Config::heartbeat`].
-        with_heartbeat, heartbeat: Duration
-    );
-    setter!(
-        /// Sets [`Config::retry`].
-        with_retry, retry: Duration
-    );
-    setter!(
-        /// Sets [`Config::hot_window`] (at least 1 is used).
-        with_hot_window, hot_window: usize
-    );
-    setter!(
-        /// Sets [`Config::page_size`] (at least 1 is used).
-        with_page_size, page_size: usize
-    );
-    setter!(
-        /// Sets [`Config::max_event_bytes`].
-        with_max_event_bytes, max_event_bytes: usize
-    );
-    setter!(
-        /// Sets [`Config::max_streams`].
-        with_max_streams, max_streams: usize
-    );
-    setter!(
-        /// Sets [`Config::reset_policy`].
-        with_reset_policy, reset_policy: ResetPolicy
-    );
+    /// Sets [`Config::session_ttl`].
+    #[must_use]
+    pub fn with_session_ttl(mut self, session_ttl: Duration) -> Self {
+        self.session_ttl = session_ttl;
+        self
+    }
+
+    /// Sets [`Config::token_ttl`].
+    #[must_use]
+    pub fn with_token_ttl(mut self, token_ttl: Duration) -> Self {
+        self.token_ttl = token_ttl;
+        self
+    }
+
+    /// Sets [`Config::heartbeat`].
+    #[must_use]
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Sets [`Config::retry`].
+    #[must_use]
+    pub fn with_retry(mut self, retry: Duration) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets [`Config::hot_window`] (at least 1 is used).
+    #[must_use]
+    pub fn with_hot_window(mut self, hot_window: usize) -> Self {
+        self.hot_window = hot_window;
+        self
+    }
+
+    /// Sets [`Config::page_size`] (at least 1 is used).
+    #[must_use]
+    pub fn with_page_size(mut self, page_size: usize) -> Self {
+        self.page_size = page_size;
+        self
+    }
+
+    /// Sets [`Config::max_event_bytes`].
+    #[must_use]
+    pub fn with_max_event_bytes(mut self, max_event_bytes: usize) -> Self {
+        self.max_event_bytes = max_event_bytes;
+        self
+    }
+
+    /// Sets [`Config::max_streams`].
+    #[must_use]
+    pub fn with_max_streams(mut self, max_streams: usize) -> Self {
+        self.max_streams = max_streams;
+        self
+    }
+
+    /// Sets [`Config::reset_policy`].
+    #[must_use]
+    pub fn with_reset_policy(mut self, reset_policy: ResetPolicy) -> Self {
+        self.reset_policy = reset_policy;
+        self
+    }
 }

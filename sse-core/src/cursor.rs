@@ -99,7 +99,7 @@ impl Cursor {
     }
 
     /// Mutable access to the entries.
-    pub fn entries_mut(&mut self) -> &mut [(Option<Epoch>, Position)] {
+    pub(crate) fn entries_mut(&mut self) -> &mut [(Option<Epoch>, Position)] {
         &mut self.entries
     }
 
@@ -113,7 +113,7 @@ impl Cursor {
 
     /// Encodes with a precomputed [`fingerprint`], appending to `out`: the hot-path form, one
     /// call per delivered event.
-    pub fn encode_into(&self, fingerprint: u32, out: &mut String) {
+    pub(crate) fn encode_into(&self, fingerprint: u32, out: &mut String) {
         let mut raw = [0u8; 10 + 19 * 8];
         let mut heap = Vec::new();
         let buf: &mut [u8] = if self.entries.len() <= 8 {
@@ -258,7 +258,7 @@ pub fn session_tag(session: &SessionId) -> u32 {
 }
 
 /// FNV-1a over the stream names, each followed by a 0xFF separator (a byte no name holds).
-pub fn fingerprint(streams: &[StreamName]) -> u32 {
+pub(crate) fn fingerprint(streams: &[StreamName]) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
     for name in streams {
         for &b in name.as_str().as_bytes().iter().chain(&[0xff]) {

@@ -1,58 +1,6 @@
 //! Sessions: a client identity that outlives its connections, and [`SessionStore`], where
-//! sessions live.
 //!
-//! # Writing a store
-//!
-//! A complete store keeping sessions in a mutex-guarded map (the memory backend is the same
-//! idea plus a sweeper):
-//!
-//! ```
-//! use std::collections::HashMap;
-//! use std::sync::Mutex;
-//! use std::time::SystemTime;
-//! use async_trait::async_trait;
-//! use resumable_sse_core::{Result, SessionId, SessionRecord, SessionStore};
-//!
-//! #[derive(Debug, Default)]
-//! struct MapStore(Mutex<HashMap<SessionId, SessionRecord>>);
-//!
-//! #[async_trait]
-//! impl SessionStore for MapStore {
-//!     async fn create(&self, record: &SessionRecord) -> Result<()> {
-//!         self.0.lock().unwrap().insert(record.id, record.clone());
-//!         Ok(())
-//!     }
-//!     async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>> {
-//!         let map = self.0.lock().unwrap();
-//!         Ok(map.get(id).filter(|r| r.expires_at > SystemTime::now()).cloned())
-//!     }
-//!     async fn touch(&self, id: &SessionId, expires_at: SystemTime) -> Result<bool> {
-//!         let mut map = self.0.lock().unwrap();
-//!         match map.get_mut(id).filter(|r| r.expires_at > SystemTime::now()) {
-//!             Some(r) => { r.expires_at = expires_at; Ok(true) }
-//!             None => Ok(false),
-//!         }
-//!     }
-//!     async fn record_cursor(&self, id: &SessionId, cursor: &str, expires_at: SystemTime) -> Result<bool> {
-//!         let mut map = self.0.lock().unwrap();
-//!         match map.get_mut(id).filter(|r| r.expires_at > SystemTime::now()) {
-//!             Some(r) => { r.cursor = Some(cursor.to_owned()); r.expires_at = expires_at; Ok(true) }
-//!             None => Ok(false),
-//!         }
-//!     }
-//!     async fn delete(&self, id: &SessionId) -> Result<()> {
-//!         self.0.lock().unwrap().remove(id);
-//!         Ok(())
-//!     }
-//! }
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<()> {
-//! let store = MapStore::default();
-//! let record = SessionRecord::new(None, std::time::Duration::from_secs(30));
-//! store.create(&record).await?;
-//! assert_eq!(store.load(&record.id).await?, Some(record));
-//! # Ok(()) }
-//! ```
+//! The trait's docs show a complete implementation.
 
 use std::fmt;
 use std::str::FromStr;
@@ -164,7 +112,60 @@ impl SessionRecord {
 /// Where sessions live. Implementations must treat a record past its `expires_at` as absent
 /// (whether or not it has been swept yet).
 ///
-/// See the [module docs](self) for a complete implementation.
+/// sessions live.
+///
+/// # Writing a store
+///
+/// A complete store keeping sessions in a mutex-guarded map (the memory backend is the same
+/// idea plus a sweeper):
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use std::time::SystemTime;
+/// use async_trait::async_trait;
+/// use resumable_sse_core::{Result, SessionId, SessionRecord, SessionStore};
+///
+/// #[derive(Debug, Default)]
+/// struct MapStore(Mutex<HashMap<SessionId, SessionRecord>>);
+///
+/// #[async_trait]
+/// impl SessionStore for MapStore {
+///     async fn create(&self, record: &SessionRecord) -> Result<()> {
+///         self.0.lock().unwrap().insert(record.id, record.clone());
+///         Ok(())
+///     }
+///     async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>> {
+///         let map = self.0.lock().unwrap();
+///         Ok(map.get(id).filter(|r| r.expires_at > SystemTime::now()).cloned())
+///     }
+///     async fn touch(&self, id: &SessionId, expires_at: SystemTime) -> Result<bool> {
+///         let mut map = self.0.lock().unwrap();
+///         match map.get_mut(id).filter(|r| r.expires_at > SystemTime::now()) {
+///             Some(r) => { r.expires_at = expires_at; Ok(true) }
+///             None => Ok(false),
+///         }
+///     }
+///     async fn record_cursor(&self, id: &SessionId, cursor: &str, expires_at: SystemTime) -> Result<bool> {
+///         let mut map = self.0.lock().unwrap();
+///         match map.get_mut(id).filter(|r| r.expires_at > SystemTime::now()) {
+///             Some(r) => { r.cursor = Some(cursor.to_owned()); r.expires_at = expires_at; Ok(true) }
+///             None => Ok(false),
+///         }
+///     }
+///     async fn delete(&self, id: &SessionId) -> Result<()> {
+///         self.0.lock().unwrap().remove(id);
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<()> {
+/// let store = MapStore::default();
+/// let record = SessionRecord::new(None, std::time::Duration::from_secs(30));
+/// store.create(&record).await?;
+/// assert_eq!(store.load(&record.id).await?, Some(record));
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// Stores a new session.

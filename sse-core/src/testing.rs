@@ -12,11 +12,7 @@
 //! use resumable_sse_store_memory::{MemoryConfig, MemoryStore};
 //!
 //! async fn setup(retention: Retention) -> MemoryStore {
-//!     MemoryStore::new(
-//!         MemoryConfig::default()
-//!             .with_max_len(retention.max_len)
-//!             .with_max_age(retention.max_age),
-//!     )
+//!     MemoryStore::new(MemoryConfig::default().with_retention(retention))
 //! }
 //!
 //! resumable_sse_core::conformance_tests!(setup);
@@ -64,22 +60,13 @@ pub const DEADLINE: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(25);
 
 /// The retention [`buffer_retention_by_count`] needs: three events, one hour.
-pub const COUNT_RETENTION: Retention = Retention {
-    max_len: 3,
-    max_age: Duration::from_secs(3600),
-};
+pub const COUNT_RETENTION: Retention = Retention::new(3, Duration::from_secs(3600));
 
 /// The retention [`buffer_retention_by_age`] needs: 1000 events, 300 ms.
-pub const AGE_RETENTION: Retention = Retention {
-    max_len: 1000,
-    max_age: Duration::from_millis(300),
-};
+pub const AGE_RETENTION: Retention = Retention::new(1000, Duration::from_millis(300));
 
 /// The retention every other test is given: 1000 events, one hour (the default).
-pub const DEFAULT_RETENTION: Retention = Retention {
-    max_len: 1000,
-    max_age: Duration::from_secs(3600),
-};
+pub const DEFAULT_RETENTION: Retention = Retention::new(1000, Duration::from_secs(3600));
 
 /// Runs one conformance test on a fresh multi-threaded runtime (two workers, time and I/O
 /// enabled). The macros call it; it is public only for them.
@@ -381,7 +368,7 @@ pub async fn buffer_missing_stream_reads_empty<B: EventBuffer>(store: B) {
 ///
 /// The store must be built with [`COUNT_RETENTION`].
 pub async fn buffer_retention_by_count<B: EventBuffer>(store: B) {
-    let max_len = COUNT_RETENTION.max_len as Position;
+    let max_len = COUNT_RETENTION.max_len() as Position;
     let stream = unique_stream("count");
     let mut epoch = None;
     for i in 1..=10 {

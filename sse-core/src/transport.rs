@@ -1,50 +1,6 @@
 //! [`Transport`]: how protocol frames become bytes on one kind of wire.
 //!
-//! The engine speaks in frames (retry hint, `connected`, events, `reset`, heartbeat, close);
-//! a transport turns them into bytes. [`SseTransport`] is the `text/event-stream` one that
-//! ships. Events are encoded in two parts so the engine encodes each event once per process:
-//! the body (everything but the id) is shared by every connection, and only the per-connection
-//! cursor is written for each.
-//!
-//! # Writing a transport
-//!
-//! A complete transport writing one JSON object per line (NDJSON), as a long-poll or fetch
-//! streaming endpoint might:
-//!
-//! ```
-//! use bytes::{BufMut, Bytes, BytesMut};
-//! use resumable_sse_core::{Event, Frame, Transport};
-//!
-//! #[derive(Debug)]
-//! struct Ndjson;
-//!
-//! impl Transport for Ndjson {
-//!     fn content_type(&self) -> &'static str { "application/x-ndjson" }
-//!     fn encode_body(&self, event: &Event) -> Bytes {
-//!         let value = serde_json::json!({"event": event.event.as_deref(), "data": &*event.data});
-//!         Bytes::from(value.to_string())
-//!     }
-//!     fn write_event(&self, out: &mut BytesMut, id: &str, body: &[u8]) {
-//!         out.put_slice(format!("{{\"id\":\"{id}\",\"body\":").as_bytes());
-//!         out.put_slice(body);
-//!         out.put_slice(b"}\n");
-//!     }
-//!     fn write_frame(&self, out: &mut BytesMut, frame: &Frame<'_>) {
-//!         let line = match frame {
-//!             Frame::Connected { id, data } => serde_json::json!({"id": id, "connected": data}),
-//!             Frame::Reset { id, data } => serde_json::json!({"id": id, "reset": data}),
-//!             Frame::Heartbeat => serde_json::json!({}),
-//!             _ => return, // retry hints and close have no NDJSON form
-//!         };
-//!         out.put_slice(line.to_string().as_bytes());
-//!         out.put_u8(b'\n');
-//!     }
-//! }
-//!
-//! let mut out = BytesMut::new();
-//! Ndjson.write_frame(&mut out, &Frame::Heartbeat);
-//! assert_eq!(&out[..], b"{}\n");
-//! ```
+//! The trait's docs show a complete implementation.
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -85,8 +41,53 @@ pub enum Frame<'a> {
     },
 }
 
-/// Turns frames into bytes for one kind of wire. See the [module docs](self) for a complete
-/// implementation.
+/// Turns frames into bytes for one kind of wire.
+///
+/// The engine speaks in frames (retry hint, `connected`, events, `reset`, heartbeat, close);
+/// a transport turns them into bytes. [`SseTransport`] is the `text/event-stream` one that
+/// ships. Events are encoded in two parts so the engine encodes each event once per process:
+/// the body (everything but the id) is shared by every connection, and only the per-connection
+/// cursor is written for each.
+///
+/// # Writing a transport
+///
+/// A complete transport writing one JSON object per line (NDJSON), as a long-poll or fetch
+/// streaming endpoint might:
+///
+/// ```
+/// use bytes::{BufMut, Bytes, BytesMut};
+/// use resumable_sse_core::{Event, Frame, Transport};
+///
+/// #[derive(Debug)]
+/// struct Ndjson;
+///
+/// impl Transport for Ndjson {
+///     fn content_type(&self) -> &'static str { "application/x-ndjson" }
+///     fn encode_body(&self, event: &Event) -> Bytes {
+///         let value = serde_json::json!({"event": event.event.as_deref(), "data": &*event.data});
+///         Bytes::from(value.to_string())
+///     }
+///     fn write_event(&self, out: &mut BytesMut, id: &str, body: &[u8]) {
+///         out.put_slice(format!("{{\"id\":\"{id}\",\"body\":").as_bytes());
+///         out.put_slice(body);
+///         out.put_slice(b"}\n");
+///     }
+///     fn write_frame(&self, out: &mut BytesMut, frame: &Frame<'_>) {
+///         let line = match frame {
+///             Frame::Connected { id, data } => serde_json::json!({"id": id, "connected": data}),
+///             Frame::Reset { id, data } => serde_json::json!({"id": id, "reset": data}),
+///             Frame::Heartbeat => serde_json::json!({}),
+///             _ => return, // retry hints and close have no NDJSON form
+///         };
+///         out.put_slice(line.to_string().as_bytes());
+///         out.put_u8(b'\n');
+///     }
+/// }
+///
+/// let mut out = BytesMut::new();
+/// Ndjson.write_frame(&mut out, &Frame::Heartbeat);
+/// assert_eq!(&out[..], b"{}\n");
+/// ```
 pub trait Transport: Debug + Send + Sync + 'static {
     /// The media type of the response body.
     fn content_type(&self) -> &'static str;

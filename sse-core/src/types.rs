@@ -355,30 +355,50 @@ impl ReadPage {
     }
 }
 
-/// How much history a store keeps per stream.
+/// How much history a store keeps per stream: at most `max_len` events, none older than
+/// `max_age`.
 ///
 /// ```
 /// use std::time::Duration;
 /// use resumable_sse_core::Retention;
 ///
 /// let retention = Retention::default();
-/// assert_eq!(retention.max_len, 1000);
-/// assert_eq!(retention.max_age, Duration::from_secs(3600));
+/// assert_eq!(retention.max_len(), 1000);
+/// assert_eq!(retention.max_age(), Duration::from_secs(3600));
+///
+/// // A store always keeps at least the newest event.
+/// assert_eq!(Retention::new(0, Duration::from_secs(60)).max_len(), 1);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention {
-    /// Events kept per stream (default 1000).
-    pub max_len: usize,
+    max_len: usize,
+    max_age: Duration,
+}
+
+impl Retention {
+    /// Keeps at most `max_len` events per stream (at least 1 is used), none older than
+    /// `max_age`.
+    pub const fn new(max_len: usize, max_age: Duration) -> Self {
+        Retention {
+            max_len: if max_len == 0 { 1 } else { max_len },
+            max_age,
+        }
+    }
+
+    /// Events kept per stream (default 1000; never 0).
+    pub const fn max_len(&self) -> usize {
+        self.max_len
+    }
+
     /// Age after which an event is dropped (default one hour).
-    pub max_age: Duration,
+    pub const fn max_age(&self) -> Duration {
+        self.max_age
+    }
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention {
-            max_len: 1000,
-            max_age: Duration::from_secs(3600),
-        }
+        Retention::new(1000, Duration::from_secs(3600))
     }
 }
 

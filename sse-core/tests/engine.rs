@@ -264,7 +264,9 @@ async fn event_data_reaches_the_client_exactly() {
 
 #[tokio::test]
 async fn reset_when_the_cursor_is_behind_retention() {
-    let store = MemoryStore::new(MemoryConfig::default().with_max_len(3));
+    let store = MemoryStore::new(MemoryConfig::default().with_retention(
+        resumable_sse_core::Retention::new(3, Duration::from_secs(3600)),
+    ));
     let hub = hub_over(&store, Config::default());
     let news = stream("news");
     let mut client = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
@@ -395,7 +397,10 @@ async fn reset_when_the_epoch_changed() {
 async fn reset_when_the_epoch_changes_while_connected() {
     let store = MemoryStore::new(
         MemoryConfig::default()
-            .with_max_age(Duration::from_millis(100))
+            .with_retention(resumable_sse_core::Retention::new(
+                1000,
+                Duration::from_millis(100),
+            ))
             .with_sweep_interval(Duration::from_secs(3600)),
     );
     let hub = hub_over(&store, Config::default());
@@ -483,7 +488,9 @@ async fn reset_when_the_session_expired() {
 
 #[tokio::test]
 async fn skip_to_head_policy_continues_live_after_the_reset() {
-    let store = MemoryStore::new(MemoryConfig::default().with_max_len(2));
+    let store = MemoryStore::new(MemoryConfig::default().with_retention(
+        resumable_sse_core::Retention::new(2, Duration::from_secs(3600)),
+    ));
     let hub = hub_over(
         &store,
         Config::default().with_reset_policy(ResetPolicy::SkipToHead),

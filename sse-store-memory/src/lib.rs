@@ -10,11 +10,13 @@
 //! instances or keep it across restarts.
 //!
 //! ```
-//! use resumable_sse_core::{EventBuffer, NewEvent, StreamName};
+//! use std::time::Duration;
+//! use resumable_sse_core::{EventBuffer, NewEvent, Retention, StreamName};
 //! use resumable_sse_store_memory::{MemoryConfig, MemoryStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> resumable_sse_core::Result<()> {
-//! let store = MemoryStore::new(MemoryConfig::default().with_max_len(2));
+//! let retention = Retention::new(2, Duration::from_secs(3600));
+//! let store = MemoryStore::new(MemoryConfig::default().with_retention(retention));
 //! let news = StreamName::new("news")?;
 //! for data in ["a", "b", "c"] {
 //!     store.append(&news, NewEvent::new(data)).await?;
@@ -25,12 +27,13 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
+use resumable_sse_core::task::spawn_periodic;
 use resumable_sse_core::{
     Appended, Epoch, Event, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, Position,
     ReadPage, Result, Retention, SessionId, SessionRecord, SessionStore, StreamName, unix_ms,
@@ -41,11 +44,12 @@ use tokio::sync::broadcast;
 ///
 /// ```
 /// use std::time::Duration;
+/// use resumable_sse_core::Retention;
 /// use resumable_sse_store_memory::MemoryConfig;
 ///
 /// let config = MemoryConfig::default()
-///     .with_max_len(10_000)
-///     .with_max_age(Duration::from_secs(600));
+///     .with_retention(Retention::new(10_000, Duration::from_secs(600)));
+/// assert_eq!(config.retention.max_len(), 10_000);
 /// assert_eq!(config.sweep_interval, Duration::from_secs(10));
 /// ```
 #[derive(Clone, Copy, Debug)]
@@ -72,24 +76,24 @@ impl Default for MemoryConfig {
 }
 
 impl MemoryConfig {
-    /// Sets the events kept per stream (at least 1 is used).
+    /// Sets [`MemoryConfig::retention`].
     #[must_use]
-    pub fn with_max_len(mut self, max_len: usize) -> Self {
-        self.retention.max_len = max_len.max(1);
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
         self
     }
 
-    /// Sets the age after which events are dropped.
-    #[must_use]
-    pub fn with_max_age(mut self, max_age: Duration) -> Self {
-        self.retention.max_age = max_age;
-        self
-    }
-
-    /// Sets the sweep interval.
+    /// Sets [`MemoryConfig::sweep_interval`] (at least 10 ms is used).
     #[must_use]
     pub fn with_sweep_interval(mut self, interval: Duration) -> Self {
         self.sweep_interval = interval;
+        self
+    }
+
+    /// Sets [`MemoryConfig::feed_capacity`] (at least 16 is used).
+    #[must_use]
+    pub fn with_feed_capacity(mut self, capacity: usize) -> Self {
+        self.feed_capacity = capacity;
         self
     }
 }
@@ -133,8 +137,8 @@ impl Log {
     }
 
     fn trim(&mut self, retention: &Retention, now_ms: u64) {
-        let max_age = retention.max_age.as_millis() as u64;
-        while self.events.len() > retention.max_len
+        let max_age = retention.max_age().as_millis() as u64;
+        while self.events.len() > retention.max_len()
             || self
                 .events
                 .front()
@@ -165,8 +169,11 @@ impl MemoryStore {
             sessions: Mutex::new(HashMap::new()),
             feed: broadcast::channel(config.feed_capacity.max(16)).0,
         });
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(sweep(Arc::downgrade(&shared), config.sweep_interval));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let interval = config.sweep_interval.max(Duration::from_millis(10));
+            spawn_periodic(Arc::downgrade(&shared), interval, |shared| async move {
+                shared.sweep();
+            });
         }
         MemoryStore { shared }
     }
@@ -224,19 +231,6 @@ impl Shared {
             // into the old log is answered with a reset, never mistaken for the new one.
             !log.events.is_empty()
         });
-    }
-}
-
-async fn sweep(shared: Weak<Shared>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        shared.sweep();
     }
 }
 

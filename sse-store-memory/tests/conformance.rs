@@ -6,11 +6,7 @@ use resumable_sse_store_memory::{MemoryConfig, MemoryStore};
 /// A fresh store per test, with the default sweep interval (10 s): retention and session
 /// expiry must hold without the sweeper's help.
 async fn setup(retention: Retention) -> MemoryStore {
-    MemoryStore::new(
-        MemoryConfig::default()
-            .with_max_len(retention.max_len)
-            .with_max_age(retention.max_age),
-    )
+    MemoryStore::new(MemoryConfig::default().with_retention(retention))
 }
 
 resumable_sse_core::conformance_tests!(setup);

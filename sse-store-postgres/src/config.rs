@@ -112,7 +112,7 @@ impl FromStr for Schema {
 ///
 /// let config = PostgresConfig::default()
 ///     .with_schema("chat".parse()?)
-///     .with_retention(Retention { max_len: 10_000, max_age: Duration::from_secs(600) })
+///     .with_retention(Retention::new(10_000, Duration::from_secs(600)))
 ///     .with_sweep_interval(Duration::from_secs(5));
 /// assert_eq!(config.schema.as_str(), "chat");
 /// assert_eq!(config.max_connections, 10);
@@ -171,27 +171,10 @@ impl Default for PostgresConfig {
 }
 
 impl PostgresConfig {
-    /// Sets [`PostgresConfig::retention`] (a `max_len` of 0 is taken as 1).
+    /// Sets [`PostgresConfig::retention`].
     #[must_use]
     pub fn with_retention(mut self, retention: Retention) -> Self {
-        self.retention = Retention {
-            max_len: retention.max_len.max(1),
-            max_age: retention.max_age,
-        };
-        self
-    }
-
-    /// Sets the events kept per stream (at least 1 is used).
-    #[must_use]
-    pub fn with_max_len(mut self, max_len: usize) -> Self {
-        self.retention.max_len = max_len.max(1);
-        self
-    }
-
-    /// Sets the age after which events are dropped.
-    #[must_use]
-    pub fn with_max_age(mut self, max_age: Duration) -> Self {
-        self.retention.max_age = max_age;
+        self.retention = retention;
         self
     }
 
@@ -241,12 +224,12 @@ impl PostgresConfig {
     /// interval arithmetic cannot overflow.
     pub(crate) fn max_age_ms(&self) -> i64 {
         const CAP_MS: u128 = 100 * 365 * 24 * 3600 * 1000;
-        self.retention.max_age.as_millis().min(CAP_MS) as i64
+        self.retention.max_age().as_millis().min(CAP_MS) as i64
     }
 
     /// The retention's `max_len` as SQL wants it.
     pub(crate) fn max_len(&self) -> i64 {
-        i64::try_from(self.retention.max_len.max(1)).unwrap_or(i64::MAX)
+        i64::try_from(self.retention.max_len()).unwrap_or(i64::MAX)
     }
 }
 
@@ -294,8 +277,10 @@ mod tests {
 
     #[test]
     fn max_age_is_capped() {
-        let config = PostgresConfig::default().with_max_age(Duration::from_secs(u64::MAX));
+        let config = PostgresConfig::default()
+            .with_retention(Retention::new(1000, Duration::from_secs(u64::MAX)));
         assert!(config.max_age_ms() > 0);
-        assert_eq!(PostgresConfig::default().with_max_len(0).max_len(), 1);
+        let config = PostgresConfig::default().with_retention(Retention::new(0, Duration::ZERO));
+        assert_eq!(config.max_len(), 1);
     }
 }

@@ -35,7 +35,7 @@
 //! ```
 //! use std::time::Duration;
 //! use futures_util::StreamExt;
-//! use resumable_sse_core::{EventBuffer, FeedItem, NewEvent, StreamName};
+//! use resumable_sse_core::{EventBuffer, FeedItem, NewEvent, Retention, StreamName};
 //! use resumable_sse_store_postgres::{PostgresConfig, PostgresStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,8 +44,7 @@
 //! // url: "postgres://user:password@host:5432/database"
 //! let config = PostgresConfig::default()
 //!     .with_schema(schema.clone())
-//!     .with_max_len(10_000)
-//!     .with_max_age(Duration::from_secs(3600));
+//!     .with_retention(Retention::new(10_000, Duration::from_secs(3600)));
 //! let store = PostgresStore::connect(&url, config).await?;
 //! store.migrate().await?;
 //!
@@ -73,10 +72,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use resumable_sse_core::task::spawn_periodic;
 use resumable_sse_core::{
     Appended, Epoch, Event, EventBuffer, LiveFeed, NewEvent, Position, ReadPage, Result, SessionId,
     SessionRecord, SessionStore, StreamName, from_unix_ms, unix_ms,
@@ -249,11 +250,14 @@ impl PostgresStore {
             feed,
             target,
         });
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(sweeper(
-                Arc::downgrade(&shared),
-                shared.config.sweep_interval,
-            ));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let interval = shared.config.sweep_interval.max(Duration::from_millis(10));
+            // Whether the last run failed: a failure is logged once, until a run works again.
+            let failing = Arc::new(AtomicBool::new(false));
+            spawn_periodic(Arc::downgrade(&shared), interval, move |shared| {
+                let failing = failing.clone();
+                async move { sweep_logged(&shared, &failing).await }
+            });
         }
         tracing::debug!(target = %shared.target, schema = %shared.config.schema, "connected");
         Ok(PostgresStore { shared })
@@ -501,41 +505,31 @@ impl Shared {
     }
 }
 
-/// The sweeper task: runs [`Shared::sweep`] every `interval` until the store is dropped.
-async fn sweeper(shared: Weak<Shared>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    let mut failing = false;
-    loop {
-        ticker.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let result = shared.sweep().await;
-        if result
-            .as_ref()
-            .is_err_and(PostgresStoreError::is_unavailable)
-        {
-            shared.health.outage();
+/// One run of the sweeper task, which runs [`Shared::sweep`] every
+/// [`PostgresConfig::sweep_interval`] until the store is dropped. `failing` says whether the
+/// previous run failed.
+async fn sweep_logged(shared: &Shared, failing: &AtomicBool) {
+    let result = shared.sweep().await;
+    if result
+        .as_ref()
+        .is_err_and(PostgresStoreError::is_unavailable)
+    {
+        shared.health.outage();
+    }
+    match result {
+        Ok(stats) => {
+            if failing.swap(false, Ordering::Relaxed) {
+                tracing::info!(schema = %shared.config.schema, "the sweeper works again");
+            }
+            if stats != SweepStats::default() {
+                tracing::debug!(schema = %shared.config.schema, ?stats, "swept");
+            }
         }
-        match result {
-            Ok(stats) => {
-                if failing {
-                    tracing::info!(schema = %shared.config.schema, "the sweeper works again");
-                }
-                failing = false;
-                if stats != SweepStats::default() {
-                    tracing::debug!(schema = %shared.config.schema, ?stats, "swept");
-                }
-            }
-            Err(err) if !failing => {
-                failing = true;
-                tracing::warn!(schema = %shared.config.schema, error = %err, "the sweeper failed; it tries again every interval");
-            }
-            Err(err) => {
-                tracing::debug!(schema = %shared.config.schema, error = %err, "the sweeper failed again");
-            }
+        Err(err) if failing.swap(true, Ordering::Relaxed) => {
+            tracing::debug!(schema = %shared.config.schema, error = %err, "the sweeper failed again");
+        }
+        Err(err) => {
+            tracing::warn!(schema = %shared.config.schema, error = %err, "the sweeper failed; it tries again every interval");
         }
     }
 }

@@ -18,7 +18,10 @@ const TOTAL: Position = (WRITERS * PER_WRITER) as Position;
 
 fn config() -> PostgresConfig {
     PostgresConfig::default()
-        .with_max_len(100_000)
+        .with_retention(resumable_sse_core::Retention::new(
+            100_000,
+            Duration::from_secs(3600),
+        ))
         .with_max_connections(1)
 }
 

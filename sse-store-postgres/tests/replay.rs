@@ -66,7 +66,10 @@ impl EventBuffer for Recording {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_replay_in_pages() {
-    let store = temp_store(PostgresConfig::default().with_max_len(EVENTS)).await;
+    let store = temp_store(PostgresConfig::default().with_retention(
+        resumable_sse_core::Retention::new(EVENTS, Duration::from_secs(3600)),
+    ))
+    .await;
     let recording = Arc::new(Recording {
         inner: store.clone(),
         reads: AtomicUsize::new(0),

@@ -194,8 +194,10 @@ async fn a_lost_stream_row_comes_back_in_a_new_epoch() {
 async fn retention_holds_before_the_sweeper_which_then_frees_the_rows() {
     let store = temp_store(
         PostgresConfig::default()
-            .with_max_len(5)
-            .with_max_age(Duration::from_secs(1))
+            .with_retention(resumable_sse_core::Retention::new(
+                5,
+                Duration::from_secs(1),
+            ))
             // Never on its own during the test: it is called by hand.
             .with_sweep_interval(Duration::from_secs(3600))
             .with_idle_stream_ttl(Some(Duration::ZERO)),
@@ -255,7 +257,10 @@ async fn retention_holds_before_the_sweeper_which_then_frees_the_rows() {
 async fn the_sweeper_runs_by_itself() {
     let store = temp_store(
         PostgresConfig::default()
-            .with_max_len(2)
+            .with_retention(resumable_sse_core::Retention::new(
+                2,
+                Duration::from_secs(3600),
+            ))
             .with_sweep_interval(Duration::from_millis(100)),
     )
     .await;
@@ -278,7 +283,10 @@ async fn the_sweeper_runs_by_itself() {
 async fn a_publisher_id_is_free_again_once_out_of_retention() {
     let store = temp_store(
         PostgresConfig::default()
-            .with_max_len(2)
+            .with_retention(resumable_sse_core::Retention::new(
+                2,
+                Duration::from_secs(3600),
+            ))
             .with_sweep_interval(Duration::from_secs(3600)),
     )
     .await;

@@ -9,13 +9,13 @@ use resumable_sse_core::Retention;
 ///
 /// ```
 /// use std::time::Duration;
+/// use resumable_sse_core::Retention;
 /// use resumable_sse_store_redis::RedisConfig;
 ///
 /// let config = RedisConfig::default()
-///     .with_max_len(10_000)
-///     .with_max_age(Duration::from_secs(600))
+///     .with_retention(Retention::new(10_000, Duration::from_secs(600)))
 ///     .with_key_prefix("chat:");
-/// assert_eq!(config.retention.max_len, 10_000);
+/// assert_eq!(config.retention.max_len(), 10_000);
 /// assert_eq!(config.key_prefix, "chat:");
 /// // An idle stream keeps its epoch for a day by default.
 /// assert_eq!(config.stream_ttl(), Duration::from_secs(24 * 3600));
@@ -88,44 +88,20 @@ impl Default for RedisConfig {
 const DEFAULT_STREAM_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl RedisConfig {
-    /// Sets both retention limits.
+    /// Sets [`RedisConfig::retention`].
     ///
     /// ```
+    /// use std::time::Duration;
     /// use resumable_sse_core::Retention;
     /// use resumable_sse_store_redis::RedisConfig;
     ///
-    /// let config = RedisConfig::default().with_retention(Retention { max_len: 50, ..Default::default() });
-    /// assert_eq!(config.retention.max_len, 50);
+    /// let config = RedisConfig::default().with_retention(Retention::new(50, Duration::from_secs(60)));
+    /// assert_eq!(config.retention.max_len(), 50);
+    /// assert_eq!(config.retention.max_age(), Duration::from_secs(60));
     /// ```
     #[must_use]
     pub fn with_retention(mut self, retention: Retention) -> Self {
         self.retention = retention;
-        self
-    }
-
-    /// Sets the events kept per stream (at least 1 is used).
-    ///
-    /// ```
-    /// let config = resumable_sse_store_redis::RedisConfig::default().with_max_len(0);
-    /// assert_eq!(config.retention.max_len, 1);
-    /// ```
-    #[must_use]
-    pub fn with_max_len(mut self, max_len: usize) -> Self {
-        self.retention.max_len = max_len.max(1);
-        self
-    }
-
-    /// Sets the age after which events are dropped.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    ///
-    /// let config = resumable_sse_store_redis::RedisConfig::default().with_max_age(Duration::from_secs(60));
-    /// assert_eq!(config.retention.max_age, Duration::from_secs(60));
-    /// ```
-    #[must_use]
-    pub fn with_max_age(mut self, max_age: Duration) -> Self {
-        self.retention.max_age = max_age;
         self
     }
 
@@ -151,7 +127,7 @@ impl RedisConfig {
     /// assert_eq!(config.stream_ttl(), Duration::from_secs(7 * 24 * 3600));
     /// // Never less than max_age: the events would outlive their epoch.
     /// let config = RedisConfig::default().with_stream_ttl(Duration::from_secs(1));
-    /// assert_eq!(config.stream_ttl(), config.retention.max_age);
+    /// assert_eq!(config.stream_ttl(), config.retention.max_age());
     /// ```
     #[must_use]
     pub fn with_stream_ttl(mut self, ttl: Duration) -> Self {
@@ -231,7 +207,7 @@ impl RedisConfig {
     pub fn stream_ttl(&self) -> Duration {
         self.stream_ttl
             .unwrap_or(DEFAULT_STREAM_TTL)
-            .max(self.retention.max_age)
+            .max(self.retention.max_age())
     }
 
     /// The names of the keys and channel this configuration uses.

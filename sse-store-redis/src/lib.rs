@@ -53,7 +53,9 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let prefix = format!("doc:{}:", resumable_sse_core::SessionId::random());
-//! let config = RedisConfig::default().with_max_len(100).with_key_prefix(prefix);
+//! let config = RedisConfig::default()
+//!     .with_retention(resumable_sse_core::Retention::new(100, std::time::Duration::from_secs(3600)))
+//!     .with_key_prefix(prefix);
 //! let a = RedisStore::connect("redis://127.0.0.1:6379", config.clone()).await?;
 //! let b = RedisStore::connect("redis://127.0.0.1:6379", config).await?;
 //!
@@ -224,8 +226,8 @@ impl RedisStore {
             .key(shared.keys.log(stream))
             .key(shared.keys.ids(stream))
             .arg(Epoch::random().to_string())
-            .arg(config.retention.max_len.max(1))
-            .arg(millis(config.retention.max_age))
+            .arg(config.retention.max_len())
+            .arg(millis(config.retention.max_age()))
             .arg(millis(config.stream_ttl()))
             .arg(&shared.channel)
             .arg(stream.as_str())
@@ -275,8 +277,8 @@ impl RedisStore {
             .key(shared.keys.log(stream))
             .arg(after)
             .arg(limit.min(MAX_READ))
-            .arg(config.retention.max_len.max(1))
-            .arg(millis(config.retention.max_age));
+            .arg(config.retention.max_len())
+            .arg(millis(config.retention.max_age()));
         let mut conn = shared.conn.clone();
         let reply: Value = self.run(call.invoke_async(&mut conn)).await?;
         let bad = || RedisStoreError::unexpected(format!("the read script answered for {stream}"));

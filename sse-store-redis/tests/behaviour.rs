@@ -216,7 +216,10 @@ async fn keys_trimming_and_publisher_ids() {
     let prefix = unique_prefix("keys");
     let store = shared_store(
         RedisConfig::default()
-            .with_max_len(10)
+            .with_retention(resumable_sse_core::Retention::new(
+                10,
+                Duration::from_secs(3600),
+            ))
             .with_key_prefix(&prefix),
     )
     .await;
@@ -273,7 +276,10 @@ async fn age_trimming_removes_entries() {
     let prefix = unique_prefix("age");
     let store = shared_store(
         RedisConfig::default()
-            .with_max_age(Duration::from_millis(300))
+            .with_retention(resumable_sse_core::Retention::new(
+                1000,
+                Duration::from_millis(300),
+            ))
             .with_key_prefix(&prefix),
     )
     .await;
@@ -328,7 +334,10 @@ async fn idle_streams_expire_and_come_back_in_a_new_epoch() {
     let prefix = unique_prefix("ttl");
     let store = shared_store(
         RedisConfig::default()
-            .with_max_age(Duration::from_millis(200))
+            .with_retention(resumable_sse_core::Retention::new(
+                1000,
+                Duration::from_millis(200),
+            ))
             .with_stream_ttl(Duration::from_millis(800))
             .with_key_prefix(&prefix),
     )
@@ -377,7 +386,7 @@ async fn huge_durations_are_clamped() {
 
     let store = shared_store(
         RedisConfig::default()
-            .with_max_age(Duration::MAX)
+            .with_retention(resumable_sse_core::Retention::new(1000, Duration::MAX))
             .with_stream_ttl(Duration::MAX)
             .with_key_prefix(unique_prefix("huge")),
     )

@@ -67,10 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = Args::parse();
-    let retention = Retention {
-        max_len: args.max_len.max(1),
-        max_age: args.max_age,
-    };
+    let retention = Retention::new(args.max_len, args.max_age);
     let stores = resumable_sse_axum::open_store(&args.store, retention).await?;
     let config = Config::default()
         .with_session_ttl(args.session_ttl)

@@ -1,34 +1,4 @@
-//! [`serve`]: an HTTP/1.1 server for an axum app whose event streams bypass hyper.
-//!
-//! An idle SSE connection served by hyper keeps hyper's 8 KiB read and write buffers (and
-//! axum's per-connection state) for its whole life: about 19 KB per connection through
-//! `axum::serve`, measured (docs/benchmarks.md). SSE needs none of it: the request is one
-//! small head, the response a byte stream. `serve` reads each new connection's first request
-//! head itself. When it is a plain `GET` of the events path, it hands the request to the
-//! router like any other — every layer runs, and the router decides the response — and if
-//! the answer is an event stream ([`events`](crate::events)), writes the stream straight to
-//! the socket instead of through hyper. Any other answer is written as is. Every other request
-//! (and connection) is handed to hyper with the bytes already read.
-//!
-//! So the application's middleware (authentication, CORS, tracing, limits) sees event-stream
-//! requests exactly as with `axum::serve`, and its answers are the same; what differs is only
-//! how an event stream's bytes are written, and that the connection closes when the stream
-//! ends. Middleware that rewrites response *bodies* (compression, say) does not apply to an
-//! event stream on the fast path.
-//!
-//! ```no_run
-//! use axum::{Router, routing::get};
-//! use resumable_sse_axum::SseLayer;
-//!
-//! # #[tokio::main] async fn main() -> std::io::Result<()> {
-//! let hub = resumable_sse_axum::memory_hub(Default::default());
-//! let app = Router::new()
-//!     .route("/events", get(resumable_sse_axum::events))
-//!     .layer(SseLayer::new(hub));
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! resumable_sse_axum::serve(listener, app).await
-//! # }
-//! ```
+//! [`serve`](crate::serve()): the router answers, event streams are written outside hyper.
 
 mod wire;
 
@@ -56,9 +26,40 @@ use wire::{Framing, Rewind};
 /// How long a new connection may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `router` on `listener`, writing the event streams it answers on `GET /events` (the
-/// path is configurable with [`Serve::events_path`]) straight to the socket. See the
-/// [module docs](self).
+/// Serves `router` on `listener`: an HTTP/1.1 server for an axum app whose event streams
+/// bypass hyper.
+///
+/// An idle SSE connection served by hyper keeps hyper's 8 KiB read and write buffers (and
+/// axum's per-connection state) for its whole life: about 19 KB per connection through
+/// `axum::serve`, measured (docs/benchmarks.md). SSE needs none of it: the request is one
+/// small head, the response a byte stream. `serve` reads each new connection's first request
+/// head itself. When it is a plain `GET` of the events path, it hands the request to the
+/// router like any other — every layer runs, and the router decides the response — and if
+/// the answer is an event stream ([`events`](crate::events)), writes the stream straight to
+/// the socket instead of through hyper. Any other answer is written as is. Every other request
+/// (and connection) is handed to hyper with the bytes already read.
+///
+/// So the application's middleware (authentication, CORS, tracing, limits) sees event-stream
+/// requests exactly as with `axum::serve`, and its answers are the same; what differs is only
+/// how an event stream's bytes are written, and that the connection closes when the stream
+/// ends. Middleware that rewrites response *bodies* (compression, say) does not apply to an
+/// event stream on the fast path.
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use resumable_sse_axum::SseLayer;
+///
+/// # #[tokio::main] async fn main() -> std::io::Result<()> {
+/// let hub = resumable_sse_axum::memory_hub(Default::default());
+/// let app = Router::new()
+///     .route("/events", get(resumable_sse_axum::events))
+///     .layer(SseLayer::new(hub));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// resumable_sse_axum::serve(listener, app).await
+/// # }
+/// ```
+///
+/// The events path is `/events` unless set with [`Serve::events_path`].
 pub fn serve(listener: TcpListener, router: Router) -> Serve<std::future::Pending<()>> {
     Serve {
         listener,

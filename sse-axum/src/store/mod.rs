@@ -58,9 +58,7 @@ pub async fn open_store(url: &str, retention: Retention) -> Result<Stores, OpenS
         #[cfg(feature = "memory")]
         {
             let store = resumable_sse_store_memory::MemoryStore::new(
-                resumable_sse_store_memory::MemoryConfig::default()
-                    .with_max_len(retention.max_len)
-                    .with_max_age(retention.max_age),
+                resumable_sse_store_memory::MemoryConfig::default().with_retention(retention),
             );
             let store = Arc::new(store);
             return Ok(Stores {

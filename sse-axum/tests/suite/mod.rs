@@ -134,10 +134,7 @@ fn keys() -> TokenKeys {
 }
 
 fn retention(max_len: usize) -> Retention {
-    Retention {
-        max_len,
-        ..Retention::default()
-    }
+    Retention::new(max_len, Retention::default().max_age())
 }
 
 /// A hub over some stores, served on port 0.

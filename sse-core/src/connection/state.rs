@@ -1,0 +1,287 @@
+//! The connection's state machine, polled as the response body.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_core::Stream;
+
+use super::open::check;
+use crate::cursor::Cursor;
+use crate::hub::{Hub, Registration, Taken, Watch};
+use crate::signal::Signal;
+use crate::transport::Frame;
+use crate::{Epoch, ReadPage, Result, SessionId, StreamName};
+
+/// A store read in flight: the stream's index and the page.
+type PendingRead = Pin<Box<dyn Future<Output = (usize, Result<ReadPage>)> + Send>>;
+
+/// What one pass over the streams found.
+enum Collected {
+    /// Everything available was taken (possibly nothing).
+    Done,
+    /// Stream `i` must be read from the store first.
+    NeedsStore(usize),
+}
+
+/// Where a connection starts, as [`open`](super::open::open) decided.
+pub(super) struct Opened {
+    pub(super) hub: Hub,
+    /// The streams read, sorted, then the session's private stream, if any.
+    pub(super) names: Vec<StreamName>,
+    /// A hold on each stream's window, in the order of `names`.
+    pub(super) subs: Vec<Watch>,
+    pub(super) cursor: Cursor,
+    /// The fingerprint of the requested streams, for encoding the cursor.
+    pub(super) fp: u32,
+    /// The retry hint, `connected` and any `reset` frames.
+    pub(super) first_frames: BytesMut,
+    pub(super) session: Option<SessionId>,
+    /// The wake-up every stream in `subs` raises.
+    pub(super) signal: Arc<Signal>,
+    pub(super) span: tracing::Span,
+}
+
+/// The connection's state machine, polled directly as the response body: taking events from
+/// the hot windows is synchronous (a read lock and reference-counted bytes); only a read from
+/// the store suspends it.
+pub(super) struct State {
+    hub: Hub,
+    names: Vec<StreamName>,
+    subs: Vec<Watch>,
+    cursor: Cursor,
+    fp: u32,
+    /// What is ready to be written (the first frames, then each batch).
+    out: BytesMut,
+    read: Option<PendingRead>,
+    session: Option<SessionId>,
+    signal: Arc<Signal>,
+    _registration: Registration,
+    /// The hub's heartbeat tick (two per interval) at the last write.
+    last_write_tick: u64,
+    delivered: u64,
+    done: bool,
+    span: tracing::Span,
+    id: String,
+}
+
+impl State {
+    /// Registers the connection with the hub (heartbeat ticks, closing, its session's
+    /// keep-alive) and starts delivering after the first frames.
+    pub(super) fn new(opened: Opened) -> State {
+        let Opened {
+            hub,
+            names,
+            subs,
+            cursor,
+            fp,
+            first_frames,
+            session,
+            signal,
+            span,
+        } = opened;
+        let registration = hub.register(&signal, session);
+        State {
+            last_write_tick: hub.tick(),
+            hub,
+            names,
+            subs,
+            cursor,
+            fp,
+            out: first_frames,
+            read: None,
+            session,
+            signal,
+            _registration: registration,
+            delivered: 0,
+            done: false,
+            span,
+            id: String::with_capacity(48),
+        }
+    }
+}
+
+impl Stream for State {
+    type Item = Bytes;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let hub = this.hub.clone();
+        let page_size = hub.config().page_size;
+        let mut budget = page_size;
+        // Streams read from the store during this poll: not read again before the next
+        // wake-up, or a stream whose window is not usable (starting after the cursor, another
+        // epoch) would be read over and over while nothing changes.
+        let mut read_already: Vec<usize> = Vec::new();
+        loop {
+            if let Some(read) = this.read.as_mut() {
+                match read.as_mut().poll(cx) {
+                    Poll::Pending if this.out.is_empty() => return Poll::Pending,
+                    // Send what is ready; the read goes on at the next poll.
+                    Poll::Pending => break,
+                    Poll::Ready((i, page)) => {
+                        this.read = None;
+                        read_already.push(i);
+                        budget = budget.saturating_sub(this.apply_page(i, page));
+                    }
+                }
+            }
+            // Cleared before reading, so a raise during the read is not lost.
+            this.signal.take();
+            if hub.is_closing() {
+                let retry = Some(hub.config().retry);
+                hub.transport()
+                    .write_frame(&mut this.out, &Frame::Close { retry });
+                tracing::info!(parent: &this.span, "closed by the server");
+                this.done = true;
+                return Poll::Ready(Some(this.out.split().freeze()));
+            }
+            match this.collect(&mut budget, &read_already) {
+                Collected::NeedsStore(i) if budget > 0 => {
+                    let buffer = hub.buffer().clone();
+                    let name = this.names[i].clone();
+                    let after = this.cursor.entries()[i].1;
+                    let limit = budget;
+                    this.read = Some(Box::pin(async move {
+                        let page = buffer.read(&name, after, limit).await;
+                        (i, page)
+                    }));
+                    continue;
+                }
+                _ => {}
+            }
+            break;
+        }
+        let tick = hub.tick();
+        if !this.out.is_empty() {
+            this.last_write_tick = tick;
+        } else if tick >= this.last_write_tick + 2 {
+            // Silent for a whole interval (two half-interval ticks): say we are alive. Idle
+            // connections thus get a comment exactly every interval, and no connection stays
+            // silent longer than one interval.
+            hub.transport()
+                .write_frame(&mut this.out, &Frame::Heartbeat);
+            this.last_write_tick = tick;
+        }
+        if !this.out.is_empty() {
+            return Poll::Ready(Some(this.out.split().freeze()));
+        }
+        if this.read.is_some() {
+            // Woken by the read.
+            return Poll::Pending;
+        }
+        this.signal.register(cx.waker());
+        if this.signal.take() {
+            // Raised between the pass and the registration: go again.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
+impl State {
+    /// Takes every event after the cursor that the hot windows hold, up to `budget`, into
+    /// `out`; stops at the first stream that needs the store, skipping those in `skip`.
+    fn collect(&mut self, budget: &mut usize, skip: &[usize]) -> Collected {
+        let mut bodies: Vec<Bytes> = Vec::new();
+        for i in 0..self.subs.len() {
+            if *budget == 0 {
+                return Collected::Done;
+            }
+            let (epoch, position) = self.cursor.entries()[i];
+            let window_epoch = match self.subs[i].take_after(epoch, position, *budget, &mut bodies)
+            {
+                Taken::Held(window_epoch) => window_epoch,
+                // The window starts where this connection's read at open found the stream
+                // (`Hub::seed`), or at the stream's first append, whichever the feed task sees
+                // first; it raises every subscriber then. Reading the store here instead would
+                // cost a read per wake-up per connection until then: with many subscribers,
+                // that load once kept windows from ever becoming ready on a networked store.
+                Taken::NotReady => continue,
+                Taken::NotHeld if skip.contains(&i) => continue,
+                Taken::NotHeld => return Collected::NeedsStore(i),
+            };
+            *budget -= bodies.len();
+            for body in bodies.drain(..) {
+                self.write_event(i, window_epoch, &body);
+            }
+        }
+        Collected::Done
+    }
+
+    /// The slow path's second half: a page read from the store because the window did not
+    /// cover the cursor (the cursor is behind it or in another epoch). Handles any gap with a
+    /// reset; returns how many events were written.
+    fn apply_page(&mut self, i: usize, page: Result<ReadPage>) -> usize {
+        let hub = self.hub.clone();
+        let page = match page {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::warn!(parent: &self.span, stream = %self.names[i], error = %err, "could not read the store; will retry");
+                self.hub.retry_later(&self.signal);
+                return 0;
+            }
+        };
+        let (entry, reason) = check(self.cursor.entries()[i], &page, hub.config().reset_policy);
+        self.cursor.entries_mut()[i] = entry;
+        if let Some(reason) = reason {
+            let name = self.names[i].as_str();
+            tracing::info!(parent: &self.span, stream = %name, reason = reason.as_str(), "reset");
+            self.id.clear();
+            self.cursor.encode_into(self.fp, &mut self.id);
+            let data =
+                serde_json::json!({"reason": reason.as_str(), "streams": [name]}).to_string();
+            hub.transport().write_frame(
+                &mut self.out,
+                &Frame::Reset {
+                    id: &self.id,
+                    data: &data,
+                },
+            );
+            // The page was read from a position the reset moved away from: the next pass
+            // reads from the new one.
+            return 0;
+        }
+        let mut n = 0;
+        for event in &page.events {
+            if event.position != self.cursor.entries()[i].1 + 1 {
+                // Never skip: a store that returned a hole is read again later.
+                tracing::error!(parent: &self.span, stream = %self.names[i], position = event.position, "store returned a non-contiguous page");
+                self.hub.retry_later(&self.signal);
+                break;
+            }
+            let body = hub.transport().encode_body(event);
+            self.write_event(i, entry.0, &body);
+            n += 1;
+        }
+        n
+    }
+
+    fn write_event(&mut self, i: usize, epoch: Option<Epoch>, body: &[u8]) {
+        let entry = &mut self.cursor.entries_mut()[i];
+        entry.0 = epoch;
+        entry.1 += 1;
+        self.id.clear();
+        self.cursor.encode_into(self.fp, &mut self.id);
+        self.hub
+            .transport()
+            .write_event(&mut self.out, &self.id, body);
+        self.delivered += 1;
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        let session = self.session.map(|s| s.to_string()).unwrap_or_default();
+        tracing::info!(parent: &self.span, session = %session, delivered = self.delivered, "disconnected");
+        let Some(id) = self.session else { return };
+        let mut wire = String::new();
+        self.cursor.encode_into(self.fp, &mut wire);
+        self.hub.record_cursor(id, wire);
+    }
+}

@@ -1,0 +1,130 @@
+//! Sessions as the hub sees them: resolving a request's token to a session, and what a
+//! connection needs to know of it.
+
+use std::time::SystemTime;
+
+use super::Hub;
+use crate::session::SessionRecord;
+use crate::token::{TokenClaims, TokenError};
+use crate::{Error, Result, SessionId};
+
+/// The session side of a connection request (see [`ResolvedSession::context`]).
+#[derive(Clone, Debug)]
+pub struct SessionContext {
+    /// The session id; its private stream is added to the connection.
+    pub id: SessionId,
+    /// The cursor its previous connection reached, used when no `Last-Event-ID` is given.
+    pub cursor: Option<String>,
+    /// How the session was resolved.
+    pub status: SessionStatus,
+}
+
+/// The outcome of [`Hub::resolve_session`].
+#[derive(Clone, Debug)]
+pub struct ResolvedSession {
+    /// The session.
+    pub record: SessionRecord,
+    /// A freshly signed token for it, to return to the client.
+    pub token: String,
+    /// How it was found.
+    pub status: SessionStatus,
+}
+
+impl ResolvedSession {
+    /// What [`ConnectRequest::session`](crate::ConnectRequest::session) needs.
+    pub fn context(&self) -> SessionContext {
+        SessionContext {
+            id: self.record.id,
+            cursor: self.record.cursor.clone(),
+            status: self.status,
+        }
+    }
+}
+
+/// How a request's session was resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionStatus {
+    /// No token, or one that is not genuine: a new session.
+    New,
+    /// A genuine token of a live session.
+    Resumed,
+    /// A genuine token whose session (or the token itself) has expired: a new session, and any
+    /// cursor of the old one is answered with a `reset` (reason `session_expired`).
+    Expired,
+}
+
+impl Hub {
+    /// Resolves the session of a request from the token it brought (cookie or header) and the
+    /// principal the application authenticated, creating a session when there is none.
+    ///
+    /// Forged, tampered, malformed and expired tokens never resolve to an existing session:
+    /// they yield a new one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Forbidden`] when a genuine token is bound to a principal other than
+    /// `principal` (an anonymous token presented with a principal, as after a login, gets a
+    /// new session instead), and the session store's errors.
+    pub async fn resolve_session(
+        &self,
+        token: Option<&str>,
+        principal: Option<&str>,
+    ) -> Result<ResolvedSession> {
+        let inner = &self.inner;
+        let now = SystemTime::now();
+        let status = match token.map(|t| inner.keys.verify(t, now)) {
+            // An anonymous session presented by a request that has since authenticated (a
+            // login) is not reused: the user gets a session of their own.
+            Some(Ok(claims)) if claims.principal.is_none() && principal.is_some() => {
+                SessionStatus::New
+            }
+            Some(Ok(claims)) => {
+                if claims.principal.as_deref() != principal {
+                    return Err(Error::Forbidden(
+                        "the session belongs to another principal".into(),
+                    ));
+                }
+                match inner.sessions.load(&claims.session).await? {
+                    Some(record) if record.principal.as_deref() == principal => {
+                        let token = self.sign(&record);
+                        return Ok(ResolvedSession {
+                            record,
+                            token,
+                            status: SessionStatus::Resumed,
+                        });
+                    }
+                    Some(_) => {
+                        return Err(Error::Forbidden(
+                            "the session belongs to another principal".into(),
+                        ));
+                    }
+                    None => SessionStatus::Expired,
+                }
+            }
+            Some(Err(TokenError::Expired)) => SessionStatus::Expired,
+            Some(Err(_)) => {
+                tracing::debug!("refused a session token that is not genuine");
+                SessionStatus::New
+            }
+            None => SessionStatus::New,
+        };
+        let record = SessionRecord::new(principal.map(str::to_owned), inner.config.session_ttl);
+        inner.sessions.create(&record).await?;
+        tracing::debug!(session = %record.id, ?status, "created a session");
+        let token = self.sign(&record);
+        Ok(ResolvedSession {
+            record,
+            token,
+            status,
+        })
+    }
+
+    fn sign(&self, record: &SessionRecord) -> String {
+        self.inner.keys.sign(&TokenClaims {
+            session: record.id,
+            expires_at: SystemTime::now() + self.inner.config.token_ttl,
+            principal: record.principal.clone(),
+        })
+    }
+}
