@@ -6,9 +6,8 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use resumable_sse_core::{
-    Cursor, Epoch, EventBuffer, NewEvent, SseTransport, StreamName, Transport,
-};
+use resumable_sse_core::cursor::Cursor;
+use resumable_sse_core::{Epoch, EventBuffer, NewEvent, SseTransport, StreamName, Transport};
 use resumable_sse_store_memory::MemoryStore;
 
 fn encoding(c: &mut Criterion) {

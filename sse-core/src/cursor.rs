@@ -26,7 +26,8 @@
 //! a reset, never a failure.
 //!
 //! ```
-//! use resumable_sse_core::{Cursor, Epoch, StreamName};
+//! use resumable_sse_core::cursor::Cursor;
+//! use resumable_sse_core::{Epoch, StreamName};
 //!
 //! let streams = vec![StreamName::new("news")?];
 //! let epoch = Epoch::from_u64(7);

@@ -1,7 +1,7 @@
 //! Resumable Server-Sent Events: the engine.
 //!
 //! - **Types**: validated [`StreamName`]s, [`Position`]s, [`Epoch`]s, [`Event`]s and the
-//!   [`Cursor`] whose wire form is the SSE `id:`.
+//!   [`Cursor`](cursor::Cursor) whose wire form is the SSE `id:`.
 //! - **Traits** for storage and wire: [`EventBuffer`] (the bounded per-stream log and its
 //!   live feed), [`SessionStore`] and [`Transport`], all usable as `Arc<dyn …>`.
 //! - **The protocol engine**, [`Hub`]: hot windows filled from the live feed, gap repair from
@@ -14,11 +14,26 @@
 //!
 //! | backend | crate |
 //! |---|---|
-//! | in-memory (default) | `sse-store-memory` |
-//! | Redis | `sse-store-redis` |
-//! | PostgreSQL | `sse-store-postgres` |
+//! | in-memory (default) | `resumable-sse-store-memory` |
+//! | Redis | `resumable-sse-store-redis` |
+//! | PostgreSQL | `resumable-sse-store-postgres` |
 //!
-//! Most applications use the axum adapter, `sse-axum`, rather than this crate directly.
+//! Most applications use the axum adapter, `resumable-sse-axum`, rather than this crate
+//! directly, or the `resumable-sse` package, which re-exports every piece behind features.
+//!
+//! ## Where things are
+//!
+//! The crate root holds what applications and store implementations name: the [`Hub`] and
+//! its [`Config`], the three traits and every type in their signatures, sessions and their
+//! [`TokenKeys`], and the errors. Each item has one path. The modules hold the rest:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`codec`] | the SSE encoder and the one parser (tests, benches, clients) |
+//! | [`cursor`] | the cursor's wire format, for tools that inspect ids |
+//! | [`time`] | millisecond timestamps as stores keep them |
+//! | [`task`] | the periodic background task the hub and the stores run |
+//! | `testing` | the backend conformance suite (feature `testing`) |
 //!
 //! ```
 //! use std::sync::Arc;
@@ -68,7 +83,7 @@ mod hub;
 mod session;
 mod signal;
 pub mod task;
-pub mod token;
+mod token;
 mod transport;
 mod types;
 
@@ -78,16 +93,28 @@ pub mod testing;
 pub use buffer::{EventBuffer, FeedItem, LiveFeed, Notification};
 pub use config::{Config, ResetPolicy};
 pub use connection::{ConnectRequest, ConnectedInfo, Connection, ResetReason};
-pub use cursor::Cursor;
 pub use error::{BoxError, Error, Result};
 pub use hub::{Hub, HubBuilder, ResolvedSession, SessionContext, SessionStatus};
 pub use session::{ParseSessionIdError, SessionId, SessionRecord, SessionStore};
-pub use token::{TokenClaims, TokenKeys};
+pub use token::{KeyError, TokenClaims, TokenError, TokenKeys};
 pub use transport::{Frame, SseTransport, Transport};
 pub use types::{
-    Appended, Epoch, Event, MAX_FIELD_LEN, MAX_STREAM_NAME_LEN, NewEvent, ParseEpochError,
-    Position, RESERVED_PREFIX, ReadPage, Retention, StreamName, from_unix_ms, unix_ms,
+    Appended, Epoch, Event, NewEvent, ParseEpochError, Position, ReadPage, Retention, StreamName,
 };
+
+/// Millisecond timestamps, as the stores keep expiry and event times.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use resumable_sse_core::time::{from_unix_ms, unix_ms};
+///
+/// let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+/// assert_eq!(unix_ms(t), 1_700_000_000_123);
+/// assert_eq!(from_unix_ms(unix_ms(t)), t);
+/// ```
+pub mod time {
+    pub use crate::types::{from_unix_ms, unix_ms};
+}
 
 // Re-exported for the conformance macro and custom stores.
 #[doc(hidden)]

@@ -47,9 +47,10 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
+use crate::time::unix_ms;
 use crate::{
     Appended, Epoch, EventBuffer, FeedItem, LiveFeed, NewEvent, Position, ReadPage, Retention,
-    SessionId, SessionRecord, SessionStore, StreamName, unix_ms,
+    SessionId, SessionRecord, SessionStore, StreamName,
 };
 
 /// How long a lazy backend may take to apply retention or expiry, and how long a live feed
@@ -702,7 +703,7 @@ pub async fn buffer_streams_are_independent<B: EventBuffer>(store: B) {
     let mut long = format!("{}-", unique_stream("long").as_str());
     long.extend(std::iter::repeat_n(
         'x',
-        crate::MAX_STREAM_NAME_LEN - long.len(),
+        crate::StreamName::MAX_LEN - long.len(),
     ));
     let long = StreamName::new(long).expect("a valid 128-byte name");
     for (stream, data) in [

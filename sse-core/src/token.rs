@@ -46,8 +46,6 @@ use crate::types::{from_unix_ms, unix_ms};
 type HmacSha256 = Hmac<Sha256>;
 
 const VERSION: u8 = 1;
-/// Shortest accepted key.
-pub const MIN_KEY_LEN: usize = 32;
 const MAX_PRINCIPAL_LEN: usize = 512;
 const MAX_TOKEN_LEN: usize = 1024;
 
@@ -86,6 +84,18 @@ pub struct TokenKeys {
     keys: Vec<HmacSha256>,
 }
 
+impl TokenKeys {
+    /// Shortest accepted key, in bytes.
+    ///
+    /// ```
+    /// use resumable_sse_core::TokenKeys;
+    ///
+    /// assert!(TokenKeys::new([[7u8; TokenKeys::MIN_KEY_LEN - 1]]).is_err());
+    /// assert!(TokenKeys::new([[7u8; TokenKeys::MIN_KEY_LEN]]).is_ok());
+    /// ```
+    pub const MIN_KEY_LEN: usize = 32;
+}
+
 impl fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print key material.
@@ -109,7 +119,7 @@ impl TokenKeys {
         let mut macs = Vec::new();
         for key in keys {
             let key = key.as_ref();
-            if key.len() < MIN_KEY_LEN {
+            if key.len() < Self::MIN_KEY_LEN {
                 return Err(KeyError("every key must be at least 32 bytes"));
             }
             macs.push(HmacSha256::new_from_slice(key).map_err(|_| KeyError("unusable key"))?);

@@ -12,16 +12,6 @@ use crate::{Error, Result};
 /// first event".
 pub type Position = u64;
 
-/// Longest accepted stream name, in bytes.
-pub const MAX_STREAM_NAME_LEN: usize = 128;
-
-/// Longest accepted event name or publisher id, in bytes.
-pub const MAX_FIELD_LEN: usize = 256;
-
-/// Names starting with this byte are reserved for streams the library manages itself
-/// (a session's private stream is `@session:<id>`).
-pub const RESERVED_PREFIX: char = '@';
-
 /// A validated stream name: 1–128 bytes of `[A-Za-z0-9_.:/@-]`.
 ///
 /// Cloning is cheap (a reference count).
@@ -39,6 +29,20 @@ pub const RESERVED_PREFIX: char = '@';
 pub struct StreamName(Arc<str>);
 
 impl StreamName {
+    /// Longest accepted stream name, in bytes.
+    ///
+    /// ```
+    /// use resumable_sse_core::StreamName;
+    ///
+    /// assert!(StreamName::new("x".repeat(StreamName::MAX_LEN)).is_ok());
+    /// assert!(StreamName::new("x".repeat(StreamName::MAX_LEN + 1)).is_err());
+    /// ```
+    pub const MAX_LEN: usize = 128;
+
+    /// Names starting with this byte are reserved for streams the library manages itself
+    /// (a session's private stream is `@session:<id>`).
+    pub const RESERVED_PREFIX: char = '@';
+
     /// Validates `name`.
     ///
     /// # Errors
@@ -50,15 +54,17 @@ impl StreamName {
         if name.is_empty() {
             return Err(Error::InvalidStreamName("the name is empty".into()));
         }
-        if name.len() > MAX_STREAM_NAME_LEN {
+        if name.len() > Self::MAX_LEN {
             return Err(Error::InvalidStreamName(format!(
-                "the name is {} bytes long, the limit is {MAX_STREAM_NAME_LEN}",
-                name.len()
+                "the name is {} bytes long, the limit is {}",
+                name.len(),
+                Self::MAX_LEN
             )));
         }
         if let Some(bad) = name.chars().find(|c| !is_name_char(*c)) {
             return Err(Error::InvalidStreamName(format!(
-                "{bad:?} is not allowed; use 1-{MAX_STREAM_NAME_LEN} bytes of [A-Za-z0-9_.:/@-]"
+                "{bad:?} is not allowed; use 1-{} bytes of [A-Za-z0-9_.:/@-]",
+                Self::MAX_LEN
             )));
         }
         Ok(StreamName(Arc::from(name)))
@@ -72,7 +78,7 @@ impl StreamName {
     /// `true` for names starting with `@`, which only the library itself creates
     /// (clients cannot subscribe to them by name).
     pub fn is_reserved(&self) -> bool {
-        self.0.starts_with(RESERVED_PREFIX)
+        self.0.starts_with(Self::RESERVED_PREFIX)
     }
 }
 
@@ -204,6 +210,16 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
+    /// Longest accepted event name or publisher id, in bytes.
+    ///
+    /// ```
+    /// use resumable_sse_core::NewEvent;
+    ///
+    /// let long = "x".repeat(NewEvent::MAX_FIELD_LEN + 1);
+    /// assert!(NewEvent::new("data").with_event(&long).is_err());
+    /// ```
+    pub const MAX_FIELD_LEN: usize = 256;
+
     /// An unnamed event carrying `data` (any UTF-8; line breaks are encoded as several
     /// `data:` lines and restored by the client).
     pub fn new(data: impl Into<String>) -> Self {
@@ -273,7 +289,7 @@ pub(crate) fn validate_field<'a>(field: &'static str, value: &'a str) -> Result<
             reason: "it is empty",
         });
     }
-    if value.len() > MAX_FIELD_LEN {
+    if value.len() > NewEvent::MAX_FIELD_LEN {
         return Err(Error::InvalidField {
             field,
             reason: "it is longer than 256 bytes",

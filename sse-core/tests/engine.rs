@@ -9,8 +9,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::StreamExt;
 use resumable_sse_core::codec::{Item, ParsedEvent, Parser};
+use resumable_sse_core::cursor::Cursor;
 use resumable_sse_core::{
-    Config, ConnectRequest, Connection, Cursor, Error, EventBuffer, Hub, NewEvent, ResetPolicy,
+    Config, ConnectRequest, Connection, Error, EventBuffer, Hub, NewEvent, ResetPolicy,
     SessionStatus, SessionStore, StreamName, TokenClaims, TokenKeys,
 };
 use resumable_sse_store_memory::{MemoryConfig, MemoryStore};

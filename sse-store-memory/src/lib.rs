@@ -34,9 +34,10 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use resumable_sse_core::task::spawn_periodic;
+use resumable_sse_core::time::unix_ms;
 use resumable_sse_core::{
     Appended, Epoch, Event, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, Position,
-    ReadPage, Result, Retention, SessionId, SessionRecord, SessionStore, StreamName, unix_ms,
+    ReadPage, Result, Retention, SessionId, SessionRecord, SessionStore, StreamName,
 };
 use tokio::sync::broadcast;
 

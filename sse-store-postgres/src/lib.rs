@@ -78,9 +78,10 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use resumable_sse_core::task::spawn_periodic;
+use resumable_sse_core::time::{from_unix_ms, unix_ms};
 use resumable_sse_core::{
     Appended, Epoch, Event, EventBuffer, LiveFeed, NewEvent, Position, ReadPage, Result, SessionId,
-    SessionRecord, SessionStore, StreamName, from_unix_ms, unix_ms,
+    SessionRecord, SessionStore, StreamName,
 };
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};

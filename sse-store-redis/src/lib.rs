@@ -87,9 +87,10 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use resumable_sse_core::time::{from_unix_ms, unix_ms};
 use resumable_sse_core::{
     Appended, Epoch, Event, EventBuffer, LiveFeed, NewEvent, Position, ReadPage, Result, SessionId,
-    SessionRecord, SessionStore, StreamName, from_unix_ms, unix_ms,
+    SessionRecord, SessionStore, StreamName,
 };
 
 mod config;
