@@ -117,7 +117,10 @@ mod tests {
             let err = RedisStoreError::from(RedisError::from(io::Error::from(kind)));
             assert!(err.is_unavailable(), "{kind:?}");
             let core = resumable_sse_core::Error::from(err);
-            assert!(matches!(core, resumable_sse_core::Error::Unavailable(_)), "{kind:?}");
+            assert!(
+                matches!(core, resumable_sse_core::Error::Unavailable(_)),
+                "{kind:?}"
+            );
             let source = core.source().expect("the Redis error is kept");
             assert!(source.to_string().contains("I/O") || !source.to_string().is_empty());
         }

@@ -9,19 +9,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use resumable_sse_core::{Error, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, StreamName};
+use resumable_sse_core::{
+    Error, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, StreamName,
+};
+use resumable_sse_store_redis::testing::{HOW_TO_START, PrivateRedis};
 use resumable_sse_store_redis::{RedisConfig, RedisStore, RedisStoreError};
-
-const START_REDIS: &str = "start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 \
-     --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log \
-     (or point REDIS_URL at another server)";
 
 /// How long anything that should happen may take.
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -31,14 +26,17 @@ fn shared_url() -> String {
 }
 
 fn unique_prefix(what: &str) -> String {
-    format!("behaviour:{what}:{}:", resumable_sse_core::SessionId::random())
+    format!(
+        "behaviour:{what}:{}:",
+        resumable_sse_core::SessionId::random()
+    )
 }
 
 async fn shared_store(config: RedisConfig) -> RedisStore {
     let url = shared_url();
     RedisStore::connect(&url, config)
         .await
-        .unwrap_or_else(|err| panic!("these tests need Redis at {url} ({err}); {START_REDIS}"))
+        .unwrap_or_else(|err| panic!("these tests need Redis at {url} ({err}); {HOW_TO_START} (or point REDIS_URL at another server)"))
 }
 
 /// A plain connection for looking at keys directly.
@@ -47,7 +45,9 @@ async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
         .get_multiplexed_async_connection()
         .await
-        .unwrap_or_else(|err| panic!("Redis at {url}: {err}; {START_REDIS}"))
+        .unwrap_or_else(|err| {
+            panic!("Redis at {url}: {err}; {HOW_TO_START} (or point REDIS_URL at another server)")
+        })
 }
 
 async fn query<T: redis::FromRedisValue>(
@@ -92,110 +92,6 @@ async fn eventually(what: &str, mut probe: impl AsyncFnMut() -> bool) {
     while !probe().await {
         assert!(Instant::now() < end, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// A private redis-server.
-// ---------------------------------------------------------------------------------------
-
-/// A `redis-server` of this test alone, on a free port, in a temp directory; killed and
-/// removed when dropped.
-struct PrivateRedis {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-    aof: bool,
-}
-
-impl PrivateRedis {
-    fn start(aof: bool) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!(
-            "sse-store-redis-{}-{port}-{}",
-            std::process::id(),
-            resumable_sse_core::SessionId::random()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = PrivateRedis {
-            child: None,
-            port,
-            dir,
-            aof,
-        };
-        server.restart();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server (again, on the same port and directory) and waits until it answers.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let persistence: &[&str] = if self.aof {
-            &["--appendonly", "yes", "--appendfsync", "always"]
-        } else {
-            &["--appendonly", "no"]
-        };
-        let child = Command::new(&binary)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(persistence)
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!(
-                    "cannot run {binary} ({err}): install Redis (apt-get install redis-server) \
-                     or point REDIS_SERVER at the binary"
-                )
-            });
-        self.child = Some(child);
-        let end = Instant::now() + DEADLINE;
-        while !self.answers() {
-            assert!(
-                Instant::now() < end,
-                "redis-server on port {} did not answer",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `PING` answered with `PONG` (not `LOADING`).
-    fn answers(&self) -> bool {
-        let Ok(mut socket) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = socket.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0u8; 7];
-        socket.write_all(b"PING\r\n").is_ok()
-            && socket.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-
-    /// SIGKILL: a crash, nothing flushed beyond what `appendfsync` already wrote.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

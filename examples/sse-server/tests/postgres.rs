@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
 use resumable_sse_axum::testing::{SseStream, connect};
 use resumable_sse_core::codec::{Item, ParsedEvent};
+use serde_json::{Value, json};
 use support::{Server, TempDir, tail};
 
 /// The signing key both servers share, so a session token from one is genuine on the other.
