@@ -6,7 +6,9 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use resumable_sse_core::{Cursor, Epoch, EventBuffer, NewEvent, SseTransport, StreamName, Transport, cursor};
+use resumable_sse_core::{
+    Cursor, Epoch, EventBuffer, NewEvent, SseTransport, StreamName, Transport, cursor,
+};
 use resumable_sse_store_memory::MemoryStore;
 
 fn encoding(c: &mut Criterion) {

@@ -122,8 +122,12 @@ mod tests {
             let source = mapped.source().expect("the chain is kept");
             assert!(source.downcast_ref::<PostgresStoreError>().is_some());
         }
-        let other = resumable_sse_core::Error::from(PostgresStoreError::from(sqlx::Error::RowNotFound));
-        assert!(matches!(other, resumable_sse_core::Error::Store(_)), "{other:?}");
+        let other =
+            resumable_sse_core::Error::from(PostgresStoreError::from(sqlx::Error::RowNotFound));
+        assert!(
+            matches!(other, resumable_sse_core::Error::Store(_)),
+            "{other:?}"
+        );
         let schema = resumable_sse_core::Error::from(PostgresStoreError::InvalidSchema {
             name: "X".into(),
             reason: "r",

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use resumable_sse_core::{Epoch, Event, FeedItem, LiveFeed, Notification, Position, StreamName};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
 /// After this long without a notification the feed checks that its connection is alive: a
 /// half-open TCP connection (a peer gone without a FIN) would otherwise wait forever.

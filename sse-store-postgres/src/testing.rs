@@ -28,11 +28,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use resumable_sse_core::{
     Appended, EventBuffer, LiveFeed, NewEvent, Position, ReadPage, Result, SessionId,
     SessionRecord, SessionStore, StreamName,
 };
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 use crate::{PostgresConfig, PostgresStore, Schema};
 

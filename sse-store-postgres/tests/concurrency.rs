@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use resumable_sse_core::{EventBuffer, NewEvent, Position, StreamName};
 use resumable_sse_store_postgres::testing::{self, temp_store};
 use resumable_sse_store_postgres::{PostgresConfig, PostgresStore};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 const WRITERS: usize = 8;
 const PER_WRITER: usize = 1000;

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use resumable_sse_core::{EventBuffer, FeedItem, LiveFeed, NewEvent, SessionId, SessionStore, StreamName};
+use resumable_sse_core::{
+    EventBuffer, FeedItem, LiveFeed, NewEvent, SessionId, SessionStore, StreamName,
+};
 use resumable_sse_store_postgres::testing::{self, temp_store};
 use resumable_sse_store_postgres::{PostgresConfig, PostgresStore};
 use tokio::net::{TcpListener, TcpStream};
@@ -148,7 +150,10 @@ async fn an_outage_fails_fast_and_everything_recovers() {
         .append(&stream, NewEvent::new("lost"))
         .await
         .expect_err("PostgreSQL is unreachable");
-    assert!(matches!(err, resumable_sse_core::Error::Unavailable(_)), "{err:?}");
+    assert!(
+        matches!(err, resumable_sse_core::Error::Unavailable(_)),
+        "{err:?}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "the append took {:?} to fail",

@@ -29,7 +29,11 @@ struct Recording {
 
 #[resumable_sse_core::async_trait]
 impl EventBuffer for Recording {
-    async fn append(&self, stream: &StreamName, event: NewEvent) -> resumable_sse_core::Result<Appended> {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        event: NewEvent,
+    ) -> resumable_sse_core::Result<Appended> {
         self.inner.append(stream, event).await
     }
 

@@ -5,12 +5,12 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
-use sqlx::AssertSqlSafe;
 use resumable_sse_core::{
     EventBuffer, FeedItem, LiveFeed, NewEvent, Position, SessionRecord, SessionStore, StreamName,
 };
 use resumable_sse_store_postgres::testing::{self, TempStore, temp_store};
 use resumable_sse_store_postgres::{PostgresConfig, PostgresStore, PostgresStoreError, Schema};
+use sqlx::AssertSqlSafe;
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
