@@ -107,6 +107,43 @@ pub fn unique_stream(prefix: &str) -> StreamName {
         .expect("a valid stream name")
 }
 
+/// The next item of `feed` that concerns `stream`: an append to it, or a resync. Appends to
+/// other streams are skipped.
+///
+/// ```
+/// use resumable_sse_core::{EventBuffer, FeedItem, NewEvent, testing};
+/// use resumable_sse_store_memory::MemoryStore;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let store = MemoryStore::default();
+/// let (news, other) = (testing::unique_stream("news"), testing::unique_stream("other"));
+/// let mut feed = store.live_feed();
+/// store.append(&other, NewEvent::new("elsewhere")).await.unwrap();
+/// store.append(&news, NewEvent::new("hello")).await.unwrap();
+/// let FeedItem::Appended(n) = testing::next_feed_item(&mut feed, &news).await else {
+///     panic!("an append")
+/// };
+/// assert_eq!((n.stream, n.position), (news, 1));
+/// # }
+/// ```
+///
+/// # Panics
+///
+/// When nothing concerning `stream` arrives within [`DEADLINE`] of the previous item, or the
+/// feed ends.
+pub async fn next_feed_item(feed: &mut LiveFeed, stream: &StreamName) -> FeedItem {
+    loop {
+        let item = tokio::time::timeout(DEADLINE, feed.next())
+            .await
+            .expect("a live feed item within the deadline")
+            .expect("the live feed does not end");
+        match &item {
+            FeedItem::Appended(n) if &n.stream != stream => continue,
+            _ => return item,
+        }
+    }
+}
+
 /// Polls `probe` until it yields a value, failing the test after [`DEADLINE`].
 async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + DEADLINE;

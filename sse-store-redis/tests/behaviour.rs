@@ -11,9 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use resumable_sse_core::testing::next_feed_item;
 use resumable_sse_core::{
-    Error, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, StreamName,
+    Appended, Error, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, StreamName,
 };
 use resumable_sse_store_redis::testing::{HOW_TO_START, PrivateRedis};
 use resumable_sse_store_redis::{RedisConfig, RedisStore, RedisStoreError};
@@ -65,22 +65,8 @@ fn stream(name: &str) -> StreamName {
     resumable_sse_core::testing::unique_stream(name)
 }
 
-/// The next notification of `stream` on `feed` (skipping other streams), or a resync.
-async fn next_for(feed: &mut LiveFeed, stream: &StreamName) -> FeedItem {
-    loop {
-        let item = tokio::time::timeout(DEADLINE, feed.next())
-            .await
-            .expect("the live feed answers within the deadline")
-            .expect("the live feed does not end");
-        match &item {
-            FeedItem::Appended(n) if &n.stream != stream => continue,
-            _ => return item,
-        }
-    }
-}
-
 async fn next_notification(feed: &mut LiveFeed, stream: &StreamName) -> Notification {
-    match next_for(feed, stream).await {
+    match next_feed_item(feed, stream).await {
         FeedItem::Appended(n) => n,
         FeedItem::Resync => panic!("expected a notification, got a resync"),
     }
@@ -93,6 +79,25 @@ async fn eventually(what: &str, mut probe: impl AsyncFnMut() -> bool) {
         assert!(Instant::now() < end, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Appends `data` once Redis answers again, failing after [`DEADLINE`].
+async fn append_when_back(store: &RedisStore, stream: &StreamName, data: &str) -> Appended {
+    let mut appended = None;
+    eventually("appends work again", async || {
+        appended = store.append(stream, NewEvent::new(data)).await.ok();
+        appended.is_some()
+    })
+    .await;
+    appended.unwrap()
+}
+
+/// Events whose data are these numbers.
+fn numbered(numbers: impl IntoIterator<Item = u64>) -> Vec<NewEvent> {
+    numbers
+        .into_iter()
+        .map(|i| NewEvent::new(i.to_string()))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -169,7 +174,7 @@ async fn age_trimming_removes_entries() {
     )
     .await;
     let news = stream("news");
-    let events = (0..50).map(|i| NewEvent::new(i.to_string())).collect();
+    let events = numbered(0..50);
     store.append_many(&news, events).await.unwrap();
     let written = Instant::now();
     eventually("the old events are hidden", async || {
@@ -189,21 +194,9 @@ async fn age_trimming_removes_entries() {
 
     // Half expired: the bisection finds the boundary.
     let half = stream("half");
-    store
-        .append_many(
-            &half,
-            (0..40).map(|i| NewEvent::new(i.to_string())).collect(),
-        )
-        .await
-        .unwrap();
+    store.append_many(&half, numbered(0..40)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    store
-        .append_many(
-            &half,
-            (40..80).map(|i| NewEvent::new(i.to_string())).collect(),
-        )
-        .await
-        .unwrap();
+    store.append_many(&half, numbered(40..80)).await.unwrap();
     eventually("the first half is hidden", async || {
         store.read(&half, 0, 0).await.unwrap().oldest == 41
     })
@@ -414,16 +407,10 @@ async fn outage_without_persistence_changes_the_epoch() {
 
     redis.restart();
     assert!(
-        matches!(next_for(&mut feed, &news).await, FeedItem::Resync),
+        matches!(next_feed_item(&mut feed, &news).await, FeedItem::Resync),
         "the feed resyncs once it is subscribed again"
     );
-    let mut after = None;
-    eventually("appends work again", async || {
-        after = store.append(&news, NewEvent::new("after")).await.ok();
-        after.is_some()
-    })
-    .await;
-    let after = after.unwrap();
+    let after = append_when_back(&store, &news, "after").await;
     assert_ne!(after.epoch, before.epoch, "the log was lost: a new epoch");
     assert_eq!(after.position, 1);
     let n = next_notification(&mut feed, &news).await;
@@ -441,26 +428,14 @@ async fn outage_with_aof_keeps_everything() {
         .await
         .unwrap();
     let news = stream("news");
-    let first = store
-        .append_many(
-            &news,
-            (1..=3).map(|i| NewEvent::new(i.to_string())).collect(),
-        )
-        .await
-        .unwrap();
+    let first = store.append_many(&news, numbered(1..=3)).await.unwrap();
     let session = SessionRecord::new(None, Duration::from_secs(60));
     store.create(&session).await.unwrap();
     let mut feed = store.live_feed();
 
     redis.kill();
     redis.restart();
-    let mut after = None;
-    eventually("appends work again", async || {
-        after = store.append(&news, NewEvent::new("4")).await.ok();
-        after.is_some()
-    })
-    .await;
-    let after = after.unwrap();
+    let after = append_when_back(&store, &news, "4").await;
     assert_eq!((after.epoch, after.position), (first[0].epoch, 4));
     let page = store.read(&news, 0, 10).await.unwrap();
     let data: Vec<&str> = page.events.iter().map(|e| &*e.data).collect();
@@ -472,7 +447,7 @@ async fn outage_with_aof_keeps_everything() {
     // The feed resubscribes (a resync: the notification of 4 may have been published
     // before it was subscribed again) and announces appends again.
     loop {
-        match next_for(&mut feed, &news).await {
+        match next_feed_item(&mut feed, &news).await {
             FeedItem::Resync => break,
             FeedItem::Appended(n) => assert_eq!(n.position, 4, "{n:?}"),
         }
@@ -501,7 +476,10 @@ async fn feed_reconnects_after_its_connection_is_killed() {
     let mut conn = raw(&redis.url()).await;
     let killed: i64 = query(&mut conn, &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
     assert_eq!(killed, 1, "the store has one pub/sub connection");
-    assert!(matches!(next_for(&mut feed, &news).await, FeedItem::Resync));
+    assert!(matches!(
+        next_feed_item(&mut feed, &news).await,
+        FeedItem::Resync
+    ));
     store.append(&news, NewEvent::new("after")).await.unwrap();
     assert_eq!(next_notification(&mut feed, &news).await.position, 1);
 }
@@ -531,7 +509,10 @@ async fn feed_pings_detect_a_server_that_stops_answering() {
     }
     let mut conn = raw(&redis.url()).await;
     let _: () = query(&mut conn, &["CLIENT", "PAUSE", "1500", "ALL"]).await;
-    assert!(matches!(next_for(&mut feed, &news).await, FeedItem::Resync));
+    assert!(matches!(
+        next_feed_item(&mut feed, &news).await,
+        FeedItem::Resync
+    ));
     store.append(&news, NewEvent::new("after")).await.unwrap();
     assert_eq!(next_notification(&mut feed, &news).await.position, 11);
 }
