@@ -78,6 +78,15 @@ fn start(url: &str) -> Server {
     start_server("127.0.0.1:0", url, &[])
 }
 
+/// A private Redis (`aof` as in [`PrivateRedis::start`]) and an `sse-server` over it with
+/// 300 ms heartbeats, whose output is printed if the test panics.
+fn over_private_redis(aof: bool) -> (PrivateRedis, Server, Logs) {
+    let redis = PrivateRedis::start(aof);
+    let server = start_server("127.0.0.1:0", &redis.url(), &["--heartbeat", "300ms"]);
+    let logs = Logs(vec![("sse-server", server.log.clone())]);
+    (redis, server, logs)
+}
+
 /// Prints the servers' output if the test panics.
 struct Logs(Vec<(&'static str, support::Log)>);
 
@@ -298,9 +307,7 @@ async fn a_restarted_instance_loses_nothing() {
 /// gap), then the new events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_without_persistence_resets_clients() {
-    let mut redis = PrivateRedis::start(false);
-    let server = start_server("127.0.0.1:0", &redis.url(), &["--heartbeat", "300ms"]);
-    let _logs = Logs(vec![("sse-server", server.log.clone())]);
+    let (mut redis, server, _logs) = over_private_redis(false);
     let news = unique("news");
     let mut client = Client::open(&server, &news, None, None).await;
     publish_ok(&server, &news, "e1").await;
@@ -361,9 +368,7 @@ async fn redis_restarted_without_persistence_resets_clients() {
 /// it missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_with_aof_resumes_without_reset() {
-    let mut redis = PrivateRedis::start(true);
-    let server = start_server("127.0.0.1:0", &redis.url(), &["--heartbeat", "300ms"]);
-    let _logs = Logs(vec![("sse-server", server.log.clone())]);
+    let (mut redis, server, _logs) = over_private_redis(true);
     let news = unique("news");
     let mut live = Client::open(&server, &news, None, None).await;
     let mut away = Client::open(&server, &news, None, None).await;
