@@ -1168,8 +1168,10 @@ async fn batched_publishes_survive_a_dropped_writer_and_a_failed_batch() {
 
     // A refused batch: both publishes queued behind a write get the store's error.
     gated.close();
+    // Counted before the spawn: the lone write may start before this task reads the count.
+    let earlier = gated.writes();
     let lone = spawn_publish("lone");
-    gated.wait_for_writes(gated.writes() + 1).await;
+    gated.wait_for_writes(earlier + 1).await;
     let batch = [spawn_publish("a"), spawn_publish("b")];
     wait_for_queued(&hub, 2).await;
     gated
