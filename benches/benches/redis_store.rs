@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use resumable_sse_core::{EventBuffer, NewEvent, StreamName};
+use resumable_sse_store_redis::testing::HOW_TO_START;
 use resumable_sse_store_redis::{RedisConfig, RedisStore};
 
 fn redis_append(c: &mut Criterion) {
@@ -31,11 +32,7 @@ fn redis_append(c: &mut Criterion) {
             RedisConfig::default().with_key_prefix(prefix),
         ))
         .unwrap_or_else(|err| {
-            panic!(
-                "the Redis benchmarks need Redis at {url} ({err}); start it with: redis-server \
-                 --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no \
-                 --dir /var/lib/redis --logfile /var/log/redis/ci.log"
-            )
+            panic!("the Redis benchmarks need Redis at {url} ({err}); {HOW_TO_START}")
         });
     let stream = StreamName::new("bench").unwrap();
     let data = "x".repeat(256);

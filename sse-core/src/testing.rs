@@ -95,6 +95,43 @@ pub fn unique_stream(prefix: &str) -> StreamName {
         .expect("a valid stream name")
 }
 
+/// The next item of `feed` that concerns `stream`: an append to it, or a resync. Appends to
+/// other streams are skipped.
+///
+/// ```
+/// use resumable_sse_core::{EventBuffer, FeedItem, NewEvent, testing};
+/// use resumable_sse_store_memory::MemoryStore;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let store = MemoryStore::default();
+/// let (news, other) = (testing::unique_stream("news"), testing::unique_stream("other"));
+/// let mut feed = store.live_feed();
+/// store.append(&other, NewEvent::new("elsewhere")).await.unwrap();
+/// store.append(&news, NewEvent::new("hello")).await.unwrap();
+/// let FeedItem::Appended(n) = testing::next_feed_item(&mut feed, &news).await else {
+///     panic!("an append")
+/// };
+/// assert_eq!((n.stream, n.position), (news, 1));
+/// # }
+/// ```
+///
+/// # Panics
+///
+/// When nothing concerning `stream` arrives within [`DEADLINE`] of the previous item, or the
+/// feed ends.
+pub async fn next_feed_item(feed: &mut LiveFeed, stream: &StreamName) -> FeedItem {
+    loop {
+        let item = tokio::time::timeout(DEADLINE, feed.next())
+            .await
+            .expect("a live feed item within the deadline")
+            .expect("the live feed does not end");
+        match &item {
+            FeedItem::Appended(n) if &n.stream != stream => continue,
+            _ => return item,
+        }
+    }
+}
+
 /// Polls `probe` until it yields a value, failing the test after [`DEADLINE`].
 async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + DEADLINE;
@@ -759,6 +796,67 @@ async fn load<S: SessionStore + ?Sized>(store: &S, id: &SessionId) -> Option<Ses
     store.load(id).await.expect("load succeeds")
 }
 
+/// The session `expected.id` loads (else the test fails with `what`) and is `expected`.
+async fn assert_loads_as<S: SessionStore + ?Sized>(
+    store: &S,
+    expected: &SessionRecord,
+    what: &str,
+) {
+    let loaded = load(store, &expected.id).await.expect(what);
+    assert_same_record(&loaded, expected);
+}
+
+/// Neither `touch` nor `record_cursor` finds the session `id` (`what`, for messages): both
+/// answer `false`.
+async fn assert_not_revived<S: SessionStore + ?Sized>(
+    store: &S,
+    id: &SessionId,
+    later: SystemTime,
+    what: &str,
+) {
+    assert!(
+        !store.touch(id, later).await.expect("touch succeeds"),
+        "touch does not revive {what}"
+    );
+    assert!(
+        !store
+            .record_cursor(id, "AQ", later)
+            .await
+            .expect("record_cursor succeeds"),
+        "record_cursor does not revive {what}"
+    );
+}
+
+/// Three live sessions, the first with `first_principal`, and the id of one that does not
+/// exist: what a batch operation is given.
+async fn three_sessions_and_an_unknown<S: SessionStore + ?Sized>(
+    store: &S,
+    first_principal: Option<&str>,
+) -> (Vec<SessionRecord>, SessionId) {
+    let records: Vec<SessionRecord> = (0..3)
+        .map(|i| {
+            let principal = if i == 0 { first_principal } else { None };
+            SessionRecord::new(principal.map(str::to_owned), Duration::from_secs(30))
+        })
+        .collect();
+    for record in &records {
+        store.create(record).await.expect("create succeeds");
+    }
+    (records, SessionId::random())
+}
+
+/// After a batch operation `op` given the first two of `records` and `unknown`: the third
+/// session is as it was and the unknown one was not created.
+async fn assert_batch_left_alone<S: SessionStore + ?Sized>(
+    store: &S,
+    records: &[SessionRecord],
+    unknown: &SessionId,
+    op: &str,
+) {
+    assert_loads_as(store, &records[2], "the third session loads").await;
+    assert_eq!(load(store, unknown).await, None, "{op} creates nothing");
+}
+
 /// A created session loads back as it was stored (with and without a principal).
 pub async fn session_create_load_roundtrip<S: SessionStore>(store: S) {
     for principal in [
@@ -768,10 +866,7 @@ pub async fn session_create_load_roundtrip<S: SessionStore>(store: S) {
     ] {
         let record = SessionRecord::new(principal, Duration::from_secs(60));
         store.create(&record).await.expect("create succeeds");
-        let loaded = load(&store, &record.id)
-            .await
-            .expect("a created session loads");
-        assert_same_record(&loaded, &record);
+        assert_loads_as(&store, &record, "a created session loads").await;
     }
 }
 
@@ -781,13 +876,7 @@ pub async fn session_unknown_is_absent<S: SessionStore>(store: S) {
     let id = SessionId::random();
     let later = SystemTime::now() + Duration::from_secs(60);
     assert_eq!(load(&store, &id).await, None);
-    assert!(!store.touch(&id, later).await.expect("touch succeeds"));
-    assert!(
-        !store
-            .record_cursor(&id, "AQ", later)
-            .await
-            .expect("record_cursor succeeds")
-    );
+    assert_not_revived(&store, &id, later, "an unknown session").await;
     assert_eq!(
         load(&store, &id).await,
         None,
@@ -810,29 +899,17 @@ pub async fn session_touch_extends<S: SessionStore>(store: S) {
             .await
             .expect("touch succeeds")
     );
-    let loaded = load(&store, &record.id)
-        .await
-        .expect("a touched session loads");
-    assert_same_record(
-        &loaded,
-        &SessionRecord {
-            expires_at: later,
-            ..record
-        },
-    );
+    let touched = SessionRecord {
+        expires_at: later,
+        ..record
+    };
+    assert_loads_as(&store, &touched, "a touched session loads").await;
 }
 
 /// `touch_many` moves the expiry of every live session it is given, answers how many were
 /// live, and neither creates the unknown ones nor touches sessions it was not given.
 pub async fn session_touch_many<S: SessionStore>(store: S) {
-    let short = Duration::from_secs(30);
-    let records: Vec<SessionRecord> = (0..3)
-        .map(|i| SessionRecord::new((i == 0).then(|| "carol".into()), short))
-        .collect();
-    for record in &records {
-        store.create(record).await.expect("create succeeds");
-    }
-    let unknown = SessionId::random();
+    let (records, unknown) = three_sessions_and_an_unknown(&store, Some("carol")).await;
     let later = SystemTime::now() + Duration::from_secs(3600);
     let ids = [records[0].id, unknown, records[1].id];
     assert_eq!(
@@ -844,26 +921,13 @@ pub async fn session_touch_many<S: SessionStore>(store: S) {
         "two of the three sessions were live"
     );
     for record in &records[..2] {
-        let loaded = load(&store, &record.id)
-            .await
-            .expect("a touched session loads");
-        assert_same_record(
-            &loaded,
-            &SessionRecord {
-                expires_at: later,
-                ..record.clone()
-            },
-        );
+        let touched = SessionRecord {
+            expires_at: later,
+            ..record.clone()
+        };
+        assert_loads_as(&store, &touched, "a touched session loads").await;
     }
-    let untouched = load(&store, &records[2].id)
-        .await
-        .expect("the third session loads");
-    assert_same_record(&untouched, &records[2]);
-    assert_eq!(
-        load(&store, &unknown).await,
-        None,
-        "touch_many creates nothing"
-    );
+    assert_batch_left_alone(&store, &records, &unknown, "touch_many").await;
     assert_eq!(
         store
             .touch_many(&[], later)
@@ -876,13 +940,7 @@ pub async fn session_touch_many<S: SessionStore>(store: S) {
 /// `record_cursors` stores each live session's cursor (the last one given for a session listed
 /// twice), moves its expiry, answers how many were live, and creates no unknown session.
 pub async fn session_record_cursors<S: SessionStore>(store: S) {
-    let records: Vec<SessionRecord> = (0..3)
-        .map(|_| SessionRecord::new(None, Duration::from_secs(30)))
-        .collect();
-    for record in &records {
-        store.create(record).await.expect("create succeeds");
-    }
-    let unknown = SessionId::random();
+    let (records, unknown) = three_sessions_and_an_unknown(&store, None).await;
     let later = SystemTime::now() + Duration::from_secs(3600);
     let cursors = [
         (records[0].id, "AQAAAAEAAAAAAAAAAQ".to_owned()),
@@ -902,25 +960,14 @@ pub async fn session_record_cursors<S: SessionStore>(store: S) {
         (&records[0], "AQAAAAEAAAAAAAAABA"),
         (&records[1], "AQAAAAEAAAAAAAAAAg"),
     ] {
-        let loaded = load(&store, &record.id).await.expect("the session loads");
-        assert_same_record(
-            &loaded,
-            &SessionRecord {
-                expires_at: later,
-                cursor: Some(cursor.to_owned()),
-                ..record.clone()
-            },
-        );
+        let recorded = SessionRecord {
+            expires_at: later,
+            cursor: Some(cursor.to_owned()),
+            ..record.clone()
+        };
+        assert_loads_as(&store, &recorded, "the session loads").await;
     }
-    let untouched = load(&store, &records[2].id)
-        .await
-        .expect("the third session loads");
-    assert_same_record(&untouched, &records[2]);
-    assert_eq!(
-        load(&store, &unknown).await,
-        None,
-        "record_cursors creates nothing"
-    );
+    assert_batch_left_alone(&store, &records, &unknown, "record_cursors").await;
     assert_eq!(
         store
             .record_cursors(&[], later)
@@ -942,15 +989,12 @@ pub async fn session_record_cursor<S: SessionStore>(store: S) {
             .await
             .expect("record_cursor succeeds")
     );
-    let loaded = load(&store, &record.id).await.expect("the session loads");
-    assert_same_record(
-        &loaded,
-        &SessionRecord {
-            expires_at: later,
-            cursor: Some("AQAAAAACAAAAAAAAAAcq".into()),
-            ..record.clone()
-        },
-    );
+    let recorded = SessionRecord {
+        expires_at: later,
+        cursor: Some("AQAAAAACAAAAAAAAAAcq".into()),
+        ..record.clone()
+    };
+    assert_loads_as(&store, &recorded, "the session loads").await;
 
     let even_later = later + Duration::from_secs(60);
     assert!(
@@ -978,18 +1022,7 @@ pub async fn session_delete<S: SessionStore>(store: S) {
     store.delete(&record.id).await.expect("delete succeeds");
     assert_eq!(load(&store, &record.id).await, None);
     let later = SystemTime::now() + Duration::from_secs(60);
-    assert!(
-        !store
-            .touch(&record.id, later)
-            .await
-            .expect("touch succeeds")
-    );
-    assert!(
-        !store
-            .record_cursor(&record.id, "AQ", later)
-            .await
-            .expect("record_cursor succeeds")
-    );
+    assert_not_revived(&store, &record.id, later, "a deleted session").await;
     store
         .delete(&record.id)
         .await
@@ -1018,20 +1051,7 @@ pub async fn session_expired_is_absent<S: SessionStore>(store: S) {
         "a session past its expiry loads as None, even before a sweeper removes it"
     );
     let later = SystemTime::now() + Duration::from_secs(3600);
-    assert!(
-        !store
-            .touch(&record.id, later)
-            .await
-            .expect("touch succeeds"),
-        "touch does not revive an expired session"
-    );
-    assert!(
-        !store
-            .record_cursor(&record.id, "AQ", later)
-            .await
-            .expect("record_cursor succeeds"),
-        "record_cursor does not revive an expired session"
-    );
+    assert_not_revived(&store, &record.id, later, "an expired session").await;
     assert_eq!(load(&store, &record.id).await, None);
 }
 

@@ -992,32 +992,15 @@ async fn a_cursor_ahead_of_the_hot_window_resumes() {
 
 /// A store whose first live feed ends at once (a pub/sub connection that dropped and a backend
 /// that does not reconnect by itself): the hub subscribes again, resyncs, and delivers.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct FeedEndsOnce {
-    store: MemoryStore,
     ended: std::sync::atomic::AtomicBool,
 }
 
-#[async_trait::async_trait]
-impl resumable_sse_core::EventBuffer for FeedEndsOnce {
-    async fn append(
-        &self,
-        stream: &StreamName,
-        event: resumable_sse_core::NewEvent,
-    ) -> resumable_sse_core::Result<resumable_sse_core::Appended> {
-        self.store.append(stream, event).await
-    }
-    async fn read(
-        &self,
-        stream: &StreamName,
-        after: u64,
-        limit: usize,
-    ) -> resumable_sse_core::Result<resumable_sse_core::ReadPage> {
-        self.store.read(stream, after, limit).await
-    }
-    fn live_feed(&self) -> resumable_sse_core::LiveFeed {
+impl Hooks for FeedEndsOnce {
+    fn live_feed(&self, store: &MemoryStore) -> resumable_sse_core::LiveFeed {
         if self.ended.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            self.store.live_feed()
+            store.live_feed()
         } else {
             futures_util::stream::empty().boxed()
         }
@@ -1027,10 +1010,7 @@ impl resumable_sse_core::EventBuffer for FeedEndsOnce {
 #[tokio::test]
 async fn a_feed_that_ends_is_subscribed_again() {
     let store = MemoryStore::default();
-    let buffer = Arc::new(FeedEndsOnce {
-        store: store.clone(),
-        ended: Default::default(),
-    });
+    let buffer = Arc::new(Hooked::new(&store, FeedEndsOnce::default()));
     let hub = Hub::builder(buffer, Arc::new(store)).build();
     let news = stream("news");
     let mut client = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
@@ -1054,10 +1034,7 @@ async fn live_delivery_does_not_read_the_store_per_connection() {
     const CLIENTS: usize = 40;
     const EVENTS: usize = 30;
     let store = MemoryStore::default();
-    let counted = Arc::new(SlowReads {
-        store: store.clone(),
-        reads: Default::default(),
-    });
+    let counted = Arc::new(Hooked::new(&store, SlowReads::default()));
     let hub = Hub::builder(counted.clone(), Arc::new(store)).build();
     let fresh = stream("fresh");
     let mut clients = Vec::with_capacity(CLIENTS);
@@ -1101,10 +1078,9 @@ async fn live_delivery_does_not_read_the_store_per_connection() {
     );
 }
 
-/// The memory store behind reads that take 5 ms, counted per stream.
-#[derive(Debug)]
+/// Reads that take 5 ms, counted per stream.
+#[derive(Debug, Default)]
 struct SlowReads {
-    store: MemoryStore,
     reads: parking_lot::Mutex<std::collections::HashMap<StreamName, usize>>,
 }
 
@@ -1115,26 +1091,10 @@ impl SlowReads {
 }
 
 #[async_trait::async_trait]
-impl resumable_sse_core::EventBuffer for SlowReads {
-    async fn append(
-        &self,
-        stream: &StreamName,
-        event: resumable_sse_core::NewEvent,
-    ) -> resumable_sse_core::Result<resumable_sse_core::Appended> {
-        self.store.append(stream, event).await
-    }
-    async fn read(
-        &self,
-        stream: &StreamName,
-        after: u64,
-        limit: usize,
-    ) -> resumable_sse_core::Result<resumable_sse_core::ReadPage> {
+impl Hooks for SlowReads {
+    async fn before_read(&self, stream: &StreamName) {
         *self.reads.lock().entry(stream.clone()).or_insert(0) += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
-        self.store.read(stream, after, limit).await
-    }
-    fn live_feed(&self) -> resumable_sse_core::LiveFeed {
-        self.store.live_feed()
     }
 }
 
@@ -1145,7 +1105,7 @@ impl resumable_sse_core::EventBuffer for SlowReads {
 async fn concurrent_publishes_share_store_writes() {
     const PUBLISHES: usize = 64;
     let store = MemoryStore::default();
-    let gated = Arc::new(GatedAppends::new(&store));
+    let gated = Arc::new(Hooked::new(&store, GatedAppends::new()));
     let hub = Hub::builder(gated.clone(), Arc::new(store)).build();
     let news = stream("news");
     let mut reader = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
@@ -1186,7 +1146,7 @@ async fn concurrent_publishes_share_store_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_publishes_survive_a_dropped_writer_and_a_failed_batch() {
     let store = MemoryStore::default();
-    let gated = Arc::new(GatedAppends::new(&store));
+    let gated = Arc::new(Hooked::new(&store, GatedAppends::new()));
     let hub = Hub::builder(gated.clone(), Arc::new(store.clone())).build();
     let news = stream("news");
     let spawn_publish = |data: &'static str| {
@@ -1216,8 +1176,10 @@ async fn batched_publishes_survive_a_dropped_writer_and_a_failed_batch() {
 
     // A refused batch: both publishes queued behind a write get the store's error.
     gated.close();
+    // Counted before the spawn: the lone write may start before this task reads the count.
+    let earlier = gated.writes();
     let lone = spawn_publish("lone");
-    gated.wait_for_writes(gated.writes() + 1).await;
+    gated.wait_for_writes(earlier + 1).await;
     let batch = [spawn_publish("a"), spawn_publish("b")];
     wait_for_queued(&hub, 2).await;
     gated
@@ -1262,20 +1224,17 @@ async fn wait_for_queued(hub: &Hub, n: usize) {
     }
 }
 
-/// The memory store behind writes that wait while a gate is closed, counted; batches can be
-/// made to fail.
+/// Writes that wait while a gate is closed, counted; batches can be made to fail.
 #[derive(Debug)]
 struct GatedAppends {
-    store: MemoryStore,
     gate: tokio::sync::watch::Sender<bool>,
     writes: std::sync::atomic::AtomicUsize,
     fail_batches: std::sync::atomic::AtomicBool,
 }
 
 impl GatedAppends {
-    fn new(store: &MemoryStore) -> Self {
+    fn new() -> Self {
         GatedAppends {
-            store: store.clone(),
             gate: tokio::sync::watch::Sender::new(true),
             writes: Default::default(),
             fail_batches: Default::default(),
@@ -1301,34 +1260,81 @@ impl GatedAppends {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
+}
 
-    async fn pass(&self) {
+#[async_trait::async_trait]
+impl Hooks for GatedAppends {
+    async fn before_write(&self, batch: bool) -> resumable_sse_core::Result<()> {
         self.writes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut gate = self.gate.subscribe();
         let _ = gate.wait_for(|open| *open).await;
+        if batch && self.fail_batches.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::unavailable("the test store refused the batch"));
+        }
+        Ok(())
     }
 }
 
+/// What a test store changes about the memory store; by default, nothing.
 #[async_trait::async_trait]
-impl resumable_sse_core::EventBuffer for GatedAppends {
+trait Hooks: std::fmt::Debug + Send + Sync + 'static {
+    /// Runs before each store write (`batch` for `append_many`); an error refuses the write.
+    async fn before_write(&self, _batch: bool) -> resumable_sse_core::Result<()> {
+        Ok(())
+    }
+
+    /// Runs before each store read.
+    async fn before_read(&self, _stream: &StreamName) {}
+
+    /// A new subscription to the live feed.
+    fn live_feed(&self, store: &MemoryStore) -> resumable_sse_core::LiveFeed {
+        store.live_feed()
+    }
+}
+
+/// The memory store behind a test store's [`Hooks`]; derefs to the hooks so that a test can
+/// ask them what they saw.
+#[derive(Debug)]
+struct Hooked<H> {
+    store: MemoryStore,
+    hooks: H,
+}
+
+impl<H> Hooked<H> {
+    fn new(store: &MemoryStore, hooks: H) -> Self {
+        Hooked {
+            store: store.clone(),
+            hooks,
+        }
+    }
+}
+
+impl<H> std::ops::Deref for Hooked<H> {
+    type Target = H;
+
+    fn deref(&self) -> &H {
+        &self.hooks
+    }
+}
+
+// `ping` keeps the trait's default, which reads through the hooks as the test stores did.
+#[async_trait::async_trait]
+impl<H: Hooks> EventBuffer for Hooked<H> {
     async fn append(
         &self,
         stream: &StreamName,
-        event: resumable_sse_core::NewEvent,
+        event: NewEvent,
     ) -> resumable_sse_core::Result<resumable_sse_core::Appended> {
-        self.pass().await;
+        self.hooks.before_write(false).await?;
         self.store.append(stream, event).await
     }
     async fn append_many(
         &self,
         stream: &StreamName,
-        events: Vec<resumable_sse_core::NewEvent>,
+        events: Vec<NewEvent>,
     ) -> resumable_sse_core::Result<Vec<resumable_sse_core::Appended>> {
-        self.pass().await;
-        if self.fail_batches.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::unavailable("the test store refused the batch"));
-        }
+        self.hooks.before_write(true).await?;
         self.store.append_many(stream, events).await
     }
     async fn read(
@@ -1337,9 +1343,10 @@ impl resumable_sse_core::EventBuffer for GatedAppends {
         after: u64,
         limit: usize,
     ) -> resumable_sse_core::Result<resumable_sse_core::ReadPage> {
+        self.hooks.before_read(stream).await;
         self.store.read(stream, after, limit).await
     }
     fn live_feed(&self) -> resumable_sse_core::LiveFeed {
-        self.store.live_feed()
+        self.hooks.live_feed(&self.store)
     }
 }

@@ -100,7 +100,7 @@ pub use error::PostgresStoreError;
 
 use feed::FeedSource;
 use health::Health;
-use sql::Queries;
+use sql::{Queries, Sql};
 
 /// The URL query parameter that names the schema (see [`PostgresStore::connect`]).
 pub const SCHEMA_PARAM: &str = "sse_schema";
@@ -448,61 +448,72 @@ impl PostgresStore {
 impl Shared {
     async fn sweep(&self) -> Result<SweepStats, PostgresStoreError> {
         let batch = to_i64(self.config.sweep_batch as u64);
-        let full = |n: u64| n >= batch as u64;
-        let mut stats = SweepStats::default();
-        loop {
+        let sessions = in_batches(batch, || async move {
             let n: i64 = sqlx::query_scalar(self.sql.sweep_sessions.get())
                 .bind(ms(SystemTime::now()))
                 .bind(batch)
                 .fetch_one(&self.pool)
                 .await?;
-            let n = u64::try_from(n).unwrap_or(0);
-            stats.sessions += n;
-            if !full(n) {
-                break;
-            }
-        }
-        loop {
-            let n = sqlx::query(self.sql.sweep_count.get())
-                .bind(self.config.max_len())
-                .bind(batch)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            stats.events += n;
-            if !full(n) {
-                break;
-            }
-        }
-        loop {
-            let n = sqlx::query(self.sql.sweep_age.get())
-                .bind(self.config.max_age_ms())
-                .bind(batch)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            stats.events += n;
-            if !full(n) {
-                break;
-            }
-        }
-        if let Some(ttl) = self.config.idle_stream_ttl {
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await?;
+        let by_count = self
+            .delete_in_batches(&self.sql.sweep_count, self.config.max_len(), batch)
+            .await?;
+        let by_age = self
+            .delete_in_batches(&self.sql.sweep_age, self.config.max_age_ms(), batch)
+            .await?;
+        let streams = match self.config.idle_stream_ttl {
             // Never before the newest event has expired: a dropped row takes its log along.
-            let idle_ms = to_i64(ttl.as_millis() as u64).max(self.config.max_age_ms());
-            loop {
-                let n = sqlx::query(self.sql.sweep_streams.get())
-                    .bind(idle_ms)
-                    .bind(batch)
-                    .execute(&self.pool)
+            Some(ttl) => {
+                let idle_ms = to_i64(ttl.as_millis() as u64).max(self.config.max_age_ms());
+                self.delete_in_batches(&self.sql.sweep_streams, idle_ms, batch)
                     .await?
-                    .rows_affected();
-                stats.streams += n;
-                if !full(n) {
-                    break;
-                }
             }
+            None => 0,
+        };
+        Ok(SweepStats {
+            events: by_count + by_age,
+            sessions,
+            streams,
+        })
+    }
+
+    /// Runs the sweep statement `sql`, bound to `(param, batch)`, in batches until one
+    /// deletes less than `batch` rows; answers how many rows went.
+    async fn delete_in_batches(
+        &self,
+        sql: &Sql,
+        param: i64,
+        batch: i64,
+    ) -> Result<u64, PostgresStoreError> {
+        in_batches(batch, || async move {
+            Ok(sqlx::query(sql.get())
+                .bind(param)
+                .bind(batch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+        })
+        .await
+    }
+}
+
+// A plain closure returning a future rather than an async closure: the sweeper task must be
+// `Send`, which an async closure's borrow of `Shared` cannot yet be shown to be.
+/// Repeats `run`, one batch of a delete answering how many rows it deleted, until a batch is
+/// not full; answers the total.
+async fn in_batches<F>(batch: i64, mut run: impl FnMut() -> F) -> Result<u64, PostgresStoreError>
+where
+    F: Future<Output = Result<u64, PostgresStoreError>>,
+{
+    let mut total = 0;
+    loop {
+        let n = run().await?;
+        total += n;
+        if n < batch as u64 {
+            return Ok(total);
         }
-        Ok(stats)
     }
 }
 

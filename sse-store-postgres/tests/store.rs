@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::StreamExt;
+use resumable_sse_core::testing::next_feed_item;
 use resumable_sse_core::{
-    EventBuffer, FeedItem, LiveFeed, NewEvent, Position, SessionRecord, SessionStore, StreamName,
+    EventBuffer, FeedItem, NewEvent, Position, SessionRecord, SessionStore, StreamName,
 };
 use resumable_sse_store_postgres::testing::{self, TempStore, temp_store};
 use resumable_sse_store_postgres::{PostgresConfig, PostgresStore, PostgresStoreError, Schema};
@@ -47,20 +47,6 @@ async fn kill_connections(store: &PostgresStore, application_name: &str) -> i64 
     .fetch_one(store.pool())
     .await
     .expect("pg_terminate_backend")
-}
-
-/// The next feed item that is a resync or an append to `stream`.
-async fn next_item(feed: &mut LiveFeed, stream: &StreamName) -> FeedItem {
-    loop {
-        let item = tokio::time::timeout(DEADLINE, feed.next())
-            .await
-            .expect("a feed item before the deadline")
-            .expect("the feed does not end");
-        match &item {
-            FeedItem::Appended(n) if &n.stream != stream => continue,
-            _ => return item,
-        }
-    }
 }
 
 fn appended(item: &FeedItem) -> Option<Position> {
@@ -323,7 +309,7 @@ async fn notifications_carry_small_events_only() {
     let store = temp_store(PostgresConfig::default()).await;
     let stream = name("inline");
     let mut feed = store.live_feed();
-    assert_eq!(next_item(&mut feed, &stream).await, FeedItem::Resync);
+    assert_eq!(next_feed_item(&mut feed, &stream).await, FeedItem::Resync);
     let quoted = "a \"quoted\"\nline, \u{e9}t\u{e9} \\ {\"json\": [1]}";
     store
         .append_many(
@@ -350,13 +336,13 @@ async fn notifications_carry_small_events_only() {
         .expect("append");
     let page = store.read(&stream, 0, 10).await.expect("read");
     for expected in &page.events[..3] {
-        let FeedItem::Appended(n) = next_item(&mut feed, &stream).await else {
+        let FeedItem::Appended(n) = next_feed_item(&mut feed, &stream).await else {
             panic!("a resync instead of an append");
         };
         assert_eq!(n.position, expected.position);
         assert_eq!(n.event.as_ref(), Some(expected), "carried whole");
     }
-    let FeedItem::Appended(large) = next_item(&mut feed, &stream).await else {
+    let FeedItem::Appended(large) = next_feed_item(&mut feed, &stream).await else {
         panic!("a resync instead of an append");
     };
     assert_eq!((large.position, large.event), (4, None));
@@ -368,7 +354,7 @@ async fn the_feed_resyncs_after_its_connection_is_killed() {
     let stream = name("feed");
     let mut feed = store.live_feed();
     assert_eq!(
-        next_item(&mut feed, &stream).await,
+        next_feed_item(&mut feed, &stream).await,
         FeedItem::Resync,
         "listening"
     );
@@ -376,7 +362,7 @@ async fn the_feed_resyncs_after_its_connection_is_killed() {
         .append(&stream, NewEvent::new("1"))
         .await
         .expect("append");
-    assert_eq!(appended(&next_item(&mut feed, &stream).await), Some(1));
+    assert_eq!(appended(&next_feed_item(&mut feed, &stream).await), Some(1));
 
     let feed_name = format!("sse-feed:{}", store.schema());
     assert_eq!(kill_connections(&store, &feed_name).await, 1);
@@ -386,7 +372,7 @@ async fn the_feed_resyncs_after_its_connection_is_killed() {
         .expect("append");
     // The notification of 2 may be lost; a resync must follow the reconnect.
     loop {
-        match next_item(&mut feed, &stream).await {
+        match next_feed_item(&mut feed, &stream).await {
             FeedItem::Resync => break,
             FeedItem::Appended(n) => assert_eq!(n.position, 2),
         }
@@ -396,7 +382,7 @@ async fn the_feed_resyncs_after_its_connection_is_killed() {
         .await
         .expect("append");
     loop {
-        let item = next_item(&mut feed, &stream).await;
+        let item = next_feed_item(&mut feed, &stream).await;
         if appended(&item) == Some(3) {
             break;
         }

@@ -98,6 +98,8 @@ mod error;
 mod feed;
 mod keys;
 mod scripts;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::RedisConfig;
 pub use error::RedisStoreError;

@@ -9,21 +9,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use resumable_sse_core::testing::next_feed_item;
 use resumable_sse_core::{
-    Error, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, StreamName,
+    Appended, Error, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, StreamName,
 };
+use resumable_sse_store_redis::testing::{HOW_TO_START, PrivateRedis};
 use resumable_sse_store_redis::{RedisConfig, RedisStore, RedisStoreError};
-
-const START_REDIS: &str = "start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 \
-     --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log \
-     (or point REDIS_URL at another server)";
 
 /// How long anything that should happen may take.
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -43,7 +36,7 @@ async fn shared_store(config: RedisConfig) -> RedisStore {
     let url = shared_url();
     RedisStore::connect(&url, config)
         .await
-        .unwrap_or_else(|err| panic!("these tests need Redis at {url} ({err}); {START_REDIS}"))
+        .unwrap_or_else(|err| panic!("these tests need Redis at {url} ({err}); {HOW_TO_START} (or point REDIS_URL at another server)"))
 }
 
 /// A plain connection for looking at keys directly.
@@ -52,7 +45,9 @@ async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
         .get_multiplexed_async_connection()
         .await
-        .unwrap_or_else(|err| panic!("Redis at {url}: {err}; {START_REDIS}"))
+        .unwrap_or_else(|err| {
+            panic!("Redis at {url}: {err}; {HOW_TO_START} (or point REDIS_URL at another server)")
+        })
 }
 
 async fn query<T: redis::FromRedisValue>(
@@ -70,22 +65,8 @@ fn stream(name: &str) -> StreamName {
     resumable_sse_core::testing::unique_stream(name)
 }
 
-/// The next notification of `stream` on `feed` (skipping other streams), or a resync.
-async fn next_for(feed: &mut LiveFeed, stream: &StreamName) -> FeedItem {
-    loop {
-        let item = tokio::time::timeout(DEADLINE, feed.next())
-            .await
-            .expect("the live feed answers within the deadline")
-            .expect("the live feed does not end");
-        match &item {
-            FeedItem::Appended(n) if &n.stream != stream => continue,
-            _ => return item,
-        }
-    }
-}
-
 async fn next_notification(feed: &mut LiveFeed, stream: &StreamName) -> Notification {
-    match next_for(feed, stream).await {
+    match next_feed_item(feed, stream).await {
         FeedItem::Appended(n) => n,
         FeedItem::Resync => panic!("expected a notification, got a resync"),
     }
@@ -100,108 +81,23 @@ async fn eventually(what: &str, mut probe: impl AsyncFnMut() -> bool) {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// A private redis-server.
-// ---------------------------------------------------------------------------------------
-
-/// A `redis-server` of this test alone, on a free port, in a temp directory; killed and
-/// removed when dropped.
-struct PrivateRedis {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-    aof: bool,
+/// Appends `data` once Redis answers again, failing after [`DEADLINE`].
+async fn append_when_back(store: &RedisStore, stream: &StreamName, data: &str) -> Appended {
+    let mut appended = None;
+    eventually("appends work again", async || {
+        appended = store.append(stream, NewEvent::new(data)).await.ok();
+        appended.is_some()
+    })
+    .await;
+    appended.unwrap()
 }
 
-impl PrivateRedis {
-    fn start(aof: bool) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!(
-            "sse-store-redis-{}-{port}-{}",
-            std::process::id(),
-            resumable_sse_core::SessionId::random()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = PrivateRedis {
-            child: None,
-            port,
-            dir,
-            aof,
-        };
-        server.restart();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server (again, on the same port and directory) and waits until it answers.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let persistence: &[&str] = if self.aof {
-            &["--appendonly", "yes", "--appendfsync", "always"]
-        } else {
-            &["--appendonly", "no"]
-        };
-        let child = Command::new(&binary)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(persistence)
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!(
-                    "cannot run {binary} ({err}): install Redis (apt-get install redis-server) \
-                     or point REDIS_SERVER at the binary"
-                )
-            });
-        self.child = Some(child);
-        let end = Instant::now() + DEADLINE;
-        while !self.answers() {
-            assert!(
-                Instant::now() < end,
-                "redis-server on port {} did not answer",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `PING` answered with `PONG` (not `LOADING`).
-    fn answers(&self) -> bool {
-        let Ok(mut socket) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = socket.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0u8; 7];
-        socket.write_all(b"PING\r\n").is_ok()
-            && socket.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-
-    /// SIGKILL: a crash, nothing flushed beyond what `appendfsync` already wrote.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Events whose data are these numbers.
+fn numbered(numbers: impl IntoIterator<Item = u64>) -> Vec<NewEvent> {
+    numbers
+        .into_iter()
+        .map(|i| NewEvent::new(i.to_string()))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -284,7 +180,7 @@ async fn age_trimming_removes_entries() {
     )
     .await;
     let news = stream("news");
-    let events = (0..50).map(|i| NewEvent::new(i.to_string())).collect();
+    let events = numbered(0..50);
     store.append_many(&news, events).await.unwrap();
     let written = Instant::now();
     eventually("the old events are hidden", async || {
@@ -304,21 +200,9 @@ async fn age_trimming_removes_entries() {
 
     // Half expired: the bisection finds the boundary.
     let half = stream("half");
-    store
-        .append_many(
-            &half,
-            (0..40).map(|i| NewEvent::new(i.to_string())).collect(),
-        )
-        .await
-        .unwrap();
+    store.append_many(&half, numbered(0..40)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    store
-        .append_many(
-            &half,
-            (40..80).map(|i| NewEvent::new(i.to_string())).collect(),
-        )
-        .await
-        .unwrap();
+    store.append_many(&half, numbered(40..80)).await.unwrap();
     eventually("the first half is hidden", async || {
         store.read(&half, 0, 0).await.unwrap().oldest == 41
     })
@@ -532,16 +416,10 @@ async fn outage_without_persistence_changes_the_epoch() {
 
     redis.restart();
     assert!(
-        matches!(next_for(&mut feed, &news).await, FeedItem::Resync),
+        matches!(next_feed_item(&mut feed, &news).await, FeedItem::Resync),
         "the feed resyncs once it is subscribed again"
     );
-    let mut after = None;
-    eventually("appends work again", async || {
-        after = store.append(&news, NewEvent::new("after")).await.ok();
-        after.is_some()
-    })
-    .await;
-    let after = after.unwrap();
+    let after = append_when_back(&store, &news, "after").await;
     assert_ne!(after.epoch, before.epoch, "the log was lost: a new epoch");
     assert_eq!(after.position, 1);
     let n = next_notification(&mut feed, &news).await;
@@ -559,26 +437,14 @@ async fn outage_with_aof_keeps_everything() {
         .await
         .unwrap();
     let news = stream("news");
-    let first = store
-        .append_many(
-            &news,
-            (1..=3).map(|i| NewEvent::new(i.to_string())).collect(),
-        )
-        .await
-        .unwrap();
+    let first = store.append_many(&news, numbered(1..=3)).await.unwrap();
     let session = SessionRecord::new(None, Duration::from_secs(60));
     store.create(&session).await.unwrap();
     let mut feed = store.live_feed();
 
     redis.kill();
     redis.restart();
-    let mut after = None;
-    eventually("appends work again", async || {
-        after = store.append(&news, NewEvent::new("4")).await.ok();
-        after.is_some()
-    })
-    .await;
-    let after = after.unwrap();
+    let after = append_when_back(&store, &news, "4").await;
     assert_eq!((after.epoch, after.position), (first[0].epoch, 4));
     let page = store.read(&news, 0, 10).await.unwrap();
     let data: Vec<&str> = page.events.iter().map(|e| &*e.data).collect();
@@ -590,7 +456,7 @@ async fn outage_with_aof_keeps_everything() {
     // The feed resubscribes (a resync: the notification of 4 may have been published
     // before it was subscribed again) and announces appends again.
     loop {
-        match next_for(&mut feed, &news).await {
+        match next_feed_item(&mut feed, &news).await {
             FeedItem::Resync => break,
             FeedItem::Appended(n) => assert_eq!(n.position, 4, "{n:?}"),
         }
@@ -619,7 +485,10 @@ async fn feed_reconnects_after_its_connection_is_killed() {
     let mut conn = raw(&redis.url()).await;
     let killed: i64 = query(&mut conn, &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
     assert_eq!(killed, 1, "the store has one pub/sub connection");
-    assert!(matches!(next_for(&mut feed, &news).await, FeedItem::Resync));
+    assert!(matches!(
+        next_feed_item(&mut feed, &news).await,
+        FeedItem::Resync
+    ));
     store.append(&news, NewEvent::new("after")).await.unwrap();
     assert_eq!(next_notification(&mut feed, &news).await.position, 1);
 }
@@ -649,7 +518,10 @@ async fn feed_pings_detect_a_server_that_stops_answering() {
     }
     let mut conn = raw(&redis.url()).await;
     let _: () = query(&mut conn, &["CLIENT", "PAUSE", "1500", "ALL"]).await;
-    assert!(matches!(next_for(&mut feed, &news).await, FeedItem::Resync));
+    assert!(matches!(
+        next_feed_item(&mut feed, &news).await,
+        FeedItem::Resync
+    ));
     store.append(&news, NewEvent::new("after")).await.unwrap();
     assert_eq!(next_notification(&mut feed, &news).await.position, 11);
 }

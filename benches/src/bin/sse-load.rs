@@ -485,6 +485,29 @@ struct IdleReport {
     bytes_per_connection: f64,
 }
 
+/// Spawns `task()` `n` times, at most 500 at once (the next 500 start once those finished),
+/// and answers their results in order, or the first error.
+async fn spawn_in_waves<T, F>(n: usize, mut task: impl FnMut() -> F) -> std::io::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Future<Output = std::io::Result<T>> + Send + 'static,
+{
+    let mut done = Vec::with_capacity(n);
+    let mut pending = Vec::new();
+    for _ in 0..n {
+        pending.push(tokio::spawn(task()));
+        if pending.len() >= 500 {
+            for p in pending.drain(..) {
+                done.push(p.await.map_err(std::io::Error::other)??);
+            }
+        }
+    }
+    for p in pending {
+        done.push(p.await.map_err(std::io::Error::other)??);
+    }
+    Ok(done)
+}
+
 async fn idle(args: IdleArgs) -> std::io::Result<IdleReport> {
     raise_nofile();
     let pid = args
@@ -494,28 +517,19 @@ async fn idle(args: IdleArgs) -> std::io::Result<IdleReport> {
     let stream = args.target.stream();
     let url = args.target.events(&stream);
     let before = proc::rss_bytes(pid).unwrap_or(0);
-    let mut conns = Vec::with_capacity(args.connections);
-    let mut pending = Vec::new();
-    for _ in 0..args.connections {
+    let first = args.first_frame;
+    let conns = spawn_in_waves(args.connections, || {
         let url = url.clone();
-        let first = args.first_frame;
-        pending.push(tokio::spawn(async move {
+        async move {
             let mut c = connect_retry(&url, None, None).await?;
             if first {
                 until_event(&mut c, |_| true).await?;
             }
             c.shrink();
-            Ok::<_, std::io::Error>(c)
-        }));
-        if pending.len() >= 500 {
-            for p in pending.drain(..) {
-                conns.push(p.await.map_err(std::io::Error::other)??);
-            }
+            Ok(c)
         }
-    }
-    for p in pending {
-        conns.push(p.await.map_err(std::io::Error::other)??);
-    }
+    })
+    .await?;
     // Let the server settle (allocator, lazy buffers) before reading.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = proc::rss_bytes(pid).unwrap_or(0);
@@ -558,24 +572,15 @@ async fn storm(args: StormArgs) -> std::io::Result<StormReport> {
     let mut poster = args.target.poster();
     // Everyone connects and reads one event, so each has a real Last-Event-ID.
     let mut ids = Vec::with_capacity(args.clients);
-    let mut conns = Vec::with_capacity(args.clients);
-    let mut pending = Vec::new();
-    for _ in 0..args.clients {
+    let conns = spawn_in_waves(args.clients, || {
         let url = url.clone();
-        pending.push(tokio::spawn(async move {
+        async move {
             let mut c = connect_retry(&url, None, None).await?;
             until_event(&mut c, |e| e.event == "connected").await?;
-            Ok::<_, std::io::Error>(c)
-        }));
-        if pending.len() >= 500 {
-            for p in pending.drain(..) {
-                conns.push(p.await.map_err(std::io::Error::other)??);
-            }
+            Ok(c)
         }
-    }
-    for p in pending {
-        conns.push(p.await.map_err(std::io::Error::other)??);
-    }
+    })
+    .await?;
     poster.post(&args.target.body(&stream, "0 0")).await?;
     let mut reading = Vec::new();
     for mut c in conns {

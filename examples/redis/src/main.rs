@@ -67,6 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 mod tests {
     use super::*;
     use resumable_sse_axum::testing::{TestServer, connect};
+    use resumable_sse_store_redis::testing::HOW_TO_START;
     use std::time::Duration;
 
     /// Two instances on one Redis (with a key prefix of this test's own): a client listens on
@@ -80,12 +81,7 @@ mod tests {
             let store = RedisStore::connect("redis://127.0.0.1:6379", config)
                 .await
                 .unwrap_or_else(|err| {
-                    panic!(
-                        "this test needs Redis on 127.0.0.1:6379 ({err}); start it with: \
-                         redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
-                         --save \"\" --appendonly no --dir /var/lib/redis \
-                         --logfile /var/log/redis/ci.log"
-                    )
+                    panic!("this test needs Redis on 127.0.0.1:6379 ({err}); {HOW_TO_START}")
                 });
             TestServer::start(app(store, TokenKeys::new([DEV_SECRET]).unwrap())).await
         };

@@ -17,117 +17,32 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use resumable_sse_axum::testing::{SseStream, connect};
 use resumable_sse_core::codec::{Item, ParsedEvent};
+use resumable_sse_store_redis::testing::{HOW_TO_START, PrivateRedis, answers, command};
 use serde_json::{Value, json};
-use support::{Server, TempDir, tail};
+use support::{Server, tail};
 
 /// The session token key every instance of a test shares.
 const SECRET: &str = "redis-tests-shared-signing-key-0123456789abcdef";
 /// The shared Redis.
 const SHARED_PORT: u16 = 6379;
-const START_REDIS: &str = "start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 \
-     --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
 /// How long one expected thing may take.
 const WAIT: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------------------
-// Redis: a minimal RESP client, the shared server and private servers.
+// Redis: the shared server and what a test reads from a server.
 // ---------------------------------------------------------------------------------------
-
-/// A RESP reply. (Errors and arrays are only ever shown, through `Debug`, in a failure.)
-#[derive(Debug)]
-#[allow(dead_code)]
-enum Reply {
-    Status(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Reply>>),
-}
-
-impl Reply {
-    fn int(&self) -> i64 {
-        match self {
-            Reply::Int(i) => *i,
-            other => panic!("expected an integer, got {other:?}"),
-        }
-    }
-
-    fn text(&self) -> String {
-        match self {
-            Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
-            Reply::Status(s) => s.clone(),
-            other => panic!("expected text, got {other:?}"),
-        }
-    }
-}
-
-/// Sends one command to the Redis on `port` and reads the reply.
-fn command(port: u16, args: &[&str]) -> std::io::Result<Reply> {
-    let mut socket = TcpStream::connect(("127.0.0.1", port))?;
-    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut request = format!("*{}\r\n", args.len());
-    for arg in args {
-        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
-    socket.write_all(request.as_bytes())?;
-    read_reply(&mut BufReader::new(socket))
-}
-
-fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let line = line.trim_end_matches("\r\n");
-    let (kind, rest) = line
-        .split_at_checked(1)
-        .ok_or_else(|| invalid("empty reply"))?;
-    let number = || rest.parse::<i64>().map_err(|_| invalid(line));
-    Ok(match kind {
-        "+" => Reply::Status(rest.to_owned()),
-        "-" => Reply::Error(rest.to_owned()),
-        ":" => Reply::Int(number()?),
-        "$" => match number()? {
-            -1 => Reply::Bulk(None),
-            len => {
-                let mut bytes = vec![0; usize::try_from(len).map_err(|_| invalid(line))? + 2];
-                std::io::Read::read_exact(reader, &mut bytes)?;
-                bytes.truncate(bytes.len() - 2);
-                Reply::Bulk(Some(bytes))
-            }
-        },
-        "*" => match number()? {
-            -1 => Reply::Array(None),
-            len => Reply::Array(Some(
-                (0..len)
-                    .map(|_| read_reply(reader))
-                    .collect::<Result<_, _>>()?,
-            )),
-        },
-        _ => return Err(invalid(line)),
-    })
-}
-
-/// `PING` answered `PONG` (not `LOADING`, not an error).
-fn answers(port: u16) -> bool {
-    matches!(command(port, &["PING"]), Ok(Reply::Status(s)) if s == "PONG")
-}
 
 /// The shared Redis's URL; fails the test when it does not answer.
 fn shared_redis() -> String {
     assert!(
         answers(SHARED_PORT),
-        "these tests need Redis on 127.0.0.1:{SHARED_PORT}; {START_REDIS}"
+        "these tests need Redis on 127.0.0.1:{SHARED_PORT}; {HOW_TO_START}"
     );
     format!("redis://127.0.0.1:{SHARED_PORT}")
 }
@@ -148,97 +63,6 @@ fn log_key(stream: &str) -> String {
     format!("sse:{{{stream}}}:log")
 }
 
-/// A `redis-server` of one test, on a free port, in a temp directory; killed when dropped.
-struct PrivateRedis {
-    child: Option<Child>,
-    port: u16,
-    dir: TempDir,
-    aof: bool,
-}
-
-impl PrivateRedis {
-    /// Starts one; with `aof`, every write is fsynced to an append-only file before it is
-    /// acknowledged, so a crash loses nothing. Without, a restart starts empty.
-    fn start(aof: bool) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = TempDir::new("sse-server-redis").unwrap_or_else(|err| panic!("{err}"));
-        let mut redis = PrivateRedis {
-            child: None,
-            port,
-            dir,
-            aof,
-        };
-        redis.restart();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts it (again: same port, same directory) and waits until it answers.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "redis-server is already running");
-        let binary = std::env::var_os("REDIS_SERVER")
-            .map_or_else(|| PathBuf::from("redis-server"), PathBuf::from);
-        let persistence: &[&str] = if self.aof {
-            &["--appendonly", "yes", "--appendfsync", "always"]
-        } else {
-            &["--appendonly", "no"]
-        };
-        let child = Command::new(&binary)
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(persistence)
-            .arg("--dir")
-            .arg(&self.dir.0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!(
-                    "cannot run {} ({err}): install Redis (apt-get install redis-server) or \
-                     point REDIS_SERVER at the binary",
-                    binary.display()
-                )
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while !answers(self.port) {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not start",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: a crash.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // sse-server instances and clients.
 // ---------------------------------------------------------------------------------------
@@ -252,6 +76,15 @@ fn start_server(listen: &str, url: &str, extra: &[&str]) -> Server {
 
 fn start(url: &str) -> Server {
     start_server("127.0.0.1:0", url, &[])
+}
+
+/// A private Redis (`aof` as in [`PrivateRedis::start`]) and an `sse-server` over it with
+/// 300 ms heartbeats, whose output is printed if the test panics.
+fn over_private_redis(aof: bool) -> (PrivateRedis, Server, Logs) {
+    let redis = PrivateRedis::start(aof);
+    let server = start_server("127.0.0.1:0", &redis.url(), &["--heartbeat", "300ms"]);
+    let logs = Logs(vec![("sse-server", server.log.clone())]);
+    (redis, server, logs)
 }
 
 /// Prints the servers' output if the test panics.
@@ -474,9 +307,7 @@ async fn a_restarted_instance_loses_nothing() {
 /// gap), then the new events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_without_persistence_resets_clients() {
-    let mut redis = PrivateRedis::start(false);
-    let server = start_server("127.0.0.1:0", &redis.url(), &["--heartbeat", "300ms"]);
-    let _logs = Logs(vec![("sse-server", server.log.clone())]);
+    let (mut redis, server, _logs) = over_private_redis(false);
     let news = unique("news");
     let mut client = Client::open(&server, &news, None, None).await;
     publish_ok(&server, &news, "e1").await;
@@ -537,9 +368,7 @@ async fn redis_restarted_without_persistence_resets_clients() {
 /// it missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_with_aof_resumes_without_reset() {
-    let mut redis = PrivateRedis::start(true);
-    let server = start_server("127.0.0.1:0", &redis.url(), &["--heartbeat", "300ms"]);
-    let _logs = Logs(vec![("sse-server", server.log.clone())]);
+    let (mut redis, server, _logs) = over_private_redis(true);
     let news = unique("news");
     let mut live = Client::open(&server, &news, None, None).await;
     let mut away = Client::open(&server, &news, None, None).await;
@@ -595,12 +424,12 @@ async fn retention_bounds_the_log_and_redis_memory() {
     let firehose = unique("firehose");
     // One event first, so the baseline includes the stream's fixed costs.
     publish_ok(&server, &firehose, "first").await;
-    let baseline = used_memory(redis.port);
+    let baseline = used_memory(redis.port());
 
     // A sampler watches memory and the log's length while events are published.
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
-        let (done, port, key) = (done.clone(), redis.port, log_key(&firehose));
+        let (done, port, key) = (done.clone(), redis.port(), log_key(&firehose));
         std::thread::spawn(move || {
             let (mut peak_memory, mut peak_len, mut samples) = (0u64, 0i64, 0u32);
             while !done.load(Ordering::Relaxed) {
@@ -643,8 +472,8 @@ async fn retention_bounds_the_log_and_redis_memory() {
     let elapsed = started.elapsed();
     done.store(true, Ordering::Relaxed);
     let (peak_memory, peak_len, samples) = sampler.join().expect("the sampler");
-    let after = used_memory(redis.port);
-    let len = command(redis.port, &["XLEN", &log_key(&firehose)])
+    let after = used_memory(redis.port());
+    let len = command(redis.port(), &["XLEN", &log_key(&firehose)])
         .expect("XLEN")
         .int();
 
@@ -676,7 +505,7 @@ async fn retention_bounds_the_log_and_redis_memory() {
         peak_memory - baseline
     );
     let page_head = command(
-        redis.port,
+        redis.port(),
         &["HGET", &format!("sse:{{{firehose}}}:meta"), "head"],
     )
     .expect("HGET")

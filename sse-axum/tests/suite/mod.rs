@@ -33,7 +33,7 @@ use rand::{Rng, SeedableRng};
 use resumable_sse_axum::testing::{SseStream, TestServer, connect};
 use resumable_sse_axum::{SseLayer, Stores};
 use resumable_sse_core::codec::{Item, ParsedEvent};
-use resumable_sse_core::{Config, Hub, Retention, SessionId, TokenKeys};
+use resumable_sse_core::{Config, Hub, Retention, SessionId, SessionRecord, TokenKeys};
 use serde_json::{Value, json};
 
 /// Expands to one `#[tokio::test]` per suite test, each over stores from `$setup`, a
@@ -192,6 +192,48 @@ impl Server {
         self.open_with(path, &headers).await
     }
 
+    /// A client of `news` that read one event, `data`, published after it connected, then
+    /// disconnected.
+    async fn departed(&self, data: &str) -> Departed {
+        let mut opened = self.open("/events?stream=news", None, None).await;
+        self.publish_ok("news", data).await;
+        let (_, last_id) = opened.messages(1).await;
+        Departed {
+            session: opened.session,
+            token: opened.token,
+            last_id,
+        }
+    }
+
+    /// Opens `news` again as `client`, with its session token and `Last-Event-ID`.
+    async fn come_back(&self, client: &Departed) -> Opened {
+        self.open(
+            "/events?stream=news",
+            Some(&client.token),
+            Some(&client.last_id),
+        )
+        .await
+    }
+
+    /// The session store's record of `id`.
+    async fn session(&self, id: SessionId) -> Option<SessionRecord> {
+        self.hub
+            .sessions()
+            .load(&id)
+            .await
+            .expect("the store answers")
+    }
+
+    /// Waits until the session store no longer has `id` (`what`, for the failure message).
+    async fn wait_for_session_gone(&self, id: SessionId, what: &str) {
+        wait_for(
+            what,
+            WAIT,
+            || async move { self.session(id).await.is_none() },
+        )
+        .await;
+    }
+
     /// Opens `path` with these request headers and reads the `connected` frame.
     async fn open_with(&self, path: &str, headers: &[(&str, &str)]) -> Opened {
         let mut stream = connect(&self.url(path), headers).await;
@@ -222,6 +264,16 @@ impl Server {
             stream,
         }
     }
+}
+
+/// What a client keeps of a connection it closed.
+struct Departed {
+    /// The session id its `connected` frame named.
+    session: String,
+    /// The session token its response carried.
+    token: String,
+    /// The id of the last event it read.
+    last_id: String,
 }
 
 /// An open SSE response whose `connected` frame has been read.
@@ -717,18 +769,13 @@ pub(crate) async fn clients_join_while_the_live_feed_lags(backend: Backend) {
 /// `retention`, the retained events, then live delivery.
 pub(crate) async fn reset_when_cursor_is_behind_retention(backend: Backend) {
     let server = Server::start(&backend, retention(5), Config::default()).await;
-    let mut first = server.open("/events?stream=news", None, None).await;
-    server.publish_ok("news", "p0").await;
-    let (_, old_id) = first.messages(1).await;
-    drop(first.stream);
+    let first = server.departed("p0").await;
     let published: Vec<String> = (1..=20).map(|i| format!("q{i}")).collect();
     for data in &published {
         server.publish_ok("news", data).await;
     }
 
-    let mut second = server
-        .open("/events?stream=news", Some(&first.token), Some(&old_id))
-        .await;
+    let mut second = server.come_back(&first).await;
     assert_eq!(second.session, first.session);
     assert_eq!(second.info["reset"], true, "{}", second.info);
     assert_eq!(second.info["replay"], 5, "{}", second.info);
@@ -747,16 +794,10 @@ pub(crate) async fn reset_when_cursor_is_behind_retention(backend: Backend) {
 /// old token and cursor get a new session and reason `session_expired`.
 pub(crate) async fn reset_when_epoch_changed(backend: Backend) {
     let a = Server::start(&backend, Retention::default(), Config::default()).await;
-    let mut first = a.open("/events?stream=news", None, None).await;
-    a.publish_ok("news", "a1").await;
-    let (_, id_a) = first.messages(1).await;
-    drop(first.stream);
+    let first = a.departed("a1").await;
     let record = a
-        .hub
-        .sessions()
-        .load(&session_id(&first.session))
+        .session(session_id(&first.session))
         .await
-        .expect("the session store answers")
         .expect("the session is alive");
 
     // Server B: fresh stores (another epoch), the session carried over.
@@ -770,9 +811,7 @@ pub(crate) async fn reset_when_epoch_changed(backend: Backend) {
     for data in ["b1", "b2"] {
         b.publish_ok("news", data).await;
     }
-    let mut second = b
-        .open("/events?stream=news", Some(&first.token), Some(&id_a))
-        .await;
+    let mut second = b.come_back(&first).await;
     assert_eq!(
         second.session, first.session,
         "the carried-over session is resumed"
@@ -788,9 +827,7 @@ pub(crate) async fn reset_when_epoch_changed(backend: Backend) {
 
     // Server C: everything lost, sessions included.
     let c = Server::start(&backend, Retention::default(), Config::default()).await;
-    let mut third = c
-        .open("/events?stream=news", Some(&first.token), Some(&id_a))
-        .await;
+    let mut third = c.come_back(&first).await;
     assert_ne!(
         third.session, first.session,
         "a lost session is never revived"
@@ -947,19 +984,13 @@ pub(crate) async fn session_survives_reconnects(backend: Backend) {
 /// session's last connection recorded.
 pub(crate) async fn session_cursor_resumes_without_last_event_id(backend: Backend) {
     let server = Server::start(&backend, Retention::default(), Config::default()).await;
-    let mut first = server.open("/events?stream=news", None, None).await;
-    server.publish_ok("news", "seen").await;
-    let (_, seen_id) = first.messages(1).await;
-    drop(first.stream);
+    let first = server.departed("seen").await;
     let id = session_id(&first.session);
     // The cursor is recorded when the server notices the disconnect.
-    wait_for("the session's recorded cursor", WAIT, || {
-        let hub = server.hub.clone();
-        let seen_id = seen_id.clone();
-        async move {
-            let record = hub.sessions().load(&id).await.expect("the store answers");
-            record.and_then(|r| r.cursor).as_deref() == Some(seen_id.as_str())
-        }
+    let (server, seen_id) = (&server, first.last_id.as_str());
+    wait_for("the session's recorded cursor", WAIT, || async move {
+        let record = server.session(id).await;
+        record.and_then(|r| r.cursor).as_deref() == Some(seen_id)
     })
     .await;
     server.publish_ok("news", "missed").await;
@@ -981,26 +1012,12 @@ pub(crate) async fn session_cursor_resumes_without_last_event_id(backend: Backen
 pub(crate) async fn session_expires_after_ttl(backend: Backend) {
     let config = Config::default().with_session_ttl(Duration::from_millis(300));
     let server = Server::start(&backend, Retention::default(), config).await;
-    let mut first = server.open("/events?stream=news", None, None).await;
-    server.publish_ok("news", "e1").await;
-    let (_, old_id) = first.messages(1).await;
-    drop(first.stream);
-    let id = session_id(&first.session);
-    wait_for("the session to expire", WAIT, || {
-        let hub = server.hub.clone();
-        async move {
-            hub.sessions()
-                .load(&id)
-                .await
-                .expect("the store answers")
-                .is_none()
-        }
-    })
-    .await;
-
-    let mut back = server
-        .open("/events?stream=news", Some(&first.token), Some(&old_id))
+    let first = server.departed("e1").await;
+    server
+        .wait_for_session_gone(session_id(&first.session), "the session to expire")
         .await;
+
+    let mut back = server.come_back(&first).await;
     assert_ne!(
         back.session, first.session,
         "an expired session is never revived"
@@ -1037,30 +1054,16 @@ pub(crate) async fn session_lives_while_connected(backend: Backend) {
     // Two TTLs of real time is what is under test; the store is checked all along.
     while started.elapsed() < ttl * 2 {
         assert!(
-            server
-                .hub
-                .sessions()
-                .load(&id)
-                .await
-                .expect("the store answers")
-                .is_some(),
+            server.session(id).await.is_some(),
             "the session expired after {:?} while connected",
             started.elapsed()
         );
         tokio::time::sleep(ttl / 8).await;
     }
     drop(first.stream);
-    wait_for("the session to expire once disconnected", WAIT, || {
-        let hub = server.hub.clone();
-        async move {
-            hub.sessions()
-                .load(&id)
-                .await
-                .expect("the store answers")
-                .is_none()
-        }
-    })
-    .await;
+    server
+        .wait_for_session_gone(id, "the session to expire once disconnected")
+        .await;
 }
 
 /// A client that keeps no session token (curl, a generic SSE library) but sends
@@ -1068,14 +1071,13 @@ pub(crate) async fn session_lives_while_connected(backend: Backend) {
 /// lost is reset, with reason `session_changed`.
 pub(crate) async fn tokenless_client_resumes_public_streams(backend: Backend) {
     let server = Server::start(&backend, Retention::default(), Config::default()).await;
-    let mut first = server.open("/events?stream=news", None, None).await;
-    server.publish_ok("news", "p1").await;
-    let (_, id) = first.messages(1).await;
-    drop(first.stream);
+    let first = server.departed("p1").await;
     for data in ["p2", "p3"] {
         server.publish_ok("news", data).await;
     }
-    let mut back = server.open("/events?stream=news", None, Some(&id)).await;
+    let mut back = server
+        .open("/events?stream=news", None, Some(&first.last_id))
+        .await;
     assert_ne!(back.session, first.session, "no token: a new session");
     let reset = back.reset().await;
     assert_eq!(reset["reason"], "session_changed", "{reset}");
