@@ -15,38 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::ApiError;
-use crate::session::Session;
-
-/// Decides the authenticated principal of a request (for example from a header your
-/// authentication middleware set). A session is bound to the principal it was created for.
-pub type PrincipalFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
-
-/// Decides whether a request may read a stream. A session's own private stream is always
-/// readable by it and never by anyone else, whatever this says.
-pub type AuthorizeFn = Arc<dyn Fn(&Parts, &Session, &StreamName) -> bool + Send + Sync>;
-
-pub(crate) struct Shared {
-    pub(crate) hub: Hub,
-    pub(crate) cookie_name: String,
-    pub(crate) header: HeaderName,
-    pub(crate) secure: bool,
-    pub(crate) principal: Option<PrincipalFn>,
-    pub(crate) authorize: Option<AuthorizeFn>,
-    pub(crate) default_stream: StreamName,
-}
-
-impl fmt::Debug for Shared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SseLayer")
-            .field("cookie_name", &self.cookie_name)
-            .field("header", &self.header)
-            .field("secure", &self.secure)
-            .field("principal", &self.principal.is_some())
-            .field("authorize", &self.authorize.is_some())
-            .field("default_stream", &self.default_stream)
-            .finish()
-    }
-}
+use crate::session::{Session, Shared};
 
 impl Shared {
     fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {

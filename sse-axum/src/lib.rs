@@ -47,9 +47,9 @@ pub mod testing;
 
 pub use error::ApiError;
 pub use handler::{PublishState, events, healthz, publish, router};
-pub use layer::{AuthorizeFn, PrincipalFn, SseLayer, SseService, future};
+pub use layer::{SseLayer, SseService, future};
 pub use serve::{Serve, serve};
-pub use session::{MissingSseLayer, Session};
+pub use session::{AuthorizeFn, MissingSseLayer, PrincipalFn, Session};
 #[cfg(feature = "memory")]
 pub use store::memory_hub;
 pub use store::{OpenStoreError, Stores, open_store};
