@@ -437,10 +437,15 @@ async fn outage_with_aof_keeps_everything() {
         .await
         .unwrap();
     let news = stream("news");
+    // Subscribed before the first appends, and their notifications read, so that only the
+    // notification of 4 can still be in flight when the feed resyncs after the restart.
+    let mut feed = store.live_feed();
     let first = store.append_many(&news, numbered(1..=3)).await.unwrap();
+    for position in 1..=3 {
+        assert_eq!(next_notification(&mut feed, &news).await.position, position);
+    }
     let session = SessionRecord::new(None, Duration::from_secs(60));
     store.create(&session).await.unwrap();
-    let mut feed = store.live_feed();
 
     redis.kill();
     redis.restart();
