@@ -10,6 +10,7 @@ use http::StatusCode;
 use http::request::Parts;
 use resumable_sse_core::{ConnectRequest, Connection, Error, Hub, NewEvent, SessionId, StreamName};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::{ApiError, Session, SseLayer};
 
@@ -76,11 +77,12 @@ async fn open_events(session: &Session, parts: &Parts) -> Result<Connection, Res
             .into_response());
         }
     }
+    // A header with bytes that are not text is kept (lossily): it is no cursor, and is
+    // answered like any other id that is not one, with a reset, never as if it were absent.
     let last_event_id = parts
         .headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .or(query_id);
     let request = ConnectRequest::new(streams)
         .last_event_id(last_event_id)
@@ -102,7 +104,38 @@ struct PublishBody {
     session: Option<String>,
     event: Option<String>,
     id: Option<String>,
-    data: Option<serde_json::Value>,
+    /// Kept as written: a number is sent with all of its digits (`12345678901234567890123`,
+    /// not `1.2345678901234568e+22`), and `null` is data like any other value.
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Box<RawValue>>,
+}
+
+/// A field that is present, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+/// A JSON text without the white space outside its strings: the compact form of a value,
+/// with every literal exactly as written.
+fn compact(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// What [`router`]'s publish endpoint is configured with.
@@ -152,8 +185,15 @@ async fn publish_inner(state: &PublishState, request: Request) -> Result<Respons
         )
     })?;
     let data = match body.data {
-        Some(serde_json::Value::String(s)) => s,
-        Some(value) => value.to_string(),
+        Some(raw) if raw.get().starts_with('"') => serde_json::from_str::<String>(raw.get())
+            .map_err(|err| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("invalid JSON body: {err}"),
+                )
+            })?,
+        Some(raw) => compact(raw.get()),
         None => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -240,4 +280,17 @@ pub fn router(layer: SseLayer) -> Router {
         .route("/publish", post(publish))
         .route("/healthz", get(healthz))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compact;
+
+    #[test]
+    fn compact_keeps_literals_and_strings_exactly() {
+        assert_eq!(
+            compact("{ \"a b\" : [ 1 , 12345678901234567890123 , 1e400 ] ,\n \"q\\\" \": null }"),
+            "{\"a b\":[1,12345678901234567890123,1e400],\"q\\\" \":null}"
+        );
+    }
 }

@@ -19,8 +19,10 @@ use crate::session::{Session, Shared};
 
 impl Shared {
     fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
-        if let Some(value) = headers.get(&self.header).and_then(|v| v.to_str().ok()) {
-            return Some(value.trim());
+        // An empty header is no token: it does not hide a valid cookie.
+        let header = headers.get(&self.header).and_then(|v| v.to_str().ok());
+        if let Some(value) = header.map(str::trim).filter(|v| !v.is_empty()) {
+            return Some(value);
         }
         headers
             .get_all(COOKIE)

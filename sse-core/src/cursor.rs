@@ -11,16 +11,20 @@
 //!   [u64 big-endian]        the epoch, when tag = 2
 //!   LEB128 varint           the position
 //! optionally, the session's private stream:
-//!   0x53 ('S')              marker
-//!   u32 big-endian          tag of the session id (see [`session_tag`])
+//!   0x49 ('I')              marker
+//!   16 bytes                the session id
 //!   tag [epoch] varint      as above
 //! ```
 //!
-//! The session part is separate from the fingerprint: a client that comes back without its
-//! session (no token, or an expired one) still resumes its other streams exactly, and only its
-//! private stream is reset.
+//! Cursors written before the session id was carried whole have, instead of `'I'` and the id,
+//! `0x53` ('S') and a 32-bit tag of the id ([`session_tag`]); they are still read.
 //!
-//! One stream takes 23 characters up to position 2^21, 26 up to 2^35. Because the fingerprint covers the stream set, a cursor can
+//! The session part is separate from the fingerprint: a client that comes back without its
+//! session (no token, or an expired one) still resumes its other streams exactly. The session
+//! id is not a secret (its token is): the engine uses it only to ask whether that session was
+//! sent private messages after the cursor, which the client then lost (ADR 0016).
+//!
+//! One stream takes 23 characters up to position 2^21, 26 up to 2^35; a session part adds 24. Because the fingerprint covers the stream set, a cursor can
 //! not be applied to other streams; anything that does not decode exactly (another version,
 //! other streams, truncated, trailing bytes, any garbage) is an error the engine answers with
 //! a reset, never a failure.
@@ -46,7 +50,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::{Epoch, Position, SessionId, StreamName};
 
 const VERSION: u8 = 1;
-const SESSION_MARKER: u8 = b'S';
+const SESSION_MARKER: u8 = b'I';
+const LEGACY_SESSION_MARKER: u8 = b'S';
+/// The version byte, the fingerprint and a session part.
+const FIXED_LEN: usize = 5 + 17;
+/// The longest encoding of one entry: tag, epoch, a 10-byte varint.
+const ENTRY_LEN: usize = 19;
 /// Longer ids are refused before any decoding work (a cursor over 64 streams fits easily).
 const MAX_WIRE_LEN: usize = 2048;
 
@@ -62,13 +71,43 @@ pub enum CursorError {
     OtherStreams,
 }
 
+/// The session whose private stream a cursor's last entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionRef {
+    /// The session id itself.
+    Id(SessionId),
+    /// A 32-bit tag of the id ([`session_tag`]), as cursors written by earlier versions hold.
+    Tag(u32),
+}
+
+impl SessionRef {
+    /// Whether this names `session`.
+    ///
+    /// ```
+    /// use resumable_sse_core::SessionId;
+    /// use resumable_sse_core::cursor::{SessionRef, session_tag};
+    ///
+    /// let id = SessionId::random();
+    /// assert!(SessionRef::Id(id).is(&id));
+    /// assert!(SessionRef::Tag(session_tag(&id)).is(&id));
+    /// assert!(!SessionRef::Id(SessionId::random()).is(&id));
+    /// ```
+    pub fn is(&self, session: &SessionId) -> bool {
+        match self {
+            SessionRef::Id(id) => id == session,
+            SessionRef::Tag(tag) => *tag == session_tag(session),
+        }
+    }
+}
+
 /// The (epoch, position) reached in each stream of a connection, in the order of its sorted
 /// stream list, and optionally in its session's private stream (the last entry). An epoch of
 /// `None` means the stream did not exist yet (its position is 0).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor {
     entries: Vec<(Option<Epoch>, Position)>,
-    session: Option<u32>,
+    session: Option<SessionRef>,
 }
 
 impl Cursor {
@@ -80,17 +119,16 @@ impl Cursor {
         }
     }
 
-    /// A cursor whose last entry is the private stream of the session with this
-    /// [`session_tag`].
-    pub fn with_session(entries: Vec<(Option<Epoch>, Position)>, session_tag: u32) -> Self {
+    /// A cursor whose last entry is the private stream of `session`.
+    pub fn with_session(entries: Vec<(Option<Epoch>, Position)>, session: SessionId) -> Self {
         Cursor {
             entries,
-            session: Some(session_tag),
+            session: Some(SessionRef::Id(session)),
         }
     }
 
-    /// The [`session_tag`] of the session whose private stream is the last entry, if any.
-    pub fn session_tag(&self) -> Option<u32> {
+    /// The session whose private stream is the last entry, if any.
+    pub fn session(&self) -> Option<SessionRef> {
         self.session
     }
 
@@ -115,12 +153,12 @@ impl Cursor {
     /// Encodes with a precomputed [`fingerprint`], appending to `out`: the hot-path form, one
     /// call per delivered event.
     pub(crate) fn encode_into(&self, fingerprint: u32, out: &mut String) {
-        let mut raw = [0u8; 10 + 19 * 8];
+        let mut raw = [0u8; FIXED_LEN + ENTRY_LEN * 8];
         let mut heap = Vec::new();
         let buf: &mut [u8] = if self.entries.len() <= 8 {
             &mut raw
         } else {
-            heap.resize(10 + 19 * self.entries.len(), 0);
+            heap.resize(FIXED_LEN + ENTRY_LEN * self.entries.len(), 0);
             &mut heap
         };
         buf[0] = VERSION;
@@ -129,10 +167,18 @@ impl Cursor {
         let mut previous: Option<Epoch> = None;
         let session_at = self.session.map(|_| self.entries.len().saturating_sub(1));
         for (i, (epoch, position)) in self.entries.iter().enumerate() {
-            if let (Some(tag), true) = (self.session, session_at == Some(i)) {
-                buf[n] = SESSION_MARKER;
-                buf[n + 1..n + 5].copy_from_slice(&tag.to_be_bytes());
-                n += 5;
+            match (self.session, session_at == Some(i)) {
+                (Some(SessionRef::Id(id)), true) => {
+                    buf[n] = SESSION_MARKER;
+                    buf[n + 1..n + 17].copy_from_slice(id.as_bytes());
+                    n += 17;
+                }
+                (Some(SessionRef::Tag(tag)), true) => {
+                    buf[n] = LEGACY_SESSION_MARKER;
+                    buf[n + 1..n + 5].copy_from_slice(&tag.to_be_bytes());
+                    n += 5;
+                }
+                _ => {}
             }
             match epoch {
                 None => {
@@ -168,7 +214,7 @@ impl Cursor {
 
     /// Decodes a wire id for a connection reading `streams` (sorted; the session's private
     /// stream not included). The session part, if any, is returned as found: compare
-    /// [`Cursor::session_tag`] with the current session's.
+    /// [`Cursor::session`] with the current session.
     ///
     /// # Errors
     ///
@@ -195,10 +241,16 @@ impl Cursor {
                 return Err(CursorError::Malformed);
             }
             if rest[0] == SESSION_MARKER {
+                let (id, tail) = rest[1..]
+                    .split_first_chunk::<16>()
+                    .ok_or(CursorError::Malformed)?;
+                session = Some(SessionRef::Id(SessionId::from_bytes(*id)));
+                rest = tail;
+            } else if rest[0] == LEGACY_SESSION_MARKER {
                 let (tag, tail) = rest[1..]
                     .split_first_chunk::<4>()
                     .ok_or(CursorError::Malformed)?;
-                session = Some(u32::from_be_bytes(*tag));
+                session = Some(SessionRef::Tag(u32::from_be_bytes(*tag)));
                 rest = tail;
             }
             let (tag, tail) = rest.split_first().ok_or(CursorError::Malformed)?;
@@ -246,8 +298,8 @@ impl Cursor {
     }
 }
 
-/// A 32-bit tag of a session id, stored in cursors to recognise the session's own private
-/// stream entry. It is not secret and proves nothing: a cursor only ever positions a
+/// A 32-bit tag of a session id, which cursors of earlier versions hold instead of the id
+/// ([`SessionRef::Tag`]). It is not secret and proves nothing: a cursor only ever positions a
 /// connection, the session itself is proven by its signed token.
 pub fn session_tag(session: &SessionId) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
@@ -312,16 +364,35 @@ mod tests {
     #[test]
     fn session_part_roundtrips_and_is_outside_the_fingerprint() {
         let streams = names(1);
-        let tag = session_tag(&SessionId::random());
+        let id = SessionId::random();
         let e = Some(Epoch::from_u64(9));
-        let c = Cursor::with_session(vec![(e, 5), (e, 2)], tag);
+        let c = Cursor::with_session(vec![(e, 5), (e, 2)], id);
         let wire = c.encode(&streams);
         let back = Cursor::decode(&wire, &streams).unwrap();
         assert_eq!(back, c);
-        assert_eq!(back.session_tag(), Some(tag));
+        assert_eq!(back.session(), Some(SessionRef::Id(id)));
         // A session part alone (a connection reading only its private stream).
-        let only = Cursor::with_session(vec![(None, 0)], tag);
+        let only = Cursor::with_session(vec![(None, 0)], id);
         assert_eq!(Cursor::decode(&only.encode(&[]), &[]).unwrap(), only);
+        // Many streams and a session: longer than the stack buffer's eight entries.
+        let many = Cursor::with_session(vec![(e, u64::MAX); 12], id);
+        assert_eq!(
+            Cursor::decode(&many.encode(&names(11)), &names(11)),
+            Ok(many)
+        );
+    }
+
+    #[test]
+    fn cursors_with_a_session_tag_are_still_read() {
+        let streams = names(1);
+        let id = SessionId::random();
+        let legacy = Cursor {
+            entries: vec![(None, 0), (Some(Epoch::from_u64(3)), 4)],
+            session: Some(SessionRef::Tag(session_tag(&id))),
+        };
+        let back = Cursor::decode(&legacy.encode(&streams), &streams).unwrap();
+        assert_eq!(back, legacy);
+        assert!(back.session().is_some_and(|s| s.is(&id)));
     }
 
     proptest! {

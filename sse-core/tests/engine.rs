@@ -456,6 +456,10 @@ async fn reset_when_the_session_expired() {
 
     publish(&hub, &news, "missed 1").await;
     publish(&hub, &news, "missed 2").await;
+    // A private message the client will never get: that is what makes the reset a loss.
+    hub.send_to_session(&first.record.id, NewEvent::new("private"))
+        .await
+        .expect("the session is alive");
     // The store forgets the session, as it does once its TTL has passed.
     store
         .delete(&first.record.id)

@@ -55,6 +55,9 @@ macro_rules! http_suite {
             session_expires_after_ttl,
             session_lives_while_connected,
             tokenless_client_resumes_public_streams,
+            tokenless_client_is_told_of_missed_private_messages,
+            bad_bytes_in_last_event_id_get_a_reset,
+            empty_session_header_does_not_hide_the_cookie,
             forged_and_tampered_tokens_get_a_fresh_session,
             resume_from_the_connected_frame,
             invalid_requests_get_4xx,
@@ -791,7 +794,7 @@ pub(crate) async fn reset_when_cursor_is_behind_retention(backend: Backend) {
 /// A cursor from another epoch: the event log was lost (fresh stores) while the session
 /// survived (its record is carried over, as a session store outliving the log would) →
 /// `reset` with reason `epoch_changed` and the whole new epoch. When everything was lost, the
-/// old token and cursor get a new session and reason `session_expired`.
+/// old token and cursor get a new session, and only the public stream is reset.
 pub(crate) async fn reset_when_epoch_changed(backend: Backend) {
     let a = Server::start(&backend, Retention::default(), Config::default()).await;
     let first = a.departed("a1").await;
@@ -833,13 +836,11 @@ pub(crate) async fn reset_when_epoch_changed(backend: Backend) {
         "a lost session is never revived"
     );
     assert_eq!(third.info["reset"], true, "{}", third.info);
-    // Both are said: the public stream's log is another epoch, the private stream belonged
-    // to a session that is gone.
-    let mut reasons = vec![third.reset().await, third.reset().await];
-    reasons.sort_by_key(|r| r["reason"].to_string());
-    assert_eq!(reasons[0]["reason"], "epoch_changed", "{reasons:?}");
-    assert_eq!(reasons[0]["streams"], json!(["news"]), "{reasons:?}");
-    assert_eq!(reasons[1]["reason"], "session_expired", "{reasons:?}");
+    // The public stream's log is another epoch; the lost session had been sent nothing, so
+    // its private stream lost nothing and is not reset.
+    let reset = third.reset().await;
+    assert_eq!(reset["reason"], "epoch_changed", "{reset}");
+    assert_eq!(reset["streams"], json!(["news"]), "{reset}");
     c.publish_ok("news", "c-live").await;
     assert_eq!(third.message().await.0, "c-live");
 }
@@ -1007,12 +1008,18 @@ pub(crate) async fn session_cursor_resumes_without_last_event_id(backend: Backen
     );
 }
 
-/// After the session TTL, the old token and the old `Last-Event-ID` get a new session and a
-/// `reset` with reason `session_expired`.
+/// After the session TTL, the old token and the old `Last-Event-ID` get a new session, and
+/// since the expired session had been sent a message the client never got, a `reset` with
+/// reason `session_expired`.
 pub(crate) async fn session_expires_after_ttl(backend: Backend) {
     let config = Config::default().with_session_ttl(Duration::from_millis(300));
     let server = Server::start(&backend, Retention::default(), config).await;
     let first = server.departed("e1").await;
+    // A private message it will never receive: its session expires before it comes back.
+    let (status, answer) = server
+        .publish(json!({"session": first.session, "data": "too late"}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
     server
         .wait_for_session_gone(session_id(&first.session), "the session to expire")
         .await;
@@ -1067,8 +1074,8 @@ pub(crate) async fn session_lives_while_connected(backend: Backend) {
 }
 
 /// A client that keeps no session token (curl, a generic SSE library) but sends
-/// `Last-Event-ID` resumes its streams exactly; only the private stream of the session it
-/// lost is reset, with reason `session_changed`.
+/// `Last-Event-ID` resumes its streams exactly, in a new session; its old session was sent
+/// nothing it missed, so nothing was lost and there is no `reset`.
 pub(crate) async fn tokenless_client_resumes_public_streams(backend: Backend) {
     let server = Server::start(&backend, Retention::default(), Config::default()).await;
     let first = server.departed("p1").await;
@@ -1079,17 +1086,90 @@ pub(crate) async fn tokenless_client_resumes_public_streams(backend: Backend) {
         .open("/events?stream=news", None, Some(&first.last_id))
         .await;
     assert_ne!(back.session, first.session, "no token: a new session");
+    assert_eq!(back.info["reset"], false, "{}", back.info);
+    assert_eq!(back.info["resumed"], true, "{}", back.info);
+    let (missed, id) = back.messages(2).await;
+    assert_eq!(missed, ["p2", "p3"], "the public stream resumes exactly");
+    server.publish_ok("news", "live").await;
+    assert_eq!(back.message().await.0, "live");
+
+    // Again without a token, from the new cursor (it names the second session): still exact.
+    drop(back);
+    server.publish_ok("news", "p4").await;
+    let mut again = server.open("/events?stream=news", None, Some(&id)).await;
+    assert_eq!(again.info["reset"], false, "{}", again.info);
+    assert_eq!(again.messages(2).await.0, ["live", "p4"]);
+}
+
+/// A client that comes back without its token after its old session was sent a private
+/// message: that message is lost to it (it cannot prove it owns the old session), so it is
+/// told with a `reset`, reason `session_changed`, naming its new private stream; the public
+/// stream still resumes exactly. With its token it would have received the message.
+pub(crate) async fn tokenless_client_is_told_of_missed_private_messages(backend: Backend) {
+    let server = Server::start(&backend, Retention::default(), Config::default()).await;
+    let first = server.departed("p1").await;
+    let (status, answer) = server
+        .publish(json!({"session": first.session, "data": "for you"}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    server.publish_ok("news", "p2").await;
+
+    let mut back = server
+        .open("/events?stream=news", None, Some(&first.last_id))
+        .await;
+    assert_ne!(back.session, first.session);
+    assert_eq!(back.info["reset"], true, "{}", back.info);
     let reset = back.reset().await;
     assert_eq!(reset["reason"], "session_changed", "{reset}");
     assert_eq!(
         reset["streams"],
         json!([format!("@session:{}", back.session)]),
-        "only the lost session's private stream is reset"
+        "only the private stream is reset"
     );
-    let (missed, _) = back.messages(2).await;
-    assert_eq!(missed, ["p2", "p3"], "the public stream resumes exactly");
-    server.publish_ok("news", "live").await;
-    assert_eq!(back.message().await.0, "live");
+    assert_eq!(back.messages(1).await.0, ["p2"], "news resumes exactly");
+
+    // The owner, with its token, gets the private message and no reset.
+    let mut owner = server.come_back(&first).await;
+    assert_eq!(owner.session, first.session);
+    assert_eq!(owner.info["reset"], false, "{}", owner.info);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(next_event(&mut owner.stream).await.data);
+    }
+    got.sort();
+    assert_eq!(got, ["for you", "p2"]);
+}
+
+/// A `Last-Event-ID` header whose bytes are not text is answered like any id that is not a
+/// cursor: 200, `reset` with reason `invalid_id`, the retained events, then live.
+pub(crate) async fn bad_bytes_in_last_event_id_get_a_reset(backend: Backend) {
+    let server = Server::start(&backend, Retention::default(), Config::default()).await;
+    for data in ["r1", "r2"] {
+        server.publish_ok("news", data).await;
+    }
+    for bad in ["caf\u{e9}", "\u{fffd}\u{80}x"] {
+        let mut back = server
+            .open_with("/events?stream=news", &[("last-event-id", bad)])
+            .await;
+        assert_eq!(back.info["reset"], true, "{bad:?}: {}", back.info);
+        let reset = back.reset().await;
+        assert_eq!(reset["reason"], "invalid_id", "{bad:?}: {reset}");
+        assert_eq!(back.messages(2).await.0, ["r1", "r2"], "{bad:?}");
+    }
+}
+
+/// An empty `x-sse-session` header is no token: the cookie's session is used.
+pub(crate) async fn empty_session_header_does_not_hide_the_cookie(backend: Backend) {
+    let server = Server::start(&backend, Retention::default(), Config::default()).await;
+    let first = server.open("/events?stream=news", None, None).await;
+    let cookie = format!("sse_session={}", first.token);
+    let again = server
+        .open_with(
+            "/events?stream=news",
+            &[("cookie", &cookie), ("x-sse-session", "")],
+        )
+        .await;
+    assert_eq!(again.session, first.session);
 }
 
 /// A forged token (random text) and tampered tokens (one character of a real token changed)
@@ -1401,6 +1481,16 @@ pub(crate) async fn json_data_arrives_as_compact_text(backend: Backend) {
             .await;
         assert_eq!(status, 200, "{answer}");
     }
+    // Numbers keep every digit, and white space outside strings goes.
+    let raw = r#"{"stream": "news", "data": { "n" : 12345678901234567890123, "f": 1.50 }}"#;
+    let answer = reqwest::Client::new()
+        .post(server.url("/publish"))
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(answer.status(), 200);
     for value in &values {
         let expected = match value {
             Value::String(s) => s.clone(),
@@ -1408,6 +1498,10 @@ pub(crate) async fn json_data_arrives_as_compact_text(backend: Backend) {
         };
         assert_eq!(opened.message().await.0, expected);
     }
+    assert_eq!(
+        opened.message().await.0,
+        r#"{"n":12345678901234567890123,"f":1.50}"#
+    );
     assert_eq!(
         values[0].to_string(),
         r#"{"a":1,"b":[true,null,"x y"],"c":{"d":2.5}}"#

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::state::{Opened, State};
 use super::{ConnectRequest, ConnectedInfo, Connection, ResetReason};
-use crate::cursor::{Cursor, fingerprint, session_tag};
+use crate::cursor::{Cursor, SessionRef, fingerprint};
 use crate::hub::{Hub, SessionStatus, Watch};
 use crate::signal::Signal;
 use crate::transport::Frame;
@@ -57,6 +57,20 @@ pub(super) fn check(
     }
 }
 
+/// Whether the session `old` was sent private messages after `entry`, the position its
+/// client's cursor reached in that session's stream. Only the stream's head is read: its
+/// messages are never delivered to a client that cannot prove it owns the session. When the
+/// stream is no longer what the cursor saw (another epoch, or gone while the cursor had read
+/// from it), nothing can be shown to be complete, and that counts as missed.
+async fn missed_private(
+    hub: &Hub,
+    old: &crate::SessionId,
+    (epoch, position): (Option<Epoch>, Position),
+) -> Result<bool> {
+    let page = hub.buffer().read(&old.stream(), 0, 0).await?;
+    Ok(!(compatible(epoch, position, page.epoch) && page.head == position))
+}
+
 /// Opens a connection (see [`Hub::connect`]).
 pub(super) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection> {
     let config = hub.config();
@@ -93,7 +107,7 @@ pub(super) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
     let public = names.len();
     names.extend(own);
     let session = request.session.as_ref();
-    let tag = session.map(|s| session_tag(&s.id));
+    let own_id = session.map(|s| s.id);
 
     // Subscribe first: anything appended from here on wakes this connection, so the replay
     // read below and live delivery cannot miss an event between them.
@@ -109,7 +123,9 @@ pub(super) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
             .as_deref()
             .map(|c| Cursor::decode(c, &names[..public]))
         {
-            Some(Ok(cursor)) if cursor.session_tag() == tag => Start::Resume(cursor),
+            Some(Ok(cursor)) if cursor.session().is_some_and(|r| r.is(&s.id)) => {
+                Start::Resume(cursor)
+            }
             _ => Start::Fresh,
         },
         (None, None) => Start::Fresh,
@@ -146,23 +162,38 @@ pub(super) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
                 check(cursor.entries()[i], &page, config.reset_policy)
             }
             // The session's private stream.
-            Start::Resume(cursor) => match cursor.session_tag() {
-                Some(t) if Some(t) == tag => {
+            Start::Resume(cursor) => match (cursor.session(), session) {
+                (Some(r), Some(s)) if r.is(&s.id) => {
                     check(cursor.entries()[public], &page, config.reset_policy)
                 }
-                // The cursor came from another session: its private messages are not this
-                // client's, and whatever that session missed is lost to it. Say so.
-                Some(_) => {
-                    let reason = if session.is_some_and(|s| s.status == SessionStatus::Expired) {
-                        ResetReason::SessionExpired
-                    } else {
-                        ResetReason::SessionChanged
+                // The cursor came from another session (the client came back without its
+                // token, or with an expired one): that session's private messages are not
+                // this client's. Whatever it was sent after the cursor is lost to the client,
+                // so say so; if it was sent nothing, nothing is lost, and the new session's
+                // stream starts at its head without a reset.
+                (Some(old), Some(s)) => {
+                    let missed = match old {
+                        SessionRef::Id(old) => {
+                            missed_private(&hub, &old, cursor.entries()[public]).await?
+                        }
+                        // An older cursor names its session by a tag only: the stream
+                        // cannot be looked up, so nothing can be shown to be complete.
+                        SessionRef::Tag(_) => true,
                     };
-                    (restart(&page, config.reset_policy), Some(reason))
+                    if missed {
+                        let reason = if s.status == SessionStatus::Expired {
+                            ResetReason::SessionExpired
+                        } else {
+                            ResetReason::SessionChanged
+                        };
+                        (restart(&page, config.reset_policy), Some(reason))
+                    } else {
+                        ((page.epoch, page.head), None)
+                    }
                 }
                 // A cursor made without a session (an embedding without one): nothing was
                 // read from this stream before.
-                None => ((page.epoch, page.head), None),
+                _ => ((page.epoch, page.head), None),
             },
         };
         replay += page.head.saturating_sub(entry.1);
@@ -174,8 +205,8 @@ pub(super) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
         }
         entries.push(entry);
     }
-    let cursor = match tag {
-        Some(tag) => Cursor::with_session(entries, tag),
+    let cursor = match own_id {
+        Some(id) => Cursor::with_session(entries, id),
         None => Cursor::new(entries),
     };
     let info = ConnectedInfo {
