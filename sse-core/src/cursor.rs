@@ -294,7 +294,15 @@ impl Cursor {
         if fp != fingerprint(streams) || public != streams.len() {
             return Err(CursorError::OtherStreams);
         }
-        Ok(Cursor { entries, session })
+        let cursor = Cursor { entries, session };
+        // Only the canonical encoding is a cursor: one value, one id (no repeated epoch where
+        // tag 1 says it, no padded varint), so ids can be compared as text.
+        let mut canonical = String::with_capacity(id.len());
+        cursor.encode_into(fp, &mut canonical);
+        if canonical != id {
+            return Err(CursorError::Malformed);
+        }
+        Ok(cursor)
     }
 }
 
@@ -380,6 +388,32 @@ mod tests {
             Cursor::decode(&many.encode(&names(11)), &names(11)),
             Ok(many)
         );
+    }
+
+    #[test]
+    fn only_the_canonical_encoding_decodes() {
+        let streams = names(2);
+        let e = Epoch::from_u64(5);
+        let c = Cursor::new(vec![(Some(e), 3), (Some(e), 4)]);
+        let wire = c.encode(&streams);
+        let raw = URL_SAFE_NO_PAD.decode(&wire).unwrap();
+        // The second entry's epoch written out (tag 2) instead of "same as before" (tag 1).
+        let mut spelled = raw[..15].to_vec();
+        spelled.push(2);
+        spelled.extend_from_slice(&5u64.to_be_bytes());
+        spelled.push(4);
+        assert_eq!(raw[15], 1, "the canonical form uses tag 1");
+        // A varint padded with a continuation byte: 3 as 0x83 0x00.
+        let mut padded = raw[..14].to_vec();
+        padded.extend_from_slice(&[0x83, 0x00]);
+        padded.extend_from_slice(&raw[15..]);
+        for bad in [spelled, padded] {
+            assert_eq!(
+                Cursor::decode(&URL_SAFE_NO_PAD.encode(&bad), &streams),
+                Err(CursorError::Malformed)
+            );
+        }
+        assert_eq!(Cursor::decode(&wire, &streams), Ok(c));
     }
 
     #[test]
