@@ -58,17 +58,27 @@ pub(super) fn check(
 }
 
 /// Whether the session `old` was sent private messages after `entry`, the position its
-/// client's cursor reached in that session's stream. Only the stream's head is read: its
-/// messages are never delivered to a client that cannot prove it owns the session. When the
-/// stream is no longer what the cursor saw (another epoch, or gone while the cursor had read
-/// from it), nothing can be shown to be complete, and that counts as missed.
+/// client's cursor reached in that session's stream, or whether that cannot be ruled out.
+/// Only the stream's head is read (and, when the stream does not exist, whether the session
+/// does): its messages are never delivered to a client that cannot prove it owns the session.
+///
+/// Nothing was missed when the stream is where the cursor left it, or when the cursor had read
+/// nothing from it, it does not exist, and the session still lives (a live session's stream
+/// exists once anything is sent to it). Anything else (another epoch, the stream gone after
+/// the cursor read from it, the session gone with its stream) cannot be shown complete.
 async fn missed_private(
     hub: &Hub,
     old: &crate::SessionId,
     (epoch, position): (Option<Epoch>, Position),
 ) -> Result<bool> {
     let page = hub.buffer().read(&old.stream(), 0, 0).await?;
-    Ok(!(compatible(epoch, position, page.epoch) && page.head == position))
+    if page.epoch.is_some() || page.head > 0 {
+        return Ok(!(compatible(epoch, position, page.epoch) && page.head == position));
+    }
+    if epoch.is_some() || position > 0 {
+        return Ok(true);
+    }
+    Ok(hub.sessions().load(old).await?.is_none())
 }
 
 /// Opens a connection (see [`Hub::connect`]).
