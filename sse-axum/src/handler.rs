@@ -110,6 +110,16 @@ struct PublishBody {
     data: Option<Box<RawValue>>,
 }
 
+/// Whether the request says its body is `application/json` (parameters such as `charset`
+/// allowed).
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// A field that is present, whatever its value (`null` included).
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
     Box::<RawValue>::deserialize(d).map(Some)
@@ -152,7 +162,8 @@ pub struct PublishState {
 /// Neither `stream` nor `session`: the default stream. Answers
 /// `200 {"stream", "position", "epoch", "id", "duplicate"}` once the store has the event, 400
 /// with a JSON error for bad input (invalid stream name, CR/LF/NUL in `event` or `id`, bad
-/// JSON), 404 for an unknown session, 413 for an oversized body, 503 when the store is down.
+/// JSON), 404 for an unknown session, 413 for an oversized body, 415 for a body not sent as
+/// `Content-Type: application/json`, 503 when the store is down.
 pub async fn publish(State(state): State<PublishState>, request: Request) -> Response {
     match publish_inner(&state, request).await {
         Ok(response) => response,
@@ -162,6 +173,15 @@ pub async fn publish(State(state): State<PublishState>, request: Request) -> Res
 
 async fn publish_inner(state: &PublishState, request: Request) -> Result<Response, ApiError> {
     let hub = &state.hub;
+    if !is_json(request.headers()) {
+        // A cross-site form or `text/plain` post needs no CORS preflight: refusing every
+        // other content type keeps pages on other origins from publishing unasked.
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON, sent with `Content-Type: application/json`",
+        ));
+    }
     // Room for JSON escaping of the largest accepted event.
     let limit = hub
         .config()

@@ -15,7 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::ApiError;
-use crate::session::{Session, Shared};
+use crate::session::{SameSite, Session, Shared};
 
 impl Shared {
     fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
@@ -36,10 +36,16 @@ impl Shared {
 
     fn set_cookie(&self, token: &str) -> Option<HeaderValue> {
         let max_age = self.hub.config().token_ttl.as_secs();
-        let secure = if self.secure { "; Secure" } else { "" };
+        // Browsers drop a `SameSite=None` cookie that is not `Secure`.
+        let secure = if self.secure || self.same_site == SameSite::None {
+            "; Secure"
+        } else {
+            ""
+        };
         HeaderValue::from_str(&format!(
-            "{}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}",
-            self.cookie_name
+            "{}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite={}{secure}",
+            self.cookie_name,
+            self.same_site.as_str(),
         ))
         .ok()
     }
@@ -76,7 +82,7 @@ impl Shared {
 /// ```
 #[derive(Clone, Debug)]
 pub struct SseLayer {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl SseLayer {
@@ -89,6 +95,7 @@ impl SseLayer {
                 cookie_name: "sse_session".into(),
                 header: HeaderName::from_static("x-sse-session"),
                 secure: true,
+                same_site: SameSite::Strict,
                 principal: None,
                 authorize: None,
                 default_stream: StreamName::new("broadcast").expect("valid name"),
@@ -118,6 +125,7 @@ impl SseLayer {
                     cookie_name: s.cookie_name.clone(),
                     header: s.header.clone(),
                     secure: s.secure,
+                    same_site: s.same_site,
                     principal: s.principal.clone(),
                     authorize: s.authorize.clone(),
                     default_stream: s.default_stream.clone(),
@@ -142,6 +150,26 @@ impl SseLayer {
     #[must_use]
     pub fn with_secure_cookie(self, secure: bool) -> Self {
         self.map(|s| s.secure = secure)
+    }
+
+    /// Sets the `SameSite` attribute of the cookie (default [`SameSite::Strict`]).
+    ///
+    /// A page on another *site* than the server (not only another port or subdomain) that
+    /// opens its `EventSource` with `withCredentials` gets the cookie back only with
+    /// [`SameSite::None`], which also makes the cookie `Secure` whatever
+    /// [`with_secure_cookie`](Self::with_secure_cookie) says (browsers require it). Allow
+    /// such pages through CORS as well ([`SseLayer::cors`], feature `cors`).
+    ///
+    /// ```
+    /// use resumable_sse_axum::{SameSite, SseLayer};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let hub = resumable_sse_axum::memory_hub(Default::default());
+    /// let layer = SseLayer::new(hub).with_same_site(SameSite::None);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_same_site(self, same_site: SameSite) -> Self {
+        self.map(|s| s.same_site = same_site)
     }
 
     /// Sets the cookie name (default `sse_session`).

@@ -35,6 +35,8 @@
 //! }
 //! ```
 
+#[cfg(feature = "cors")]
+mod cors;
 mod error;
 mod handler;
 mod layer;
@@ -45,11 +47,13 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "cors")]
+pub use cors::{CorsOrigins, InvalidOrigin};
 pub use error::ApiError;
 pub use handler::{PublishState, events, healthz, publish, router};
 pub use layer::{SseLayer, SseService, future};
 pub use serve::{Serve, serve};
-pub use session::{AuthorizeFn, MissingSseLayer, PrincipalFn, Session};
+pub use session::{AuthorizeFn, InvalidSameSite, MissingSseLayer, PrincipalFn, SameSite, Session};
 #[cfg(feature = "memory")]
 pub use store::memory_hub;
 pub use store::{OpenStoreError, Stores, open_store};

@@ -20,11 +20,68 @@ pub type PrincipalFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 /// readable by it and never by anyone else, whatever this says.
 pub type AuthorizeFn = Arc<dyn Fn(&Parts, &Session, &StreamName) -> bool + Send + Sync>;
 
+/// The `SameSite` attribute of the session cookie: which cross-site requests carry it.
+///
+/// ```
+/// use resumable_sse_axum::SameSite;
+///
+/// assert_eq!("lax".parse::<SameSite>(), Ok(SameSite::Lax));
+/// assert_eq!(SameSite::None.as_str(), "None");
+/// assert!("sometimes".parse::<SameSite>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum SameSite {
+    /// Only requests from the server's own site (the default): a page on another site never
+    /// sends the cookie, so its connections are token-less (they still resume exactly).
+    #[default]
+    Strict,
+    /// Also top-level navigations from other sites; not an `EventSource` on another site.
+    Lax,
+    /// Every request, cross-site ones included (an `EventSource` with `withCredentials` on a
+    /// page of another site). Always sent with `Secure`.
+    None,
+}
+
+impl SameSite {
+    /// The attribute's value as written in `Set-Cookie`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
+}
+
+impl fmt::Display for SameSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SameSite {
+    type Err = InvalidSameSite;
+
+    /// `strict`, `lax` or `none`, in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [SameSite::Strict, SameSite::Lax, SameSite::None]
+            .into_iter()
+            .find(|v| v.as_str().eq_ignore_ascii_case(s))
+            .ok_or(InvalidSameSite)
+    }
+}
+
+/// A `SameSite` value that is not `strict`, `lax` or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("SameSite is `strict`, `lax` or `none`")]
+pub struct InvalidSameSite;
+
 pub(crate) struct Shared {
     pub(crate) hub: Hub,
     pub(crate) cookie_name: String,
     pub(crate) header: HeaderName,
     pub(crate) secure: bool,
+    pub(crate) same_site: SameSite,
     pub(crate) principal: Option<PrincipalFn>,
     pub(crate) authorize: Option<AuthorizeFn>,
     pub(crate) default_stream: StreamName,
@@ -36,6 +93,7 @@ impl fmt::Debug for Shared {
             .field("cookie_name", &self.cookie_name)
             .field("header", &self.header)
             .field("secure", &self.secure)
+            .field("same_site", &self.same_site)
             .field("principal", &self.principal.is_some())
             .field("authorize", &self.authorize.is_some())
             .field("default_stream", &self.default_stream)

@@ -8,8 +8,8 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
-use resumable_sse_axum::SseLayer;
 use resumable_sse_axum::testing::{TestServer, connect};
+use resumable_sse_axum::{CorsOrigins, SameSite, SseLayer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -167,6 +167,170 @@ async fn malformed_and_unusual_heads_get_the_same_status_on_both_paths() {
             status(&through_hyper),
             status(&through_fast),
             "{what}: axum::serve answered {through_hyper:?}, the fast path {through_fast:?}"
+        );
+    }
+}
+
+/// The reference router behind `SseLayer::cors`: one listed origin (with credentials) and any
+/// other origin without.
+fn cors_app() -> Router {
+    let layer = SseLayer::new(resumable_sse_axum::memory_hub(Default::default()))
+        .with_same_site(SameSite::None);
+    let origins = CorsOrigins::new()
+        .allow("http://app.example")
+        .expect("an origin")
+        .any_origin();
+    let cors = layer.cors(origins);
+    resumable_sse_axum::router(layer).layer(cors)
+}
+
+fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// CORS answers alike on both servers: preflights for publishing and for event streams with
+/// the session header, credentials only for the listed origin, the session header exposed, and
+/// no session created by a preflight.
+#[tokio::test]
+async fn cors_answers_alike_on_both_paths() {
+    let http = reqwest::Client::new();
+    for (name, server) in [
+        ("axum::serve", TestServer::start(cors_app()).await),
+        (
+            "resumable_sse_axum::serve",
+            TestServer::start_fast(cors_app()).await,
+        ),
+    ] {
+        // A preflight for a JSON publish from the listed origin.
+        let preflight = http
+            .request(http::Method::OPTIONS, server.url("/publish"))
+            .header("origin", "http://app.example")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert!(preflight.status().is_success(), "{name}: {preflight:?}");
+        let h = preflight.headers();
+        assert_eq!(
+            header(h, "access-control-allow-origin"),
+            Some("http://app.example"),
+            "{name}"
+        );
+        assert_eq!(
+            header(h, "access-control-allow-credentials"),
+            Some("true"),
+            "{name}"
+        );
+        assert!(
+            header(h, "access-control-allow-methods").is_some_and(|m| m.contains("POST")),
+            "{name}: {h:?}"
+        );
+        assert!(
+            header(h, "access-control-allow-headers").is_some_and(|v| v.contains("content-type")),
+            "{name}: {h:?}"
+        );
+        assert!(
+            h.get("set-cookie").is_none(),
+            "{name}: a preflight creates no session"
+        );
+
+        // A preflight for an event stream that sends the session header, from any origin:
+        // allowed, without credentials.
+        let preflight = http
+            .request(http::Method::OPTIONS, server.url("/events"))
+            .header("origin", "http://elsewhere.example")
+            .header("access-control-request-method", "GET")
+            .header(
+                "access-control-request-headers",
+                "x-sse-session,last-event-id",
+            )
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        let h = preflight.headers();
+        assert_eq!(
+            header(h, "access-control-allow-origin"),
+            Some("http://elsewhere.example"),
+            "{name}"
+        );
+        assert_eq!(
+            header(h, "access-control-allow-credentials"),
+            None,
+            "{name}: credentials only for listed origins"
+        );
+        assert!(
+            header(h, "access-control-allow-headers")
+                .is_some_and(|v| v.contains("x-sse-session") && v.contains("last-event-id")),
+            "{name}: {h:?}"
+        );
+
+        // The event stream itself, from the listed origin: CORS headers, the session header
+        // exposed, and a `SameSite=None; Secure` cookie.
+        let mut events = connect(
+            &server.url("/events?stream=news"),
+            &[("origin", "http://app.example")],
+        )
+        .await;
+        assert_eq!(events.status, 200, "{name}");
+        let h = &events.headers;
+        assert_eq!(
+            header(h, "access-control-allow-origin"),
+            Some("http://app.example"),
+            "{name}"
+        );
+        assert_eq!(
+            header(h, "access-control-allow-credentials"),
+            Some("true"),
+            "{name}"
+        );
+        assert!(
+            header(h, "access-control-expose-headers").is_some_and(|v| v.contains("x-sse-session")),
+            "{name}: {h:?}"
+        );
+        let cookie = header(h, "set-cookie").unwrap_or_default();
+        assert!(
+            cookie.contains("SameSite=None") && cookie.contains("; Secure"),
+            "{name}: {cookie}"
+        );
+        let connected = events.next_event(WAIT).await;
+        assert_eq!(
+            connected.map(|e| e.event).as_deref(),
+            Some("connected"),
+            "{name}"
+        );
+
+        // A cross-site form post gets no preflight: it must not publish.
+        let form = http
+            .post(server.url("/publish"))
+            .header("origin", "http://evil.example")
+            .header("content-type", "text/plain")
+            .body(r#"{"stream": "news", "data": "forged"}"#)
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert_eq!(form.status(), 415, "{name}");
+        let body: serde_json::Value = form.json().await.unwrap_or_default();
+        assert_eq!(body["code"], "unsupported_media_type", "{name}: {body}");
+        // The next event on the stream is the next JSON publish, not the refused one.
+        let published = http
+            .post(server.url("/publish"))
+            .header("origin", "http://app.example")
+            .json(&serde_json::json!({"stream": "news", "data": "genuine"}))
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert_eq!(published.status(), 200, "{name}");
+        assert_eq!(
+            header(published.headers(), "access-control-allow-origin"),
+            Some("http://app.example"),
+            "{name}"
+        );
+        let next = events.next_event(WAIT).await.map(|e| e.data);
+        assert_eq!(
+            next.as_deref(),
+            Some("genuine"),
+            "{name}: the refused post published nothing"
         );
     }
 }

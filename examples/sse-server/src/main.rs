@@ -10,6 +10,10 @@
 //!                 or {"session": "<id>", …}
 //! GET  /healthz   200 when the store answers
 //! ```
+//!
+//! Pages on other origins: `--cors-origin https://app.example.com` (repeatable; `*` for any
+//! origin without credentials), and `--cookie-same-site none` when that page is on another
+//! site and should keep its session cookie (docs/protocol.md, "Pages on other origins").
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,7 +22,7 @@ use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
 use clap::Parser;
-use resumable_sse_axum::SseLayer;
+use resumable_sse_axum::{CorsOrigins, SameSite, SseLayer};
 use resumable_sse_core::{Config, Hub, Retention, TokenKeys};
 
 /// Resumable Server-Sent Events: the reference server.
@@ -48,13 +52,32 @@ struct Args {
     /// nor move between instances.
     #[arg(long, env = "SSE_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// An origin (`https://app.example.com`) whose pages may open event streams and publish
+    /// cross-origin, with credentials; repeatable. `*` lets any other page in, without
+    /// credentials.
+    #[arg(long = "cors-origin", env = "SSE_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<CorsOrigins>,
+    /// The session cookie's `SameSite`: `strict`, `lax` or `none` (`none` is needed for a page
+    /// on another site to keep its session with `withCredentials`; it implies `Secure`).
+    #[arg(long, env = "SSE_COOKIE_SAME_SITE", default_value = "strict")]
+    cookie_same_site: SameSite,
+    /// Whether the session cookie is `Secure` (browsers accept it from `http://localhost` and
+    /// `http://127.0.0.1`; only plain HTTP on other hosts needs `false`).
+    #[arg(long, env = "SSE_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
+    cookie_secure: bool,
 }
 
 const DEMO: &str = include_str!("../static/index.html");
 
-/// The whole application: the reference contract plus the demo page.
-fn app(layer: SseLayer) -> Router {
-    resumable_sse_axum::router(layer).route("/", get(|| async { Html(DEMO) }))
+/// The whole application: the reference contract plus the demo page, behind CORS for
+/// `origins` (outermost, so a preflight is answered before anything else runs).
+fn app(layer: SseLayer, origins: CorsOrigins) -> Router {
+    let cors = (!origins.is_empty()).then(|| layer.cors(origins));
+    let router = resumable_sse_axum::router(layer).route("/", get(|| async { Html(DEMO) }));
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 #[tokio::main]
@@ -97,10 +120,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(%addr, store = %store_kind(&args.store), "sse-server started");
 
     let shutdown_hub = hub.clone();
-    let layer = SseLayer::new(hub);
+    let origins: CorsOrigins = args.cors_origins.into_iter().collect();
+    if !origins.is_empty() && args.cookie_same_site != SameSite::None {
+        tracing::info!(
+            same_site = %args.cookie_same_site,
+            "CORS on: pages on other sites connect without their session cookie (they still \
+             resume exactly); --cookie-same-site none keeps it for --cors-origin pages"
+        );
+    }
+    let layer = SseLayer::new(hub)
+        .with_same_site(args.cookie_same_site)
+        .with_secure_cookie(args.cookie_secure);
     // `resumable_sse_axum::serve` writes event streams outside hyper (a fraction of the memory
     // per idle connection); the router answers every request, as with `axum::serve`.
-    resumable_sse_axum::serve(listener, app(layer))
+    resumable_sse_axum::serve(listener, app(layer, origins))
         .streams_on(streams.handle().clone())
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
@@ -149,7 +182,7 @@ mod tests {
     #[tokio::test]
     async fn serves_the_demo_and_the_contract() {
         let layer = SseLayer::new(resumable_sse_axum::memory_hub(Config::default()));
-        let server = TestServer::start_fast(app(layer)).await;
+        let server = TestServer::start_fast(app(layer, CorsOrigins::new())).await;
         let page = reqwest::get(server.url("/"))
             .await
             .unwrap()

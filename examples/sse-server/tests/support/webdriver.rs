@@ -45,6 +45,9 @@ impl Session {
                     "goog:chromeOptions": {
                         "binary": chromium.to_string_lossy(),
                         "args": args,
+                        // As a browser's default settings (third-party cookies allowed outside
+                        // private windows), not the automation profile's.
+                        "prefs": { "profile.cookie_controls_mode": 0 },
                     },
                 },
             },
