@@ -1,9 +1,11 @@
 // Shared by several test binaries, each using a part of it.
 #![allow(dead_code)]
 
-//! Processes for the browser test: the real `sse-server` binary, chromedriver, and a scratch
-//! directory. Each is a guard that cleans up when dropped, also when the test panics.
+//! Processes for the tests: the real `sse-server` binary, chromedriver, Node's `eventsource`
+//! clients (`node`), and a scratch directory. Each is a guard that cleans up when dropped, also
+//! when the test panics.
 
+pub(crate) mod node;
 pub(crate) mod proxy;
 pub(crate) mod webdriver;
 
