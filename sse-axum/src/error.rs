@@ -41,7 +41,26 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The machine-readable code (`"forbidden"`, `"invalid_stream_name"`, …).
+    ///
+    /// ```
+    /// let err = resumable_sse_axum::ApiError::new(http::StatusCode::IM_A_TEAPOT, "teapot", "short and stout");
+    /// assert_eq!(err.code(), "teapot");
+    /// assert_eq!(err.to_string(), "short and stout");
+    /// ```
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
 }
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
 
 impl From<resumable_sse_core::Error> for ApiError {
     fn from(err: resumable_sse_core::Error) -> Self {

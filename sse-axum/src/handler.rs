@@ -12,7 +12,8 @@ use resumable_sse_core::{ConnectRequest, Connection, Error, Hub, NewEvent, Sessi
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::{ApiError, Session, SseLayer};
+use crate::session::{SessionRejection, SessionSlot};
+use crate::{ApiError, SseLayer};
 
 /// The SSE endpoint: `GET /events?stream=A&stream=B[&lastEventId=…]`.
 ///
@@ -33,17 +34,21 @@ use crate::{ApiError, Session, SseLayer};
 ///     .layer(SseLayer::new(hub));
 /// # Ok(()) }
 /// ```
-pub async fn events(session: Session, parts: Parts) -> Response {
-    match open_events(&session, &parts).await {
-        Ok(connection) => crate::response::event_stream(session.hub(), connection),
+pub async fn events(parts: Parts) -> Response {
+    match open_events(&parts).await {
+        Ok((hub, connection)) => crate::response::event_stream(&hub, connection),
         Err(response) => response,
     }
 }
 
 /// The SSE endpoint's logic: the streams and cursor from the request, the authorizer, then the
-/// connection; or the response to answer instead (4xx, or a backoff).
-async fn open_events(session: &Session, parts: &Parts) -> Result<Connection, Response> {
-    let shared = &session.shared;
+/// connection; or the response to answer instead (4xx, or a backoff). The session is written
+/// to the store (if new) only once the request is known to be served.
+async fn open_events(parts: &Parts) -> Result<(Hub, Connection), Response> {
+    let Some(slot) = parts.extensions.get::<SessionSlot>() else {
+        return Err(SessionRejection::missing_layer().into_response());
+    };
+    let shared = slot.shared();
     let hub = &shared.hub;
     let mut streams = Vec::new();
     let mut query_id = None;
@@ -60,6 +65,7 @@ async fn open_events(session: &Session, parts: &Parts) -> Result<Connection, Res
     if streams.is_empty() {
         streams.push(shared.default_stream.clone());
     }
+    let session = slot.find().await.map_err(IntoResponse::into_response)?;
     let own = session.id().stream();
     for stream in &streams {
         if stream == &own {
@@ -77,6 +83,7 @@ async fn open_events(session: &Session, parts: &Parts) -> Result<Connection, Res
             .into_response());
         }
     }
+    let session = slot.session().await.map_err(IntoResponse::into_response)?;
     // A header with bytes that are not text is kept (lossily): it is no cursor, and is
     // answered like any other id that is not one, with a reset, never as if it were absent.
     let last_event_id = parts
@@ -88,7 +95,7 @@ async fn open_events(session: &Session, parts: &Parts) -> Result<Connection, Res
         .last_event_id(last_event_id)
         .session(session.resolved().context());
     match hub.connect(request).await {
-        Ok(connection) => Ok(connection),
+        Ok(connection) => Ok((hub.clone(), connection)),
         Err(err) if err.is_client_error() => Err(ApiError::from(err).into_response()),
         Err(err) => {
             tracing::warn!(error = %err, "could not open a connection; asking the client to retry later");

@@ -6,19 +6,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::response::{IntoResponse, Response};
-use http::header::{ACCEPT, COOKIE, SET_COOKIE};
+use axum::response::Response;
+use http::header::{COOKIE, SET_COOKIE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use resumable_sse_core::{Hub, StreamName};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::ApiError;
-use crate::session::{SameSite, Session, Shared};
+use crate::session::{SameSite, Session, SessionSlot, Shared};
 
 impl Shared {
-    fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+    pub(crate) fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
         // An empty header is no token: it does not hide a valid cookie.
         let header = headers.get(&self.header).and_then(|v| v.to_str().ok());
         if let Some(value) = header.map(str::trim).filter(|v| !v.is_empty()) {
@@ -51,13 +50,15 @@ impl Shared {
     }
 }
 
-/// The session layer: resolves or creates the session of every request and puts a [`Session`]
-/// handle in its extensions.
+/// The session layer: gives every request a [`Session`] to extract, found (or created) when a
+/// handler first uses it.
 ///
 /// The session token is read from the `x-sse-session` header (non-browser clients) or the
-/// `sse_session` cookie (browsers), verified, and answered on the way out with a freshly
-/// signed token in both places: `Set-Cookie` (HttpOnly, SameSite=Strict, Secure by default)
-/// and the header.
+/// `sse_session` cookie (browsers). A request whose handler uses its session (extracts
+/// [`Session`], or opens an event stream) is answered with a freshly signed token in both
+/// places: `Set-Cookie` (HttpOnly, SameSite=Strict, Secure by default) and the header. A
+/// request that never uses it (another route, a refused event stream, a preflight) costs no
+/// store access and gets no cookie.
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -307,15 +308,13 @@ where
         let shared = self.shared.clone();
         future::ResponseFuture::new(async move {
             let (mut parts, body) = request.into_parts();
-            let session = match shared.resolve(&parts).await {
-                Ok(session) => session,
-                Err(response) => return Ok(response),
-            };
-            let headers = shared.session_headers(&session);
-            parts.extensions.insert(session);
+            let slot = SessionSlot::new(shared.clone(), &parts);
+            parts.extensions.insert(slot.clone());
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
-            for (name, value) in headers {
-                response.headers_mut().append(name, value);
+            if let Some(session) = slot.used() {
+                for (name, value) in shared.session_headers(session) {
+                    response.headers_mut().append(name, value);
+                }
             }
             Ok(response)
         })
@@ -323,28 +322,6 @@ where
 }
 
 impl Shared {
-    /// Resolves the session of a request, or the response to answer instead.
-    pub(crate) async fn resolve(self: &Arc<Self>, parts: &Parts) -> Result<Session, Response> {
-        let principal = self.principal.as_ref().and_then(|f| f(parts));
-        let token = self.token(&parts.headers);
-        match self.hub.resolve_session(token, principal.as_deref()).await {
-            Ok(resolved) => Ok(Session::new(self.clone(), resolved)),
-            Err(err) => {
-                let wants_sse = parts
-                    .headers
-                    .get(ACCEPT)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.contains("text/event-stream"));
-                if wants_sse && !err.is_client_error() {
-                    // EventSource gives up for good on any non-200 answer: ask it to come back
-                    // later instead.
-                    return Err(crate::response::backoff(&self.hub));
-                }
-                Err(ApiError::from(err).into_response())
-            }
-        }
-    }
-
     /// The response headers carrying the session's fresh token: the cookie and the header.
     pub(crate) fn session_headers(&self, session: &Session) -> Vec<(HeaderName, HeaderValue)> {
         let token = &session.resolved().token;

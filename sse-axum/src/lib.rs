@@ -1,8 +1,8 @@
 //! axum adapter for resumable Server-Sent Events.
 //!
-//! - [`SseLayer`]: tower middleware that resolves or creates the session of every request
-//!   (signed token in an HttpOnly cookie or the `x-sse-session` header) and puts a
-//!   [`Session`] handle in request extensions;
+//! - [`SseLayer`]: tower middleware that gives every request its session (signed token in an
+//!   HttpOnly cookie or the `x-sse-session` header), found or created only when a handler
+//!   uses it, so refused requests leave nothing in the store;
 //! - [`Session`]: an extractor to publish or send to the current (or any) session from any
 //!   handler; its rejection names the missing layer;
 //! - [`events`]: the SSE endpoint (`Last-Event-ID` header, `lastEventId` query fallback, an
@@ -53,7 +53,7 @@ pub use error::ApiError;
 pub use handler::{PublishState, events, healthz, publish, router};
 pub use layer::{SseLayer, SseService, future};
 pub use serve::{Serve, serve};
-pub use session::{AuthorizeFn, InvalidSameSite, MissingSseLayer, PrincipalFn, SameSite, Session};
+pub use session::{AuthorizeFn, InvalidSameSite, PrincipalFn, SameSite, Session, SessionRejection};
 #[cfg(feature = "memory")]
 pub use store::memory_hub;
 pub use store::{OpenStoreError, Stores, open_store};

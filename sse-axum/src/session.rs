@@ -7,10 +7,14 @@ use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
 use http::HeaderName;
 use http::StatusCode;
+use http::header::ACCEPT;
 use http::request::Parts;
 use resumable_sse_core::{
-    Appended, Hub, NewEvent, ResolvedSession, SessionId, SessionStatus, StreamName,
+    Appended, Error, Hub, NewEvent, ResolvedSession, SessionId, SessionStatus, StreamName,
 };
+use tokio::sync::OnceCell;
+
+use crate::ApiError;
 
 /// Decides the authenticated principal of a request (for example from a header your
 /// authentication middleware set). A session is bound to the principal it was created for.
@@ -101,8 +105,9 @@ impl fmt::Debug for Shared {
     }
 }
 
-/// The current request's session, put in request extensions by [`SseLayer`](crate::SseLayer).
-/// Extract it in any handler to publish, or to send to this or another session.
+/// The current request's session, found by [`SseLayer`](crate::SseLayer) when a handler
+/// extracts it (a new session is created then, and the response carries its token). Extract it
+/// in any handler to publish, or to send to this or another session.
 ///
 /// ```
 /// use axum::{Router, routing::post};
@@ -205,33 +210,164 @@ impl Session {
     }
 }
 
-/// The [`Session`] extractor's rejection: the handler is not behind an
-/// [`SseLayer`](crate::SseLayer).
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error(
-    "no session: the route is not behind resumable_sse_axum::SseLayer; add `.layer(SseLayer::new(hub))` to the router"
-)]
-pub struct MissingSseLayer;
+/// What [`SseLayer`](crate::SseLayer) leaves in a request's extensions: the request's token
+/// and principal, and the session once something uses it. Nothing is looked up or written
+/// until then, so requests that never use their session (refused ones, preflights, routes
+/// that do not extract it) leave nothing in the store and get no cookie.
+#[derive(Clone)]
+pub(crate) struct SessionSlot(Arc<Slot>);
 
-impl IntoResponse for MissingSseLayer {
+struct Slot {
+    shared: Arc<Shared>,
+    token: Option<String>,
+    principal: Option<String>,
+    /// Accepts `text/event-stream`: a store failure is answered with a retry hint.
+    event_stream: bool,
+    found: OnceCell<Session>,
+    stored: OnceCell<()>,
+}
+
+impl SessionSlot {
+    pub(crate) fn new(shared: Arc<Shared>, parts: &Parts) -> Self {
+        let principal = shared.principal.as_ref().and_then(|f| f(parts));
+        let token = shared.token(&parts.headers).map(str::to_owned);
+        let event_stream = parts
+            .headers
+            .get(ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+        SessionSlot(Arc::new(Slot {
+            shared,
+            token,
+            principal,
+            event_stream,
+            found: OnceCell::new(),
+            stored: OnceCell::new(),
+        }))
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.0.shared
+    }
+
+    /// The request's session, found but not yet written if it is new
+    /// ([`Hub::find_session`]).
+    pub(crate) async fn find(&self) -> Result<&Session, SessionRejection> {
+        let slot = &*self.0;
+        slot.found
+            .get_or_try_init(|| async {
+                let resolved = slot
+                    .shared
+                    .hub
+                    .find_session(slot.token.as_deref(), slot.principal.as_deref())
+                    .await?;
+                Ok(Session::new(slot.shared.clone(), resolved))
+            })
+            .await
+            .map_err(|err| self.rejection(err))
+    }
+
+    /// The request's session, written to the store if new: from now on it is used, and the
+    /// response carries its token.
+    pub(crate) async fn session(&self) -> Result<Session, SessionRejection> {
+        let session = self.find().await?;
+        self.0
+            .stored
+            .get_or_try_init(|| self.0.shared.hub.store_session(session.resolved()))
+            .await
+            .map_err(|err| self.rejection(err))?;
+        Ok(session.clone())
+    }
+
+    /// The session, if the request used it.
+    pub(crate) fn used(&self) -> Option<&Session> {
+        self.0.stored.get().and(self.0.found.get())
+    }
+
+    fn rejection(&self, err: Error) -> SessionRejection {
+        let backoff =
+            (self.0.event_stream && !err.is_client_error()).then(|| self.0.shared.hub.clone());
+        SessionRejection {
+            error: ApiError::from(err),
+            backoff,
+        }
+    }
+}
+
+/// Why the [`Session`] extractor could not give a session: the route is not behind
+/// [`SseLayer`](crate::SseLayer) (500), the token belongs to another principal (403), or the
+/// session store failed (503; a request that accepts `text/event-stream` is answered 200 with
+/// a retry hint instead, because `EventSource` gives up for good on any other status).
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// use axum::{Router, routing::get};
+/// use resumable_sse_axum::Session;
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // No `SseLayer`: the extractor says so.
+/// let app = Router::new().route("/me", get(|session: Session| async move { session.id().to_string() }));
+/// let response = app
+///     .oneshot(http::Request::get("/me").body(axum::body::Body::empty()).unwrap())
+///     .await
+///     .unwrap();
+/// assert_eq!(response.status(), 500);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct SessionRejection {
+    error: ApiError,
+    /// Set when the answer is a retry hint for an event-stream request.
+    backoff: Option<Hub>,
+}
+
+impl SessionRejection {
+    pub(crate) fn missing_layer() -> Self {
+        SessionRejection {
+            error: ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "missing_layer",
+                "no session: the route is not behind resumable_sse_axum::SseLayer; add \
+                 `.layer(SseLayer::new(hub))` to the router",
+            ),
+            backoff: None,
+        }
+    }
+
+    /// The error, as it is answered to any request but an event-stream one during a store
+    /// failure.
+    pub fn error(&self) -> &ApiError {
+        &self.error
+    }
+}
+
+impl fmt::Display for SessionRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for SessionRejection {}
+
+impl IntoResponse for SessionRejection {
     fn into_response(self) -> Response {
-        crate::ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "missing_layer",
-            self.to_string(),
-        )
-        .into_response()
+        match self.backoff {
+            Some(hub) => crate::response::backoff(&hub),
+            None => self.error.into_response(),
+        }
     }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Session {
-    type Rejection = MissingSseLayer;
+    type Rejection = SessionRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
+        let slot = parts
             .extensions
-            .get::<Session>()
+            .get::<SessionSlot>()
             .cloned()
-            .ok_or(MissingSseLayer)
+            .ok_or_else(SessionRejection::missing_layer)?;
+        slot.session().await
     }
 }

@@ -67,6 +67,7 @@ macro_rules! http_suite {
             json_data_arrives_as_compact_text,
             line_breaks_arrive_as_lf,
             duplicate_publisher_id_is_delivered_once,
+            refused_requests_create_no_session,
         );
     };
 }
@@ -1566,4 +1567,107 @@ pub(crate) async fn duplicate_publisher_id_is_delivered_once(backend: Backend) {
         "after",
         "the duplicate was not delivered"
     );
+}
+
+/// A session store that counts the sessions written through it, over the backend's real one.
+#[derive(Debug)]
+struct CountingSessions {
+    inner: Arc<dyn resumable_sse_core::SessionStore>,
+    created: AtomicUsize,
+}
+
+#[resumable_sse_core::async_trait]
+impl resumable_sse_core::SessionStore for CountingSessions {
+    async fn create(&self, record: &SessionRecord) -> resumable_sse_core::Result<()> {
+        self.created.fetch_add(1, Ordering::SeqCst);
+        self.inner.create(record).await
+    }
+    async fn load(&self, id: &SessionId) -> resumable_sse_core::Result<Option<SessionRecord>> {
+        self.inner.load(id).await
+    }
+    async fn touch(
+        &self,
+        id: &SessionId,
+        expires_at: std::time::SystemTime,
+    ) -> resumable_sse_core::Result<bool> {
+        self.inner.touch(id, expires_at).await
+    }
+    async fn record_cursor(
+        &self,
+        id: &SessionId,
+        cursor: &str,
+        expires_at: std::time::SystemTime,
+    ) -> resumable_sse_core::Result<bool> {
+        self.inner.record_cursor(id, cursor, expires_at).await
+    }
+    async fn delete(&self, id: &SessionId) -> resumable_sse_core::Result<()> {
+        self.inner.delete(id).await
+    }
+}
+
+/// Sessions are lazy: only a stream actually opened (or a handler that uses its session)
+/// creates one. Preflights, other methods, refused streams (400, 403) and other routes write
+/// nothing to the session store and set no cookie.
+pub(crate) async fn refused_requests_create_no_session(backend: Backend) {
+    let stores = backend.stores(Retention::default()).await;
+    let sessions = Arc::new(CountingSessions {
+        inner: stores.sessions,
+        created: AtomicUsize::new(0),
+    });
+    let hub = Hub::builder(stores.buffer, sessions.clone())
+        .keys(keys())
+        .build();
+    let layer =
+        SseLayer::new(hub).with_authorizer(|_, _, stream| !stream.as_str().starts_with("secret"));
+    let router = resumable_sse_axum::router(layer);
+    let server = if backend.fast {
+        TestServer::start_fast(router).await
+    } else {
+        TestServer::start(router).await
+    };
+    let http = reqwest::Client::new();
+    let requests = [
+        (reqwest::Method::OPTIONS, "/events", 405),
+        (reqwest::Method::HEAD, "/events?stream=bad%20name", 400),
+        (reqwest::Method::POST, "/events", 405),
+        (reqwest::Method::GET, "/events?stream=bad%20name", 400),
+        (reqwest::Method::GET, "/events?stream=secret", 403),
+        (reqwest::Method::GET, "/events?stream=@session:00", 403),
+        (reqwest::Method::GET, "/healthz", 200),
+    ];
+    for round in 0..20 {
+        for (method, path, status) in &requests {
+            let response = http
+                .request(method.clone(), server.url(path))
+                .header("accept", "text/event-stream")
+                .send()
+                .await
+                .unwrap_or_else(|err| panic!("{method} {path}: {err}"));
+            assert_eq!(response.status(), *status, "{method} {path}");
+            if round == 0 {
+                assert!(
+                    response.headers().get("set-cookie").is_none()
+                        && response.headers().get("x-sse-session").is_none(),
+                    "{method} {path}: no session for a request that does not use one: {:?}",
+                    response.headers()
+                );
+            }
+        }
+    }
+    assert_eq!(
+        sessions.created.load(Ordering::SeqCst),
+        0,
+        "{} refused or unrelated requests wrote sessions",
+        20 * requests.len()
+    );
+
+    // A stream actually opened creates its session and answers its token.
+    let mut events = connect(&server.url("/events?stream=news"), &[]).await;
+    assert_eq!(events.status, 200);
+    assert!(events.cookie().is_some() && events.token().is_some());
+    assert_eq!(
+        events.next_event(WAIT).await.map(|e| e.event).as_deref(),
+        Some("connected")
+    );
+    assert_eq!(sessions.created.load(Ordering::SeqCst), 1);
 }

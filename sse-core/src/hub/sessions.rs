@@ -19,7 +19,7 @@ pub struct SessionContext {
     pub status: SessionStatus,
 }
 
-/// The outcome of [`Hub::resolve_session`].
+/// The outcome of [`Hub::resolve_session`] and [`Hub::find_session`].
 #[derive(Clone, Debug)]
 pub struct ResolvedSession {
     /// The session.
@@ -31,6 +31,12 @@ pub struct ResolvedSession {
 }
 
 impl ResolvedSession {
+    /// Whether the session is in the session store already: a resumed one is; a new one
+    /// (also after an expired token) only once [`Hub::store_session`] wrote it.
+    pub fn is_new(&self) -> bool {
+        self.status != SessionStatus::Resumed
+    }
+
     /// What [`ConnectRequest::session`](crate::ConnectRequest::session) needs.
     pub fn context(&self) -> SessionContext {
         SessionContext {
@@ -56,17 +62,49 @@ pub enum SessionStatus {
 
 impl Hub {
     /// Resolves the session of a request from the token it brought (cookie or header) and the
-    /// principal the application authenticated, creating a session when there is none.
+    /// principal the application authenticated, creating a session when there is none:
+    /// [`find_session`](Self::find_session) then [`store_session`](Self::store_session).
     ///
     /// Forged, tampered, malformed and expired tokens never resolve to an existing session:
     /// they yield a new one.
     ///
     /// # Errors
     ///
+    /// As [`find_session`](Self::find_session) and [`store_session`](Self::store_session).
+    pub async fn resolve_session(
+        &self,
+        token: Option<&str>,
+        principal: Option<&str>,
+    ) -> Result<ResolvedSession> {
+        let resolved = self.find_session(token, principal).await?;
+        self.store_session(&resolved).await?;
+        Ok(resolved)
+    }
+
+    /// Finds the session of a request like [`resolve_session`](Self::resolve_session), but
+    /// writes nothing: when the request has no live session of its own, the answer is a new
+    /// session that exists only here until [`store_session`](Self::store_session) writes it.
+    /// A server decides first whether the request is served at all, so that refused requests
+    /// leave nothing behind in the store.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> resumable_sse_core::Result<()> {
+    /// # let store = std::sync::Arc::new(resumable_sse_store_memory::MemoryStore::default());
+    /// # let hub = resumable_sse_core::Hub::builder(store.clone(), store).build();
+    /// let found = hub.find_session(None, None).await?;
+    /// assert!(found.is_new());
+    /// assert!(hub.sessions().load(&found.record.id).await?.is_none(), "not written yet");
+    /// hub.store_session(&found).await?;
+    /// assert!(hub.sessions().load(&found.record.id).await?.is_some());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
     /// [`Error::Forbidden`] when a genuine token is bound to a principal other than
     /// `principal` (an anonymous token presented with a principal, as after a login, gets a
     /// new session instead), and the session store's errors.
-    pub async fn resolve_session(
+    pub async fn find_session(
         &self,
         token: Option<&str>,
         principal: Option<&str>,
@@ -110,14 +148,26 @@ impl Hub {
             None => SessionStatus::New,
         };
         let record = SessionRecord::new(principal.map(str::to_owned), inner.config.session_ttl);
-        inner.sessions.create(&record).await?;
-        tracing::debug!(session = %record.id, ?status, "created a session");
         let token = self.sign(&record);
         Ok(ResolvedSession {
             record,
             token,
             status,
         })
+    }
+
+    /// Writes a session [`find_session`](Self::find_session) made up to the session store;
+    /// nothing for a session that was already there.
+    ///
+    /// # Errors
+    ///
+    /// The session store's errors.
+    pub async fn store_session(&self, session: &ResolvedSession) -> Result<()> {
+        if session.is_new() {
+            self.inner.sessions.create(&session.record).await?;
+            tracing::debug!(session = %session.record.id, status = ?session.status, "created a session");
+        }
+        Ok(())
     }
 
     fn sign(&self, record: &SessionRecord) -> String {
