@@ -9,7 +9,10 @@
 //! POST /publish   {"stream": "A", "event"?: "type", "id"?: "key", "data": …}
 //!                 or {"session": "<id>", …}
 //! GET  /healthz   200 when the store answers
+//! GET  /resumable-sse.js, /htmx, /vendor/…   the browser helper, the htmx example (assets.rs)
 //! ```
+
+mod assets;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -54,7 +57,9 @@ const DEMO: &str = include_str!("../static/index.html");
 
 /// The whole application: the reference contract plus the demo page.
 fn app(layer: SseLayer) -> Router {
-    resumable_sse_axum::router(layer).route("/", get(|| async { Html(DEMO) }))
+    resumable_sse_axum::router(layer)
+        .route("/", get(|| async { Html(DEMO) }))
+        .merge(assets::router())
 }
 
 #[tokio::main]
