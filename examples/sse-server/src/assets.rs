@@ -40,3 +40,44 @@ pub(crate) fn router() -> Router {
             get(|| async { script(HTMX_SSE) }),
         )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use resumable_sse_axum::testing::TestServer;
+
+    #[tokio::test]
+    async fn serves_the_helper_and_the_htmx_example() {
+        let server = TestServer::start_fast(router()).await;
+        for (path, content_type, contains) in [
+            (
+                "/resumable-sse.js",
+                "text/javascript; charset=utf-8",
+                "export class ResumableEventSource",
+            ),
+            ("/htmx", "text/html; charset=utf-8", "sse-connect="),
+            (
+                "/vendor/htmx-2.0.11.min.js",
+                "text/javascript; charset=utf-8",
+                "htmx",
+            ),
+            (
+                "/vendor/htmx-ext-sse-2.2.4.min.js",
+                "text/javascript; charset=utf-8",
+                "defineExtension(\"sse\"",
+            ),
+        ] {
+            let response = reqwest::get(server.url(path)).await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            assert_eq!(
+                response.headers()["content-type"],
+                content_type,
+                "{path}: content type"
+            );
+            assert!(
+                response.text().await.unwrap().contains(contains),
+                "{path} should contain {contains}"
+            );
+        }
+    }
+}
