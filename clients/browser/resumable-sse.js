@@ -29,6 +29,9 @@
  *   `retry:`, back off exponentially with jitter up to a cap, and stop for good, like
  *   `EventSource`, on an answer other than `200 text/event-stream`.
  *
+ * - The back/forward cache: a page frozen by the browser lets go of its connection
+ *   (`pagehide`) and resumes from its own last id when shown again (`pageshow`).
+ *
  * In `eventsource` mode (the default) only the event types named in `on` (plus `connected`
  * and `reset`) are seen, so `replayed` is exact when the page listens to every type the
  * streams carry; `fetch` mode sees every event.
