@@ -9,11 +9,14 @@
 //! POST /publish   {"stream": "A", "event"?: "type", "id"?: "key", "data": …}
 //!                 or {"session": "<id>", …}
 //! GET  /healthz   200 when the store answers
+//! GET  /resumable-sse.js, /htmx, /vendor/…   the browser helper, the htmx example (assets.rs)
 //! ```
 //!
 //! Pages on other origins: `--cors-origin https://app.example.com` (repeatable; `*` for any
 //! origin without credentials), and `--cookie-same-site none` when that page is on another
 //! site and should keep its session cookie (docs/protocol.md, "Pages on other origins").
+
+mod assets;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -69,11 +72,13 @@ struct Args {
 
 const DEMO: &str = include_str!("../static/index.html");
 
-/// The whole application: the reference contract plus the demo page, behind CORS for
-/// `origins` (outermost, so a preflight is answered before anything else runs).
+/// The whole application: the reference contract, the demo page and its assets, behind CORS
+/// for `origins` (outermost, so a preflight is answered before anything else runs).
 fn app(layer: SseLayer, origins: CorsOrigins) -> Router {
     let cors = (!origins.is_empty()).then(|| layer.cors(origins));
-    let router = resumable_sse_axum::router(layer).route("/", get(|| async { Html(DEMO) }));
+    let router = resumable_sse_axum::router(layer)
+        .route("/", get(|| async { Html(DEMO) }))
+        .merge(assets::router());
     match cors {
         Some(cors) => router.layer(cors),
         None => router,

@@ -1,6 +1,7 @@
 //! A TCP proxy between the browser and the server that plays the network: it can cut every
-//! open connection at once, and refuse new ones (accept, then drop at once) until told to
-//! accept again. It also keeps what clients sent, to show the requests the browser made.
+//! open connection at once, refuse new ones (accept, then drop at once) until told to accept
+//! again, or answer them itself with a canned response (a failing gateway). It also keeps what
+//! clients sent, to show the requests the browser made.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -29,6 +30,11 @@ struct Shared {
     refusing: AtomicBool,
     refused: AtomicUsize,
     open: AtomicUsize,
+    /// Relayed connections whose client started with `GET /events`, open now.
+    open_event_streams: AtomicUsize,
+    /// When set, new connections get this response instead of being relayed.
+    answer: Mutex<Option<&'static str>>,
+    answered: AtomicUsize,
     /// Bumped to cut every relayed connection.
     cut: watch::Sender<u64>,
     /// What each relayed connection's client sent, in accept order.
@@ -45,6 +51,9 @@ impl Proxy {
             refusing: AtomicBool::new(false),
             refused: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
+            open_event_streams: AtomicUsize::new(0),
+            answer: Mutex::new(None),
+            answered: AtomicUsize::new(0),
             cut: watch::channel(0).0,
             transcripts: Mutex::default(),
         });
@@ -60,6 +69,25 @@ impl Proxy {
     /// Closes every relayed connection, on both sides.
     pub(crate) fn cut_all(&self) {
         self.shared.cut.send_modify(|generation| *generation += 1);
+    }
+
+    /// From now on, new connections get `response` (a whole HTTP response, sent once the
+    /// request head has arrived, then the connection is closed), or are relayed (`None`).
+    pub(crate) fn answer_with(&self, response: Option<&'static str>) {
+        if let Ok(mut answer) = self.shared.answer.lock() {
+            *answer = response;
+        }
+    }
+
+    /// Connections answered with the canned response so far.
+    pub(crate) fn answered(&self) -> usize {
+        self.shared.answered.load(SeqCst)
+    }
+
+    /// Relayed event streams (`GET /events`) open now: both sides of a stream are closed
+    /// before it stops counting.
+    pub(crate) fn open_event_streams(&self) -> usize {
+        self.shared.open_event_streams.load(SeqCst)
     }
 
     /// Connections refused so far.
@@ -113,6 +141,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             drop(client);
             continue;
         }
+        if let Some(response) = shared.answer.lock().ok().and_then(|a| *a) {
+            shared.answered.fetch_add(1, SeqCst);
+            tokio::spawn(answer(client, response));
+            continue;
+        }
         let index = match shared.transcripts.lock() {
             Ok(mut transcripts) => {
                 transcripts.push(Vec::new());
@@ -129,9 +162,40 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Reads the request head, writes `response`, closes.
+async fn answer(mut client: TcpStream, response: &'static str) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match client.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = client.write_all(response.as_bytes()).await;
+    let _ = client.shutdown().await;
+}
+
 /// Copies both ways until the server ends the connection or the proxy cuts it, then closes
 /// both sides.
-async fn relay(client: TcpStream, shared: &Shared, index: usize, mut cut: watch::Receiver<u64>) {
+async fn relay(client: TcpStream, shared: &Shared, index: usize, cut: watch::Receiver<u64>) {
+    // Set once this connection carries an event stream (a kept-alive connection may carry
+    // other requests first).
+    let event_stream = AtomicBool::new(false);
+    copy_both_ways(client, shared, index, cut, &event_stream).await;
+    // Both sockets are closed now.
+    if event_stream.load(SeqCst) {
+        shared.open_event_streams.fetch_sub(1, SeqCst);
+    }
+}
+
+async fn copy_both_ways(
+    client: TcpStream,
+    shared: &Shared,
+    index: usize,
+    mut cut: watch::Receiver<u64>,
+    event_stream: &AtomicBool,
+) {
     let Ok(server) = TcpStream::connect(shared.upstream).await else {
         return;
     };
@@ -146,6 +210,9 @@ async fn relay(client: TcpStream, shared: &Shared, index: usize, mut cut: watch:
             }
             if let Ok(mut transcripts) = shared.transcripts.lock() {
                 let transcript = &mut transcripts[index];
+                if buf[..n].starts_with(b"GET /events") && !event_stream.swap(true, SeqCst) {
+                    shared.open_event_streams.fetch_add(1, SeqCst);
+                }
                 let room = TRANSCRIPT_CAP.saturating_sub(transcript.len());
                 transcript.extend_from_slice(&buf[..n.min(room)]);
             }

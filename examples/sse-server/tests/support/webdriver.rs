@@ -18,6 +18,16 @@ pub(crate) struct Session {
 impl Session {
     /// Starts headless `chromium` through the driver at `driver` (`http://host:port`).
     pub(crate) async fn start(driver: &str, chromium: &Path, user_data_dir: &Path) -> Result<Self> {
+        Self::start_with(driver, chromium, user_data_dir, &[]).await
+    }
+
+    /// [`Session::start`] with more command-line arguments for Chromium.
+    pub(crate) async fn start_with(
+        driver: &str,
+        chromium: &Path,
+        user_data_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
@@ -37,6 +47,7 @@ impl Session {
             "--no-proxy-server",
             &format!("--user-data-dir={}", user_data_dir.display()),
         ];
+        let args: Vec<&str> = args.iter().chain(extra).copied().collect();
         let capabilities = json!({
             "capabilities": {
                 "alwaysMatch": {
@@ -74,7 +85,18 @@ impl Session {
         self.post("/url", json!({ "url": url })).await.map(drop)
     }
 
-    /// Runs `script` (a function body; `return` gives the result) in the page.
+    /// Goes back in the history, like the browser's back button.
+    pub(crate) async fn back(&self) -> Result<()> {
+        self.post("/back", json!({})).await.map(drop)
+    }
+
+    /// Reloads the page and waits for it to load.
+    pub(crate) async fn refresh(&self) -> Result<()> {
+        self.post("/refresh", json!({})).await.map(drop)
+    }
+
+    /// Runs `script` (a function body; `return` gives the result) in the page. A promise
+    /// returned is awaited.
     pub(crate) async fn execute(&self, script: &str) -> Result<Value> {
         self.post("/execute/sync", json!({ "script": script, "args": [] }))
             .await
