@@ -4,6 +4,7 @@
 //! Processes for the browser test: the real `sse-server` binary, chromedriver, and a scratch
 //! directory. Each is a guard that cleans up when dropped, also when the test panics.
 
+pub(crate) mod postgres;
 pub(crate) mod proxy;
 pub(crate) mod webdriver;
 

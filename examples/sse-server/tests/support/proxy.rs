@@ -1,6 +1,7 @@
 //! A TCP proxy between the browser and the server that plays the network: it can cut every
-//! open connection at once, and refuse new ones (accept, then drop at once) until told to
-//! accept again. It also keeps what clients sent, to show the requests the browser made.
+//! open connection at once, or one of them, and refuse new ones (accept, then drop at once)
+//! until told to accept again. It also keeps what clients sent, to show the requests the
+//! browser made.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::{Context, Result};
@@ -23,6 +24,15 @@ pub(crate) struct Proxy {
     task: JoinHandle<()>,
 }
 
+/// One relayed connection, for `cut_one`.
+#[derive(Debug)]
+struct Relayed {
+    index: usize,
+    cut: Arc<Notify>,
+    /// Whether the server has sent a response head and then some of the body.
+    answered: Arc<AtomicBool>,
+}
+
 #[derive(Debug)]
 struct Shared {
     upstream: SocketAddr,
@@ -33,6 +43,8 @@ struct Shared {
     cut: watch::Sender<u64>,
     /// What each relayed connection's client sent, in accept order.
     transcripts: Mutex<Vec<Vec<u8>>>,
+    /// The relayed connections not cut yet, by transcript index, each with its own cut.
+    relayed: Mutex<Vec<Relayed>>,
 }
 
 impl Proxy {
@@ -47,6 +59,7 @@ impl Proxy {
             open: AtomicUsize::new(0),
             cut: watch::channel(0).0,
             transcripts: Mutex::default(),
+            relayed: Mutex::default(),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Proxy { addr, shared, task })
@@ -60,6 +73,25 @@ impl Proxy {
     /// Closes every relayed connection, on both sides.
     pub(crate) fn cut_all(&self) {
         self.shared.cut.send_modify(|generation| *generation += 1);
+    }
+
+    /// Cuts one relayed connection, the `pick`-th (modulo their number) in accept order,
+    /// among those whose response body has begun when `answered`, else among all; `false`
+    /// when there is none.
+    pub(crate) fn cut_one(&self, pick: usize, answered: bool) -> bool {
+        let Ok(mut relayed) = self.shared.relayed.lock() else {
+            return false;
+        };
+        let candidates: Vec<usize> = (0..relayed.len())
+            .filter(|&i| !answered || relayed[i].answered.load(SeqCst))
+            .collect();
+        if candidates.is_empty() {
+            return false;
+        }
+        let chosen = relayed.remove(candidates[pick % candidates.len()]);
+        // A stored permit: the relay sees it even if it is not waiting yet.
+        chosen.cut.notify_one();
+        true
     }
 
     /// Connections refused so far.
@@ -121,9 +153,21 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             Err(_) => continue,
         };
         shared.open.fetch_add(1, SeqCst);
+        let one = Arc::new(Notify::new());
+        let answered = Arc::new(AtomicBool::new(false));
+        if let Ok(mut relayed) = shared.relayed.lock() {
+            relayed.push(Relayed {
+                index,
+                cut: one.clone(),
+                answered: answered.clone(),
+            });
+        }
         let shared = shared.clone();
         tokio::spawn(async move {
-            relay(client, &shared, index, cut).await;
+            relay(client, &shared, index, cut, &one, &answered).await;
+            if let Ok(mut relayed) = shared.relayed.lock() {
+                relayed.retain(|r| r.index != index);
+            }
             shared.open.fetch_sub(1, SeqCst);
         });
     }
@@ -131,7 +175,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Copies both ways until the server ends the connection or the proxy cuts it, then closes
 /// both sides.
-async fn relay(client: TcpStream, shared: &Shared, index: usize, mut cut: watch::Receiver<u64>) {
+async fn relay(
+    client: TcpStream,
+    shared: &Shared,
+    index: usize,
+    mut cut: watch::Receiver<u64>,
+    one: &Notify,
+    answered: &AtomicBool,
+) {
     let Ok(server) = TcpStream::connect(shared.upstream).await else {
         return;
     };
@@ -152,12 +203,32 @@ async fn relay(client: TcpStream, shared: &Shared, index: usize, mut cut: watch:
             server_write.write_all(&buf[..n]).await?;
         }
     };
-    let down = tokio::io::copy(&mut server_read, &mut client_write);
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        // The response so far, until its body begins.
+        let mut head = Vec::new();
+        loop {
+            let n = server_read.read(&mut buf).await?;
+            if n == 0 {
+                return client_write.shutdown().await;
+            }
+            if !answered.load(SeqCst) && head.len() < TRANSCRIPT_CAP {
+                head.extend_from_slice(&buf[..n]);
+                let body_begun = head
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .is_some_and(|end| head.len() > end + 4);
+                answered.store(body_begun, SeqCst);
+            }
+            client_write.write_all(&buf[..n]).await?;
+        }
+    };
     tokio::pin!(up, down);
     let mut up_done = false;
     loop {
         tokio::select! {
             _ = cut.changed() => break,
+            () = one.notified() => break,
             _ = &mut down => break,
             _ = &mut up, if !up_done => up_done = true,
         }
