@@ -165,7 +165,9 @@ impl Client {
     }
 
     /// The last event id: what the client sends as `Last-Event-ID` when it reconnects
-    /// (`None` while there is none). It is the id in force after the last event yielded.
+    /// (`None` while there is none). It is the id in force after the last event yielded:
+    /// it carries over events without an `id:` field and across connections, and an empty
+    /// `id:` field clears it, as in the specification.
     pub fn last_event_id(&self) -> Option<&str> {
         (!self.last_event_id.is_empty()).then_some(self.last_event_id.as_str())
     }
