@@ -29,7 +29,7 @@ pub(crate) struct Proxy {
 struct Relayed {
     index: usize,
     cut: Arc<Notify>,
-    /// Whether the server has sent a response head and then some of the body.
+    /// Whether the response has carried an event id (the `connected` frame's, at first).
     answered: Arc<AtomicBool>,
 }
 
@@ -76,8 +76,8 @@ impl Proxy {
     }
 
     /// Cuts one relayed connection, the `pick`-th (modulo their number) in accept order,
-    /// among those whose response body has begun when `answered`, else among all; `false`
-    /// when there is none.
+    /// among those whose response has carried an event id when `answered` (the client has a
+    /// cursor from it), else among all; `false` when there is none.
     pub(crate) fn cut_one(&self, pick: usize, answered: bool) -> bool {
         let Ok(mut relayed) = self.shared.relayed.lock() else {
             return false;
@@ -205,7 +205,7 @@ async fn relay(
     };
     let down = async {
         let mut buf = vec![0u8; 16 * 1024];
-        // The response so far, until its body begins.
+        // The response so far, until it carries an event id.
         let mut head = Vec::new();
         loop {
             let n = server_read.read(&mut buf).await?;
@@ -214,11 +214,12 @@ async fn relay(
             }
             if !answered.load(SeqCst) && head.len() < TRANSCRIPT_CAP {
                 head.extend_from_slice(&buf[..n]);
-                let body_begun = head
+                let body = head
                     .windows(4)
                     .position(|w| w == b"\r\n\r\n")
-                    .is_some_and(|end| head.len() > end + 4);
-                answered.store(body_begun, SeqCst);
+                    .map(|end| &head[end + 4..]);
+                let has_id = body.is_some_and(|body| body.windows(4).any(|w| w == b"\nid:"));
+                answered.store(has_id, SeqCst);
             }
             client_write.write_all(&buf[..n]).await?;
         }
