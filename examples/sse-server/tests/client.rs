@@ -9,7 +9,8 @@
 //!    while 300 events are published: every client gets every event once, in order, and
 //!    never a reset. Half the clients keep their session token, half never send it.
 //! 2. **A private message while away**: the client's connections are cut and refused while
-//!    its session is sent a message; once back, with its token, it receives it.
+//!    its session is sent a message; once back, with its token, it receives it (a client
+//!    without its token gets a typed `reset`, `session_changed`, instead).
 //! 3. **A process restart**: the client's saved state (JSON) goes to a new client, which
 //!    gets exactly the events published in between, without a reset.
 //!
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use resumable_sse_client::{Backoff, Client, Connected, Event, Message, Resume};
+use resumable_sse_client::{Backoff, Client, Connected, Event, Message, ResetReason, Resume};
 use resumable_sse_store_redis::testing::{HOW_TO_START, answers};
 use serde_json::{Value, json};
 use support::postgres::Schema;
@@ -275,33 +276,55 @@ async fn chaos(server: &Server) -> String {
     )
 }
 
-/// A message to the session while the client cannot connect: received once it is back.
+/// A message to the session while the client cannot connect: received once it is back. A
+/// client without its token, sent a message the same way, cannot receive it: it gets a
+/// typed `reset` (`session_changed`), the one case where it must (docs/adr/0016).
 async fn private_message_while_away(server: &Server) -> Duration {
     let started = Instant::now();
     let proxy = Proxy::start(server.addr.parse().expect("an address"))
         .await
         .unwrap_or_else(|err| panic!("{err}"));
     let url = format!("http://{}/events?stream={}", proxy.addr, unique("away"));
-    let what = "the client away";
+    let (what, what_tokenless) = ("the client away", "the token-less client away");
     let mut client = Client::builder(&url)
         .backoff(quick())
         .build()
         .expect("a client");
+    let mut tokenless = Client::builder(&url)
+        .backoff(quick())
+        .keep_session(false)
+        .build()
+        .expect("a client");
     let first = connected(&mut client, what).await;
-    let session = first.session.clone().expect("a session");
+    let first_tokenless = connected(&mut tokenless, what_tokenless).await;
     proxy.refuse(true);
     proxy.cut_all();
-    loop {
-        if let Event::Disconnected(_) = next(&mut client, what).await {
-            break;
+    for (client, what) in [(&mut client, what), (&mut tokenless, what_tokenless)] {
+        loop {
+            if let Event::Disconnected(_) = next(client, what).await {
+                break;
+            }
         }
     }
-    publish(server, json!({"session": session, "data": "private"})).await;
+    for away in [&first, &first_tokenless] {
+        let session = away.session.clone().expect("a session");
+        publish(server, json!({"session": session, "data": "private"})).await;
+    }
     proxy.refuse(false);
+
     let back = connected(&mut client, what).await;
-    assert_eq!(back.session.as_deref(), Some(session.as_str()), "{back:?}");
+    assert_eq!(back.session, first.session, "{back:?}");
     assert!(back.resumed && !back.reset, "{back:?}");
     assert_eq!(message(&mut client, what).await.data, "private");
+
+    let back = connected(&mut tokenless, what_tokenless).await;
+    assert_ne!(back.session, first_tokenless.session, "{back:?}");
+    assert!(back.resumed && back.reset, "{back:?}");
+    let Event::Reset(reset) = next(&mut tokenless, what_tokenless).await else {
+        panic!("{what_tokenless}: a reset after `connected`")
+    };
+    assert_eq!(reset.reason, ResetReason::SessionChanged, "{reset:?}");
+    assert_eq!(reset.streams.len(), 1, "only the private stream: {reset:?}");
     started.elapsed()
 }
 
