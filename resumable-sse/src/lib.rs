@@ -14,6 +14,7 @@
 //! | `redis` | `redis` | `resumable-sse-store-redis` |
 //! | `postgres` | `postgres` | `resumable-sse-store-postgres` |
 //! | `axum` | `axum`: the tower layer, the endpoint, `serve` | `resumable-sse-axum` |
+//! | `client` | `client`: a reconnecting SSE client for Rust programs | `resumable-sse-client` |
 //!
 //! ```
 //! # #[cfg(feature = "memory")] {
@@ -54,6 +55,8 @@ pub use resumable_sse_core::*;
 
 #[cfg(feature = "axum")]
 pub use resumable_sse_axum as axum;
+#[cfg(feature = "client")]
+pub use resumable_sse_client as client;
 #[cfg(feature = "memory")]
 pub use resumable_sse_store_memory as memory;
 #[cfg(feature = "postgres")]
@@ -62,6 +65,6 @@ pub use resumable_sse_store_postgres as postgres;
 pub use resumable_sse_store_redis as redis;
 
 /// The README's examples, compiled and run as doctests so that they cannot drift.
-#[cfg(all(doctest, feature = "axum", feature = "memory"))]
+#[cfg(all(doctest, feature = "axum", feature = "memory", feature = "client"))]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;

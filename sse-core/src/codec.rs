@@ -152,6 +152,29 @@ impl Parser {
         Parser::default()
     }
 
+    /// A parser for a reconnection of a client whose last event id is `last_event_id`.
+    ///
+    /// The specification keeps the last event id across connections of one `EventSource`:
+    /// events of the new stream that carry no `id:` field report this one, until the stream
+    /// sets another (an empty `id:` clears it).
+    ///
+    /// ```
+    /// use resumable_sse_core::codec::{Item, Parser};
+    ///
+    /// let mut parser = Parser::with_last_event_id("41");
+    /// let items = parser.feed(b"data: no id here\n\n");
+    /// let Item::Event(event) = &items[0] else { panic!() };
+    /// assert_eq!(event.last_event_id, "41");
+    /// ```
+    pub fn with_last_event_id(last_event_id: impl Into<String>) -> Self {
+        let last_event_id = last_event_id.into();
+        Parser {
+            id_buffer: last_event_id.clone(),
+            last_event_id,
+            ..Parser::default()
+        }
+    }
+
     /// The last event id as of the last dispatched event: what a browser sends back as
     /// `Last-Event-ID` if the connection drops now.
     pub fn last_event_id(&self) -> &str {
@@ -292,6 +315,21 @@ mod tests {
     fn id_with_nul_is_ignored_and_ids_carry_over() {
         let e = events(b"id: 5\ndata: a\n\nid: x\0y\ndata: b\n\n");
         assert_eq!(e[1].last_event_id, "5");
+    }
+
+    #[test]
+    fn seeded_id_carries_over_until_cleared() {
+        let mut p = Parser::with_last_event_id("9");
+        assert_eq!(p.last_event_id(), "9");
+        let got = p.feed(b"data: a\n\nid\ndata: b\n\n");
+        let ids: Vec<_> = got
+            .iter()
+            .map(|i| match i {
+                Item::Event(e) => e.last_event_id.as_str(),
+                _ => panic!("{i:?}"),
+            })
+            .collect();
+        assert_eq!(ids, ["9", ""]);
     }
 
     #[test]

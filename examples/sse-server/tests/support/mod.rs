@@ -7,6 +7,7 @@
 
 pub(crate) mod browser;
 pub(crate) mod node;
+pub(crate) mod postgres;
 pub(crate) mod proxy;
 pub(crate) mod webdriver;
 

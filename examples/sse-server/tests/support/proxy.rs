@@ -1,6 +1,6 @@
 //! A TCP proxy between the browser and the server that plays the network: it can cut every
-//! open connection at once, refuse new ones (accept, then drop at once) until told to accept
-//! again, or answer them itself with a canned response (a failing gateway). It also keeps what
+//! open connection at once, or one of them, refuse new ones (accept, then drop at once) until
+//! told to accept again, or answer them itself with a canned response (a failing gateway). It also keeps what
 //! clients sent, to show the requests the browser made.
 
 use std::net::SocketAddr;
@@ -9,13 +9,22 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::{Context, Result};
 
 /// Client bytes kept per connection (request heads are all the browser sends).
 const TRANSCRIPT_CAP: usize = 64 * 1024;
+
+/// One relayed connection, for `cut_one`.
+#[derive(Debug)]
+struct Relayed {
+    index: usize,
+    cut: Arc<Notify>,
+    /// Whether the response has carried an event id (the `connected` frame's, at first).
+    answered: Arc<AtomicBool>,
+}
 
 #[derive(Debug)]
 pub(crate) struct Proxy {
@@ -39,6 +48,8 @@ struct Shared {
     cut: watch::Sender<u64>,
     /// What each relayed connection's client sent, in accept order.
     transcripts: Mutex<Vec<Vec<u8>>>,
+    /// The relayed connections not cut yet, by transcript index, each with its own cut.
+    relayed: Mutex<Vec<Relayed>>,
 }
 
 impl Proxy {
@@ -56,6 +67,7 @@ impl Proxy {
             answered: AtomicUsize::new(0),
             cut: watch::channel(0).0,
             transcripts: Mutex::default(),
+            relayed: Mutex::default(),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Proxy { addr, shared, task })
@@ -69,6 +81,25 @@ impl Proxy {
     /// Closes every relayed connection, on both sides.
     pub(crate) fn cut_all(&self) {
         self.shared.cut.send_modify(|generation| *generation += 1);
+    }
+
+    /// Cuts one relayed connection, the `pick`-th (modulo their number) in accept order,
+    /// among those whose response has carried an event id when `answered` (the client has a
+    /// cursor from it), else among all; `false` when there is none.
+    pub(crate) fn cut_one(&self, pick: usize, answered: bool) -> bool {
+        let Ok(mut relayed) = self.shared.relayed.lock() else {
+            return false;
+        };
+        let candidates: Vec<usize> = (0..relayed.len())
+            .filter(|&i| !answered || relayed[i].answered.load(SeqCst))
+            .collect();
+        if candidates.is_empty() {
+            return false;
+        }
+        let chosen = relayed.remove(candidates[pick % candidates.len()]);
+        // A stored permit: the relay sees it even if it is not waiting yet.
+        chosen.cut.notify_one();
+        true
     }
 
     /// From now on, new connections get `response` (a whole HTTP response, sent once the
@@ -154,9 +185,21 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             Err(_) => continue,
         };
         shared.open.fetch_add(1, SeqCst);
+        let one = Arc::new(Notify::new());
+        let answered = Arc::new(AtomicBool::new(false));
+        if let Ok(mut relayed) = shared.relayed.lock() {
+            relayed.push(Relayed {
+                index,
+                cut: one.clone(),
+                answered: answered.clone(),
+            });
+        }
         let shared = shared.clone();
         tokio::spawn(async move {
-            relay(client, &shared, index, cut).await;
+            relay(client, &shared, index, cut, &one, &answered).await;
+            if let Ok(mut relayed) = shared.relayed.lock() {
+                relayed.retain(|r| r.index != index);
+            }
             shared.open.fetch_sub(1, SeqCst);
         });
     }
@@ -178,11 +221,18 @@ async fn answer(mut client: TcpStream, response: &'static str) {
 
 /// Copies both ways until the server ends the connection or the proxy cuts it, then closes
 /// both sides.
-async fn relay(client: TcpStream, shared: &Shared, index: usize, cut: watch::Receiver<u64>) {
+async fn relay(
+    client: TcpStream,
+    shared: &Shared,
+    index: usize,
+    cut: watch::Receiver<u64>,
+    one: &Notify,
+    answered: &AtomicBool,
+) {
     // Set once this connection carries an event stream (a kept-alive connection may carry
     // other requests first).
     let event_stream = AtomicBool::new(false);
-    copy_both_ways(client, shared, index, cut, &event_stream).await;
+    copy_both_ways(client, shared, index, cut, &event_stream, one, answered).await;
     // Both sockets are closed now.
     if event_stream.load(SeqCst) {
         shared.open_event_streams.fetch_sub(1, SeqCst);
@@ -195,6 +245,8 @@ async fn copy_both_ways(
     index: usize,
     mut cut: watch::Receiver<u64>,
     event_stream: &AtomicBool,
+    one: &Notify,
+    answered: &AtomicBool,
 ) {
     let Ok(server) = TcpStream::connect(shared.upstream).await else {
         return;
@@ -219,12 +271,33 @@ async fn copy_both_ways(
             server_write.write_all(&buf[..n]).await?;
         }
     };
-    let down = tokio::io::copy(&mut server_read, &mut client_write);
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        // The response so far, until it carries an event id.
+        let mut head = Vec::new();
+        loop {
+            let n = server_read.read(&mut buf).await?;
+            if n == 0 {
+                return client_write.shutdown().await;
+            }
+            if !answered.load(SeqCst) && head.len() < TRANSCRIPT_CAP {
+                head.extend_from_slice(&buf[..n]);
+                let body = head
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map(|end| &head[end + 4..]);
+                let has_id = body.is_some_and(|body| body.windows(4).any(|w| w == b"\nid:"));
+                answered.store(has_id, SeqCst);
+            }
+            client_write.write_all(&buf[..n]).await?;
+        }
+    };
     tokio::pin!(up, down);
     let mut up_done = false;
     loop {
         tokio::select! {
             _ = cut.changed() => break,
+            () = one.notified() => break,
             _ = &mut down => break,
             _ = &mut up, if !up_done => up_done = true,
         }
