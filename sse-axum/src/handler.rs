@@ -1,5 +1,8 @@
 //! The HTTP endpoints of the reference contract: the SSE endpoint, publishing and health.
 
+use std::fmt;
+use std::sync::Arc;
+
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -12,6 +15,7 @@ use resumable_sse_core::{ConnectRequest, Connection, Error, Hub, NewEvent, Sessi
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::auth::{Authorize, Target};
 use crate::session::{SessionRejection, SessionSlot};
 use crate::{ApiError, SseLayer};
 
@@ -50,6 +54,13 @@ async fn open_events(parts: &Parts) -> Result<(Hub, Connection), Response> {
     };
     let shared = slot.shared();
     let hub = &shared.hub;
+    // Who is asking comes first: a request without valid credentials (where they are
+    // required) learns nothing else.
+    let identity = slot
+        .identify(parts)
+        .await
+        .map_err(IntoResponse::into_response)?
+        .clone();
     let mut streams = Vec::new();
     let mut query_id = None;
     for (key, value) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
@@ -65,25 +76,31 @@ async fn open_events(parts: &Parts) -> Result<(Hub, Connection), Response> {
     if streams.is_empty() {
         streams.push(shared.default_stream.clone());
     }
-    let session = slot.find().await.map_err(IntoResponse::into_response)?;
+    let session = slot
+        .find(parts)
+        .await
+        .map_err(IntoResponse::into_response)?;
     let own = session.id().stream();
     for stream in &streams {
         if stream == &own {
             continue;
         }
-        let allowed = !stream.is_reserved()
-            && shared
-                .authorize
-                .as_ref()
-                .is_none_or(|authorize| authorize(parts, session, stream));
-        if !allowed {
+        if stream.is_reserved() {
             return Err(ApiError::from(Error::Forbidden(format!(
                 "stream {stream} may not be read"
             )))
             .into_response());
         }
+        shared
+            .authorize
+            .may_subscribe(&identity, stream)
+            .await
+            .map_err(IntoResponse::into_response)?;
     }
-    let session = slot.session().await.map_err(IntoResponse::into_response)?;
+    let session = slot
+        .session(parts)
+        .await
+        .map_err(IntoResponse::into_response)?;
     // A header with bytes that are not text is kept (lossily): it is no cursor, and is
     // answered like any other id that is not one, with a reset, never as if it were absent.
     let last_event_id = parts
@@ -91,9 +108,12 @@ async fn open_events(parts: &Parts) -> Result<(Hub, Connection), Response> {
         .get("last-event-id")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .or(query_id);
-    let request = ConnectRequest::new(streams)
+    let mut request = ConnectRequest::new(streams)
         .last_event_id(last_event_id)
         .session(session.resolved().context());
+    if let Some(at) = identity.expires_at() {
+        request = request.expires_at(at);
+    }
     match hub.connect(request).await {
         Ok(connection) => Ok((hub.clone(), connection)),
         Err(err) if err.is_client_error() => Err(ApiError::from(err).into_response()),
@@ -156,10 +176,19 @@ fn compact(json: &str) -> String {
 }
 
 /// What [`router`]'s publish endpoint is configured with.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PublishState {
     hub: Hub,
     default_stream: StreamName,
+    authorize: Arc<dyn Authorize>,
+}
+
+impl fmt::Debug for PublishState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublishState")
+            .field("default_stream", &self.default_stream)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The publish endpoint: `POST /publish` with JSON
@@ -180,7 +209,12 @@ pub async fn publish(State(state): State<PublishState>, request: Request) -> Res
 
 async fn publish_inner(state: &PublishState, request: Request) -> Result<Response, ApiError> {
     let hub = &state.hub;
-    if !is_json(request.headers()) {
+    let (parts, body) = request.into_parts();
+    let identity = match state.authorize.identify(&parts).await {
+        Ok(identity) => identity,
+        Err(refusal) => return Ok(refusal.into_response()),
+    };
+    if !is_json(&parts.headers) {
         // A cross-site form or `text/plain` post needs no CORS preflight: refusing every
         // other content type keeps pages on other origins from publishing unasked.
         return Err(ApiError::new(
@@ -195,15 +229,13 @@ async fn publish_inner(state: &PublishState, request: Request) -> Result<Respons
         .max_event_bytes
         .saturating_mul(2)
         .saturating_add(64 * 1024);
-    let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the request body is larger than {limit} bytes"),
-            )
-        })?;
+    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    })?;
     let body: PublishBody = serde_json::from_slice(&bytes).map_err(|err| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -252,6 +284,13 @@ async fn publish_inner(state: &PublishState, request: Request) -> Result<Respons
                     "`session` is 32 hex digits",
                 )
             })?;
+            if let Err(refusal) = state
+                .authorize
+                .may_publish(&identity, Target::Session(&id))
+                .await
+            {
+                return Ok(refusal.into_response());
+            }
             (id.stream(), hub.send_to_session(&id, event).await?)
         }
         (stream, None) => {
@@ -259,6 +298,13 @@ async fn publish_inner(state: &PublishState, request: Request) -> Result<Respons
                 Some(name) => StreamName::new(name)?,
                 None => state.default_stream.clone(),
             };
+            if let Err(refusal) = state
+                .authorize
+                .may_publish(&identity, Target::Stream(&stream))
+                .await
+            {
+                return Ok(refusal.into_response());
+            }
             let appended = hub.publish(&stream, event).await?;
             (stream, appended)
         }
@@ -301,6 +347,7 @@ pub fn router(layer: SseLayer) -> Router {
     let state = PublishState {
         hub: layer.hub().clone(),
         default_stream: layer.default_stream().clone(),
+        authorize: layer.shared.authorize.clone(),
     };
     Router::new()
         .route("/events", get(events).layer(layer))

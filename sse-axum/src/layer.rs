@@ -8,12 +8,12 @@ use std::task::{Context, Poll};
 
 use axum::response::Response;
 use http::header::{COOKIE, SET_COOKIE};
-use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use resumable_sse_core::{Hub, StreamName};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::auth::{AllowAll, Authorize};
 use crate::session::{SameSite, Session, SessionSlot, Shared};
 
 impl Shared {
@@ -87,8 +87,9 @@ pub struct SseLayer {
 }
 
 impl SseLayer {
-    /// A layer over `hub` with the defaults: cookie `sse_session` (Secure), header
-    /// `x-sse-session`, no principal, every stream readable, default stream `broadcast`.
+    /// A layer over `hub` with the defaults: cookie `sse_session` (Secure, SameSite=Strict),
+    /// header `x-sse-session`, everyone anonymous and allowed everything, default stream
+    /// `broadcast`.
     pub fn new(hub: Hub) -> Self {
         SseLayer {
             shared: Arc::new(Shared {
@@ -97,8 +98,7 @@ impl SseLayer {
                 header: HeaderName::from_static("x-sse-session"),
                 secure: true,
                 same_site: SameSite::Strict,
-                principal: None,
-                authorize: None,
+                authorize: Arc::new(AllowAll),
                 default_stream: StreamName::new("broadcast").expect("valid name"),
             }),
         }
@@ -127,7 +127,6 @@ impl SseLayer {
                     header: s.header.clone(),
                     secure: s.secure,
                     same_site: s.same_site,
-                    principal: s.principal.clone(),
                     authorize: s.authorize.clone(),
                     default_stream: s.default_stream.clone(),
                 };
@@ -201,41 +200,29 @@ impl SseLayer {
         self.map(|s| s.header = header)
     }
 
-    /// Sets how the authenticated principal of a request is found. Sessions are bound to it:
-    /// another principal presenting the token is refused with 403.
+    /// Sets who may subscribe to and publish on which stream (default: everyone,
+    /// anonymously). Sessions are bound to the principal [`Authorize::identify`] finds:
+    /// another principal presenting the token is refused with 403. See [`Authorize`] for an
+    /// implementation.
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use resumable_sse_axum::{Authorize, Identity, Refusal, Target};
+    /// # use resumable_sse_core::{StreamName, async_trait};
+    /// # struct MyRules;
+    /// # #[async_trait] impl Authorize for MyRules {
+    /// #     async fn identify(&self, _: &http::request::Parts) -> Result<Identity, Refusal> { Ok(Identity::anonymous()) }
+    /// #     async fn may_subscribe(&self, _: &Identity, _: &StreamName) -> Result<(), Refusal> { Ok(()) }
+    /// #     async fn may_publish(&self, _: &Identity, _: Target<'_>) -> Result<(), Refusal> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let hub = resumable_sse_axum::memory_hub(Default::default());
-    /// let layer = resumable_sse_axum::SseLayer::new(hub).with_principal(|parts| {
-    ///     parts.headers.get("x-user").and_then(|v| v.to_str().ok()).map(str::to_owned)
-    /// });
-    /// # Ok(()) }
+    /// let layer = resumable_sse_axum::SseLayer::new(hub).with_authorization(MyRules);
+    /// # }
     /// ```
     #[must_use]
-    pub fn with_principal(
-        self,
-        f: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
-    ) -> Self {
-        self.map(|s| s.principal = Some(Arc::new(f)))
-    }
-
-    /// Sets which streams a request may read through the SSE endpoint (default: all).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let hub = resumable_sse_axum::memory_hub(Default::default());
-    /// let layer = resumable_sse_axum::SseLayer::new(hub).with_authorizer(|_parts, session, stream| {
-    ///     !stream.as_str().starts_with("admin:") || session.principal() == Some("root")
-    /// });
-    /// # Ok(()) }
-    /// ```
-    #[must_use]
-    pub fn with_authorizer(
-        self,
-        f: impl Fn(&Parts, &Session, &StreamName) -> bool + Send + Sync + 'static,
-    ) -> Self {
-        self.map(|s| s.authorize = Some(Arc::new(f)))
+    pub fn with_authorization(self, authorize: impl Authorize) -> Self {
+        let authorize: Arc<dyn Authorize> = Arc::new(authorize);
+        self.map(|s| s.authorize = authorize)
     }
 
     /// Sets the stream read when a request names none (default `broadcast`).

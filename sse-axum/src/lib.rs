@@ -35,6 +35,7 @@
 //! }
 //! ```
 
+mod auth;
 #[cfg(feature = "cors")]
 mod cors;
 mod error;
@@ -47,13 +48,14 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use auth::{Authorize, Identity, Refusal, Target};
 #[cfg(feature = "cors")]
 pub use cors::{CorsOrigins, InvalidOrigin};
 pub use error::ApiError;
 pub use handler::{PublishState, events, healthz, publish, router};
 pub use layer::{SseLayer, SseService, future};
 pub use serve::{Serve, serve};
-pub use session::{AuthorizeFn, InvalidSameSite, PrincipalFn, SameSite, Session, SessionRejection};
+pub use session::{InvalidSameSite, SameSite, Session, SessionRejection};
 #[cfg(feature = "memory")]
 pub use store::memory_hub;
 pub use store::{OpenStoreError, Stores, open_store};

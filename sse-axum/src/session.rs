@@ -15,14 +15,7 @@ use resumable_sse_core::{
 use tokio::sync::OnceCell;
 
 use crate::ApiError;
-
-/// Decides the authenticated principal of a request (for example from a header your
-/// authentication middleware set). A session is bound to the principal it was created for.
-pub type PrincipalFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
-
-/// Decides whether a request may read a stream. A session's own private stream is always
-/// readable by it and never by anyone else, whatever this says.
-pub type AuthorizeFn = Arc<dyn Fn(&Parts, &Session, &StreamName) -> bool + Send + Sync>;
+use crate::auth::{Authorize, Identity, Refusal};
 
 /// The `SameSite` attribute of the session cookie: which cross-site requests carry it.
 ///
@@ -86,8 +79,7 @@ pub(crate) struct Shared {
     pub(crate) header: HeaderName,
     pub(crate) secure: bool,
     pub(crate) same_site: SameSite,
-    pub(crate) principal: Option<PrincipalFn>,
-    pub(crate) authorize: Option<AuthorizeFn>,
+    pub(crate) authorize: Arc<dyn Authorize>,
     pub(crate) default_stream: StreamName,
 }
 
@@ -98,8 +90,6 @@ impl fmt::Debug for Shared {
             .field("header", &self.header)
             .field("secure", &self.secure)
             .field("same_site", &self.same_site)
-            .field("principal", &self.principal.is_some())
-            .field("authorize", &self.authorize.is_some())
             .field("default_stream", &self.default_stream)
             .finish()
     }
@@ -219,18 +209,15 @@ pub(crate) struct SessionSlot(Arc<Slot>);
 
 struct Slot {
     shared: Arc<Shared>,
-    token: Option<String>,
-    principal: Option<String>,
     /// Accepts `text/event-stream`: a store failure is answered with a retry hint.
     event_stream: bool,
+    identity: OnceCell<Identity>,
     found: OnceCell<Session>,
     stored: OnceCell<()>,
 }
 
 impl SessionSlot {
     pub(crate) fn new(shared: Arc<Shared>, parts: &Parts) -> Self {
-        let principal = shared.principal.as_ref().and_then(|f| f(parts));
-        let token = shared.token(&parts.headers).map(str::to_owned);
         let event_stream = parts
             .headers
             .get(ACCEPT)
@@ -238,9 +225,8 @@ impl SessionSlot {
             .is_some_and(|v| v.contains("text/event-stream"));
         SessionSlot(Arc::new(Slot {
             shared,
-            token,
-            principal,
             event_stream,
+            identity: OnceCell::new(),
             found: OnceCell::new(),
             stored: OnceCell::new(),
         }))
@@ -250,16 +236,26 @@ impl SessionSlot {
         &self.0.shared
     }
 
-    /// The request's session, found but not yet written if it is new
-    /// ([`Hub::find_session`]).
-    pub(crate) async fn find(&self) -> Result<&Session, SessionRejection> {
+    /// Who made the request ([`Authorize::identify`]).
+    pub(crate) async fn identify(&self, parts: &Parts) -> Result<&Identity, Refusal> {
         let slot = &*self.0;
+        slot.identity
+            .get_or_try_init(|| slot.shared.authorize.identify(parts))
+            .await
+    }
+
+    /// The request's session, found but not yet written if it is new
+    /// ([`Hub::find_session`]), bound to the request's principal.
+    pub(crate) async fn find(&self, parts: &Parts) -> Result<&Session, SessionRejection> {
+        let slot = &*self.0;
+        let identity = self.identify(parts).await?;
         slot.found
             .get_or_try_init(|| async {
+                let token = slot.shared.token(&parts.headers);
                 let resolved = slot
                     .shared
                     .hub
-                    .find_session(slot.token.as_deref(), slot.principal.as_deref())
+                    .find_session(token, identity.principal_name())
                     .await?;
                 Ok(Session::new(slot.shared.clone(), resolved))
             })
@@ -269,8 +265,8 @@ impl SessionSlot {
 
     /// The request's session, written to the store if new: from now on it is used, and the
     /// response carries its token.
-    pub(crate) async fn session(&self) -> Result<Session, SessionRejection> {
-        let session = self.find().await?;
+    pub(crate) async fn session(&self, parts: &Parts) -> Result<Session, SessionRejection> {
+        let session = self.find(parts).await?;
         self.0
             .stored
             .get_or_try_init(|| self.0.shared.hub.store_session(session.resolved()))
@@ -290,14 +286,16 @@ impl SessionSlot {
         SessionRejection {
             error: ApiError::from(err),
             backoff,
+            refusal: None,
         }
     }
 }
 
 /// Why the [`Session`] extractor could not give a session: the route is not behind
-/// [`SseLayer`](crate::SseLayer) (500), the token belongs to another principal (403), or the
-/// session store failed (503; a request that accepts `text/event-stream` is answered 200 with
-/// a retry hint instead, because `EventSource` gives up for good on any other status).
+/// [`SseLayer`](crate::SseLayer) (500), the layer's [`Authorize`] refused the request (401,
+/// 403), the token belongs to another principal (403), or the session store failed (503; a
+/// request that accepts `text/event-stream` is answered 200 with a retry hint instead,
+/// because `EventSource` gives up for good on any other status).
 ///
 /// ```
 /// use axum::response::IntoResponse;
@@ -320,6 +318,18 @@ pub struct SessionRejection {
     error: ApiError,
     /// Set when the answer is a retry hint for an event-stream request.
     backoff: Option<Hub>,
+    /// Set when the layer's `Authorize` refused: answered in RFC 6750 form.
+    refusal: Option<Refusal>,
+}
+
+impl From<Refusal> for SessionRejection {
+    fn from(refusal: Refusal) -> Self {
+        SessionRejection {
+            error: ApiError::new(refusal.status(), refusal.code(), refusal.message()),
+            backoff: None,
+            refusal: Some(refusal),
+        }
+    }
 }
 
 impl SessionRejection {
@@ -332,6 +342,7 @@ impl SessionRejection {
                  `.layer(SseLayer::new(hub))` to the router",
             ),
             backoff: None,
+            refusal: None,
         }
     }
 
@@ -352,9 +363,10 @@ impl std::error::Error for SessionRejection {}
 
 impl IntoResponse for SessionRejection {
     fn into_response(self) -> Response {
-        match self.backoff {
-            Some(hub) => crate::response::backoff(&hub),
-            None => self.error.into_response(),
+        match (self.refusal, self.backoff) {
+            (Some(refusal), _) => refusal.into_response(),
+            (None, Some(hub)) => crate::response::backoff(&hub),
+            (None, None) => self.error.into_response(),
         }
     }
 }
@@ -368,6 +380,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
             .get::<SessionSlot>()
             .cloned()
             .ok_or_else(SessionRejection::missing_layer)?;
-        slot.session().await
+        slot.session(parts).await
     }
 }

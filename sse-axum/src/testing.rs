@@ -39,9 +39,14 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Serves `router` on a fresh port.
+    /// Serves `router` on a fresh port with `axum::serve`, with the client's address
+    /// (`ConnectInfo<SocketAddr>`) in every request, as [`serve`](crate::serve()) gives it.
     pub async fn start(router: Router) -> Self {
-        Self::on_free_port(|listener| async move { axum::serve(listener, router).await }).await
+        Self::on_free_port(|listener| async move {
+            let app = router.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, app).await
+        })
+        .await
     }
 
     /// Serves `router` on a fresh port with [`serve`](crate::serve()), whose fast path writes

@@ -33,6 +33,13 @@ pub enum Frame<'a> {
     },
     /// Keeps idle connections (and the proxies on their way) alive.
     Heartbeat,
+    /// The server ends the connection for a reason the client should know (JSON with
+    /// `reason`: `authorization_expired` when the client's credentials expired). Carries no
+    /// id: the client resumes from its last event's. Followed by [`Frame::Close`].
+    Ended {
+        /// JSON object text.
+        data: &'a str,
+    },
     /// The server ends the response; `retry` asks the client to wait that long before
     /// reconnecting (server-driven backoff).
     Close {
@@ -201,6 +208,11 @@ impl Transport for SseTransport {
             Frame::Reset { id, data } => Self::marker(out, id, self.reset.as_deref(), data),
             Frame::Heartbeat => {
                 codec::write_comment(out, "");
+                codec::write_end(out);
+            }
+            Frame::Ended { data } => {
+                let _ = codec::write_field(out, "event", "ended");
+                codec::write_data(out, data);
                 codec::write_end(out);
             }
             Frame::Close { retry } => {

@@ -4,17 +4,20 @@ mod wire;
 
 use std::future::{Future, IntoFuture};
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::response::Response;
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use http::StatusCode;
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use resumable_sse_core::Connection;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -43,7 +46,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// requests exactly as with `axum::serve`, and its answers are the same; what differs is only
 /// how an event stream's bytes are written, and that the connection closes when the stream
 /// ends. Middleware that rewrites response *bodies* (compression, say) does not apply to an
-/// event stream on the fast path.
+/// event stream on the fast path. Every request carries the client's address as
+/// [`ConnectInfo<SocketAddr>`](axum::extract::ConnectInfo), on both paths (as `axum::serve`
+/// with `into_make_service_with_connect_info::<SocketAddr>()`).
 ///
 /// ```no_run
 /// use axum::{Router, routing::get};
@@ -165,7 +170,7 @@ impl<F: Future<Output = ()> + Send + 'static> IntoFuture for Serve<F> {
             let path: Arc<str> = Arc::from(path);
             let mut shutdown = std::pin::pin!(shutdown);
             loop {
-                let (stream, _) = tokio::select! {
+                let (stream, peer) = tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok(accepted) => accepted,
                         Err(err) => {
@@ -180,6 +185,7 @@ impl<F: Future<Output = ()> + Send + 'static> IntoFuture for Serve<F> {
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(connection(
                     stream,
+                    peer,
                     router.clone(),
                     path.clone(),
                     streams_on.clone(),
@@ -191,6 +197,7 @@ impl<F: Future<Output = ()> + Send + 'static> IntoFuture for Serve<F> {
 
 async fn connection(
     mut stream: TcpStream,
+    peer: SocketAddr,
     mut router: Router,
     path: Arc<str>,
     streams_on: Option<tokio::runtime::Handle>,
@@ -200,14 +207,25 @@ async fn connection(
         match tokio::time::timeout(HEAD_TIMEOUT, wire::read_head(&mut stream, &mut head, &path))
             .await
         {
-            Ok(Ok(Some(request))) => request,
+            Ok(Ok(Some(mut request))) => {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            }
             Ok(Ok(None)) => {
                 let io = TokioIo::new(Rewind {
                     prefix: head.freeze(),
                     inner: stream,
                 });
+                // As `axum::serve(…, router.into_make_service_with_connect_info::<SocketAddr>())`:
+                // handlers can extract the client's address on both paths.
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let mut request = request.map(Body::new);
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    let mut router = router.clone();
+                    async move { router.call(request).await }
+                });
                 let served = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, TowerToHyperService::new(router))
+                    .serve_connection(io, service)
                     .with_upgrades()
                     .await;
                 if let Err(err) = served {

@@ -18,6 +18,7 @@ mod state;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_core::Stream;
@@ -41,6 +42,7 @@ pub struct ConnectRequest {
     streams: Vec<StreamName>,
     last_event_id: Option<String>,
     session: Option<SessionContext>,
+    expires_at: Option<SystemTime>,
 }
 
 impl ConnectRequest {
@@ -50,6 +52,7 @@ impl ConnectRequest {
             streams,
             last_event_id: None,
             session: None,
+            expires_at: None,
         }
     }
 
@@ -62,6 +65,24 @@ impl ConnectRequest {
     /// The client's session: its private stream is read too.
     pub fn session(mut self, session: SessionContext) -> Self {
         self.session = Some(session);
+        self
+    }
+
+    /// When the client's authorization ends (a token's expiry): from then on the connection
+    /// writes an [`ended`](crate::Frame::Ended) frame with reason `authorization_expired` and
+    /// ends, at the latest one heartbeat interval after `at`, so that the client comes back
+    /// with fresh credentials (and resumes from its cursor, losing nothing).
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use resumable_sse_core::{ConnectRequest, StreamName};
+    ///
+    /// let request = ConnectRequest::new(vec![StreamName::new("news")?])
+    ///     .expires_at(SystemTime::now() + Duration::from_secs(300));
+    /// # Ok::<(), resumable_sse_core::Error>(())
+    /// ```
+    pub fn expires_at(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
         self
     }
 }

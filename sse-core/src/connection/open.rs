@@ -290,6 +290,7 @@ pub(super) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
         session,
         signal,
         span,
+        expires_at: request.expires_at,
     });
     Ok(Connection {
         info,

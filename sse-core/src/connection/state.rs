@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
@@ -42,6 +43,8 @@ pub(super) struct Opened {
     /// The wake-up every stream in `subs` raises.
     pub(super) signal: Arc<Signal>,
     pub(super) span: tracing::Span,
+    /// When the client's authorization ends.
+    pub(super) expires_at: Option<SystemTime>,
 }
 
 /// The connection's state machine, polled directly as the response body: taking events from
@@ -65,6 +68,7 @@ pub(super) struct State {
     done: bool,
     span: tracing::Span,
     id: String,
+    expires_at: Option<SystemTime>,
 }
 
 impl State {
@@ -81,6 +85,7 @@ impl State {
             session,
             signal,
             span,
+            expires_at,
         } = opened;
         let registration = hub.register(&signal, session);
         State {
@@ -99,6 +104,7 @@ impl State {
             done: false,
             span,
             id: String::with_capacity(48),
+            expires_at,
         }
     }
 }
@@ -138,6 +144,20 @@ impl Stream for State {
                 hub.transport()
                     .write_frame(&mut this.out, &Frame::Close { retry });
                 tracing::info!(parent: &this.span, "closed by the server");
+                this.done = true;
+                return Poll::Ready(Some(this.out.split().freeze()));
+            }
+            // Checked at every wake-up, heartbeat ticks included (two per interval).
+            if this.expires_at.is_some_and(|at| SystemTime::now() >= at) {
+                let transport = hub.transport();
+                transport.write_frame(
+                    &mut this.out,
+                    &Frame::Ended {
+                        data: r#"{"reason":"authorization_expired"}"#,
+                    },
+                );
+                transport.write_frame(&mut this.out, &Frame::Close { retry: None });
+                tracing::info!(parent: &this.span, "authorization expired");
                 this.done = true;
                 return Poll::Ready(Some(this.out.split().freeze()));
             }
