@@ -1,8 +1,10 @@
 //! A page on another origin than the server, in headless Chromium: two `EventSource`s, one
 //! with `withCredentials` (it keeps its session through the cookie) and one without
-//! (token-less: a new session on every connection), through connection cuts with events
-//! published while they are away. Both receive every event exactly once, in order, and
-//! neither is ever sent a `reset`.
+//! (token-less: a new session on every connection), and the browser helper
+//! (`/resumable-sse.js`, imported cross-origin) in fetch mode without cookies (it keeps its
+//! session through the `x-sse-session` header), through connection cuts with events published
+//! while they are away. All receive every event exactly once, in order, and none is ever sent
+//! a `reset`.
 //!
 //! The page comes from a small server in this test; the events from `http://127.0.0.1:Q`,
 //! the real `sse-server` behind the cut proxy, started with `--cors-origin` for the page's
@@ -116,7 +118,7 @@ async fn scenario(server: &Server, proxy: &Proxy, session: &Session, origin: &st
         .build()
         .ctx("http client")?;
     session.goto(&format!("{origin}/")).await?;
-    let clients = wait_for(session, "both EventSources to connect", |c| {
+    let clients = wait_for(session, "the three clients to connect", |c| {
         c.iter().all(|c| c.sessions.len() == 1)
     })
     .await?;
@@ -149,7 +151,7 @@ async fn scenario(server: &Server, proxy: &Proxy, session: &Session, origin: &st
         // Cut off while more are published, then back.
         proxy.refuse(true);
         proxy.cut_all();
-        wait_for(session, "both EventSources to notice the cut", |c| {
+        wait_for(session, "the three clients to notice the cut", |c| {
             c.iter().all(|c| c.errors.len() >= cut)
         })
         .await?;
@@ -182,8 +184,8 @@ async fn scenario(server: &Server, proxy: &Proxy, session: &Session, origin: &st
             client.sessions
         );
     }
-    let [credentialed, anonymous] = &clients[..] else {
-        return Err(format!("two clients expected: {clients:#?}"));
+    let [credentialed, anonymous, fetch] = &clients[..] else {
+        return Err(format!("three clients expected: {clients:#?}"));
     };
     ensure!(
         credentialed
@@ -192,6 +194,11 @@ async fn scenario(server: &Server, proxy: &Proxy, session: &Session, origin: &st
             .all(|s| *s == credentialed.sessions[0]),
         "withCredentials keeps its session through the cross-site cookie: {:?}",
         credentialed.sessions
+    );
+    ensure!(
+        fetch.sessions.iter().all(|s| *s == fetch.sessions[0]),
+        "fetch mode keeps its session through the session header: {:?}",
+        fetch.sessions
     );
     let mut distinct = anonymous.sessions.clone();
     distinct.sort();
@@ -204,7 +211,7 @@ async fn scenario(server: &Server, proxy: &Proxy, session: &Session, origin: &st
     // What went over the wire: the cookie only ever from the credentialed client, and every
     // reconnect with its Last-Event-ID.
     let requests = proxy.event_requests();
-    for (client, wants_cookie) in [("with", true), ("without", false)] {
+    for (client, wants_cookie) in [("with", true), ("without", false), ("fetch", false)] {
         let heads: Vec<&String> = requests
             .iter()
             .filter(|h| h.contains(&format!("credentials={client} ")))
@@ -224,10 +231,14 @@ async fn scenario(server: &Server, proxy: &Proxy, session: &Session, origin: &st
                 lower.contains("\nlast-event-id: ") == (i > 0),
                 "{client} credentials, request {i}: Last-Event-ID? {head}"
             );
+            ensure!(
+                lower.contains("\nx-sse-session: ") == (client == "fetch" && i > 0),
+                "{client} credentials, request {i}: session header? {head}"
+            );
         }
     }
     eprintln!(
-        "{} events, {CUTS} cuts: both clients exact, no reset; sessions with credentials {:?}",
+        "{} events, {CUTS} cuts: every client exact, no reset; sessions with credentials {:?}",
         expected.len(),
         credentialed.sessions.len()
     );
@@ -240,7 +251,8 @@ fn page(events: SocketAddr) -> String {
         r#"<!doctype html>
 <meta charset="utf-8">
 <title>cross-site</title>
-<script>
+<script type="module">
+import {{ ResumableEventSource }} from "http://{events}/resumable-sse.js";
 window.clients = [];
 for (const [name, withCredentials] of [["with", true], ["without", false]]) {{
   const c = {{ name, received: [], resets: [], sessions: [], errors: [] }};
@@ -252,6 +264,18 @@ for (const [name, withCredentials] of [["with", true], ["without", false]]) {{
   source.onmessage = e => c.received.push(e.data);
   source.onerror = () => c.errors.push(source.readyState);
 }}
+// The browser helper in fetch mode, without cookies: the session travels in its header.
+const c = {{ name: "fetch", received: [], resets: [], sessions: [], errors: [] }};
+window.clients.push(c);
+new ResumableEventSource("http://{events}/events?stream={STREAM}&credentials=fetch", {{
+  mode: "fetch",
+  credentials: "omit",
+  backoff: {{ initial: 500, max: 2000 }},
+  on: {{ message: e => c.received.push(e.data) }},
+  onConnected: info => c.sessions.push(info.session),
+  onReset: info => c.resets.push(JSON.stringify(info)),
+  onStateChange: state => {{ if (state === "reconnecting") c.errors.push(state); }},
+}});
 </script>
 "#
     )
@@ -328,7 +352,7 @@ async fn wait_for(
     let deadline = Instant::now() + DEADLINE;
     loop {
         let clients = read(session).await?;
-        if clients.len() == 2 && done(&clients) {
+        if clients.len() == 3 && done(&clients) {
             return Ok(clients);
         }
         if Instant::now() >= deadline {
