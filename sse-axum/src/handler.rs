@@ -24,8 +24,9 @@ use crate::{ApiError, SseLayer};
 /// Streams come from repeated `stream` parameters (none: the layer's default stream); the
 /// cursor from the `Last-Event-ID` header, or the `lastEventId` parameter for clients that
 /// cannot set headers, or else the session's recorded cursor. The session's private stream is
-/// always included. Invalid names answer 400, streams the authorizer refuses 403, both with a
-/// JSON error; a store outage answers 200 with a retry hint (server-driven backoff).
+/// always included. Invalid names answer 400 with a JSON error, requests the
+/// [`Authorize`] hook refuses 401 or 403 (RFC 6750), before any byte of the stream; a store
+/// outage answers 200 with a retry hint (server-driven backoff).
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -45,7 +46,7 @@ pub async fn events(parts: Parts) -> Response {
     }
 }
 
-/// The SSE endpoint's logic: the streams and cursor from the request, the authorizer, then the
+/// The SSE endpoint's logic: the streams and cursor from the request, the authorization hook, then the
 /// connection; or the response to answer instead (4xx, or a backoff). The session is written
 /// to the store (if new) only once the request is known to be served.
 async fn open_events(parts: &Parts) -> Result<(Hub, Connection), Response> {

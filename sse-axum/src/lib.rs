@@ -5,8 +5,10 @@
 //!   uses it, so refused requests leave nothing in the store;
 //! - [`Session`]: an extractor to publish or send to the current (or any) session from any
 //!   handler; its rejection names the missing layer;
-//! - [`events`]: the SSE endpoint (`Last-Event-ID` header, `lastEventId` query fallback, an
-//!   authorizer hook, the session's private stream);
+//! - [`Authorize`]: who may subscribe to and publish on which stream (async; RFC 6750
+//!   refusals; an expiry ends the streams it opened);
+//! - [`events`]: the SSE endpoint (`Last-Event-ID` header, `lastEventId` query fallback, the
+//!   authorization hook, the session's private stream);
 //! - [`router`]: the whole reference HTTP contract (`/events`, `/publish`, `/healthz`);
 //! - [`serve`]: an HTTP/1.1 server that runs every request through the router (with all its
 //!   middleware) and writes the event streams it answers outside hyper, so an idle

@@ -9,7 +9,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use resumable_sse_axum::testing::{TestServer, connect};
-use resumable_sse_axum::{CorsOrigins, SameSite, SseLayer};
+use resumable_sse_axum::{Authorize, CorsOrigins, Identity, Refusal, SameSite, SseLayer, Target};
+use resumable_sse_core::StreamName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -332,5 +333,274 @@ async fn cors_answers_alike_on_both_paths() {
             Some("genuine"),
             "{name}: the refused post published nothing"
         );
+    }
+}
+
+/// An application's rules: `authorization: Bearer <user>` or `Bearer <user>@<expiry, unix ms>`
+/// (`Bearer forged` is refused as not genuine); anyone reads `public`, only `<user>` reads
+/// `private:<user>`; only `alice` publishes, and not to sessions.
+struct BearerRules;
+
+#[resumable_sse_core::async_trait]
+impl Authorize for BearerRules {
+    async fn identify(&self, parts: &http::request::Parts) -> Result<Identity, Refusal> {
+        let Some(value) = parts.headers.get("authorization") else {
+            return Ok(Identity::anonymous());
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Refusal::invalid_token("a bearer token is expected"))?;
+        if token == "forged" {
+            return Err(Refusal::invalid_token("the token is not genuine"));
+        }
+        Ok(match token.split_once('@') {
+            Some((user, expiry)) => {
+                let ms: u64 = expiry
+                    .parse()
+                    .map_err(|_| Refusal::invalid_token("bad expiry"))?;
+                Identity::principal(user).with_expiry(resumable_sse_core::time::from_unix_ms(ms))
+            }
+            None => Identity::principal(token),
+        })
+    }
+
+    async fn may_subscribe(&self, who: &Identity, stream: &StreamName) -> Result<(), Refusal> {
+        let allowed = match stream.as_str().strip_prefix("private:") {
+            Some(owner) => who.principal_name() == Some(owner),
+            None => stream.as_str() == "public",
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Refusal::insufficient_scope(format!(
+                "{stream} is not yours"
+            )))
+        }
+    }
+
+    async fn may_publish(&self, who: &Identity, target: Target<'_>) -> Result<(), Refusal> {
+        match (who.principal_name(), target) {
+            (Some("alice"), Target::Stream(_)) => Ok(()),
+            (None, _) => Err(Refusal::invalid_token("publishing needs a token")),
+            _ => Err(Refusal::insufficient_scope("not allowed to publish there")),
+        }
+    }
+}
+
+fn rules_app(config: resumable_sse_core::Config) -> Router {
+    let layer =
+        SseLayer::new(resumable_sse_axum::memory_hub(config)).with_authorization(BearerRules);
+    resumable_sse_axum::router(layer)
+}
+
+/// `(status, WWW-Authenticate, JSON error code, Set-Cookie present)` of a request.
+async fn refusal_of(response: reqwest::Response) -> (u16, String, String, bool) {
+    let status = response.status().as_u16();
+    let challenge = header(response.headers(), "www-authenticate")
+        .unwrap_or_default()
+        .to_owned();
+    let cookie = response.headers().contains_key("set-cookie");
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let code = body["error"].as_str().unwrap_or_default().to_owned();
+    (status, challenge, code, cookie)
+}
+
+/// The authorization hook decides on both servers alike: 401 and 403 in RFC 6750 form before
+/// any byte of an event stream, per stream for subscribing and per target for publishing, and
+/// sessions bound to the principal.
+#[tokio::test]
+async fn authorization_answers_alike_on_both_paths() {
+    let http = reqwest::Client::new();
+    for (name, server) in [
+        (
+            "axum::serve",
+            TestServer::start(rules_app(Default::default())).await,
+        ),
+        (
+            "resumable_sse_axum::serve",
+            TestServer::start_fast(rules_app(Default::default())).await,
+        ),
+    ] {
+        let get = |path: &str, token: Option<&str>| {
+            let mut request = http
+                .get(server.url(path))
+                .header("accept", "text/event-stream");
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            request.send()
+        };
+        // Anonymous: the public stream only.
+        let (status, challenge, code, cookie) =
+            refusal_of(get("/events?stream=private:alice", None).await.unwrap()).await;
+        assert_eq!(
+            (status, code.as_str(), cookie),
+            (403, "insufficient_scope", false),
+            "{name}"
+        );
+        assert!(
+            challenge.starts_with(r#"Bearer error="insufficient_scope""#),
+            "{name}: {challenge}"
+        );
+        let public = connect(&server.url("/events?stream=public"), &[]).await;
+        assert_eq!(public.status, 200, "{name}");
+        // A forged token: 401, whatever the stream.
+        let (status, challenge, code, cookie) =
+            refusal_of(get("/events?stream=public", Some("forged")).await.unwrap()).await;
+        assert_eq!(
+            (status, code.as_str(), cookie),
+            (401, "invalid_token", false),
+            "{name}"
+        );
+        assert!(
+            challenge.starts_with(r#"Bearer error="invalid_token""#),
+            "{name}: {challenge}"
+        );
+        // Another user's private stream, and one of several streams refused: 403.
+        let (status, ..) = refusal_of(
+            get("/events?stream=public&stream=private:alice", Some("bob"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 403, "{name}");
+        // The owner reads it.
+        let mut alice = connect(
+            &server.url("/events?stream=private:alice"),
+            &[("authorization", "Bearer alice")],
+        )
+        .await;
+        assert_eq!(alice.status, 200, "{name}");
+        let connected = alice.next_event(WAIT).await.expect("connected");
+        assert_eq!(connected.event, "connected", "{name}");
+
+        // Publishing: per principal and target.
+        let publish = |token: Option<&str>, body: serde_json::Value| {
+            let mut request = http.post(server.url("/publish")).json(&body);
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            request.send()
+        };
+        let body = serde_json::json!({"stream": "private:alice", "data": "for alice"});
+        let (status, _, code, _) = refusal_of(publish(None, body.clone()).await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (401, "invalid_token"), "{name}");
+        let (status, _, code, _) =
+            refusal_of(publish(Some("bob"), body.clone()).await.unwrap()).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (403, "insufficient_scope"),
+            "{name}"
+        );
+        let session =
+            serde_json::json!({"session": "0123456789abcdef0123456789abcdef", "data": "x"});
+        let (status, ..) = refusal_of(publish(Some("alice"), session).await.unwrap()).await;
+        assert_eq!(
+            status, 403,
+            "{name}: sending to a session is refused to alice too"
+        );
+        let sent = publish(Some("alice"), body).await.unwrap();
+        assert_eq!(sent.status(), 200, "{name}");
+        let event = alice.next_event(WAIT).await.expect("the event");
+        assert_eq!(event.data, "for alice", "{name}");
+
+        // The session is bound to alice: bob presenting her token is refused.
+        let token = alice.token().expect("a session token");
+        let stolen = http
+            .get(server.url("/events?stream=public"))
+            .header("accept", "text/event-stream")
+            .header("authorization", "Bearer bob")
+            .header("x-sse-session", token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stolen.status(), 403, "{name}");
+        drop(public);
+    }
+}
+
+/// A subscriber whose authorization expires gets an `ended` event and the stream ends; with
+/// fresh credentials and its `Last-Event-ID` it resumes exactly where it was.
+#[tokio::test]
+async fn expired_authorization_ends_the_stream_and_a_fresh_token_resumes() {
+    let config = resumable_sse_core::Config::default().with_heartbeat(Duration::from_millis(200));
+    for (name, server) in [
+        (
+            "axum::serve",
+            TestServer::start(rules_app(config.clone())).await,
+        ),
+        (
+            "resumable_sse_axum::serve",
+            TestServer::start_fast(rules_app(config.clone())).await,
+        ),
+    ] {
+        let http = reqwest::Client::new();
+        let publish = async |data: &str| {
+            let sent = http
+                .post(server.url("/publish"))
+                .header("authorization", "Bearer alice")
+                .json(&serde_json::json!({"stream": "private:alice", "data": data}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(sent.status(), 200, "{name}");
+        };
+        let expiry = resumable_sse_core::time::unix_ms(
+            std::time::SystemTime::now() + Duration::from_millis(1500),
+        );
+        let short = format!("Bearer alice@{expiry}");
+        let mut events = connect(
+            &server.url("/events?stream=private:alice"),
+            &[("authorization", &short)],
+        )
+        .await;
+        assert_eq!(events.status, 200, "{name}");
+        publish("before").await;
+        let seen = events
+            .collect_until(WAIT, |e| e.iter().any(|e| e.event == "ended"))
+            .await;
+        let kinds: Vec<(&str, &str)> = seen
+            .iter()
+            .map(|e| (e.event.as_str(), e.data.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("connected", kinds[0].1),
+                ("message", "before"),
+                ("ended", r#"{"reason":"authorization_expired"}"#)
+            ],
+            "{name}"
+        );
+        assert!(
+            events.next_item(WAIT).await.is_none() && events.ended(),
+            "{name}: the response ends after `ended`"
+        );
+        let last_id = events.last_event_id().to_owned();
+        assert_eq!(
+            last_id, seen[1].last_event_id,
+            "{name}: `ended` carries no id"
+        );
+
+        // Meanwhile more is published; the client comes back with a fresh token.
+        publish("while away").await;
+        let token = events.token().expect("a session token");
+        let mut back = connect(
+            &server.url("/events?stream=private:alice"),
+            &[
+                ("authorization", "Bearer alice"),
+                ("x-sse-session", &token),
+                ("last-event-id", &last_id),
+            ],
+        )
+        .await;
+        let connected = back.next_event(WAIT).await.expect("connected");
+        let info: serde_json::Value = serde_json::from_str(&connected.data).unwrap();
+        assert_eq!(info["reset"], false, "{name}: {info}");
+        assert_eq!(info["resumed"], true, "{name}: {info}");
+        let next = back.next_event(WAIT).await.expect("the missed event");
+        assert_eq!(next.data, "while away", "{name}");
     }
 }

@@ -1605,6 +1605,37 @@ impl resumable_sse_core::SessionStore for CountingSessions {
     }
 }
 
+/// Everyone may read everything but streams named `secret…`.
+struct NoSecrets;
+
+#[resumable_sse_core::async_trait]
+impl resumable_sse_axum::Authorize for NoSecrets {
+    async fn identify(
+        &self,
+        _: &http::request::Parts,
+    ) -> Result<resumable_sse_axum::Identity, resumable_sse_axum::Refusal> {
+        Ok(resumable_sse_axum::Identity::anonymous())
+    }
+    async fn may_subscribe(
+        &self,
+        _: &resumable_sse_axum::Identity,
+        stream: &resumable_sse_core::StreamName,
+    ) -> Result<(), resumable_sse_axum::Refusal> {
+        if stream.as_str().starts_with("secret") {
+            Err(resumable_sse_axum::Refusal::insufficient_scope("secret"))
+        } else {
+            Ok(())
+        }
+    }
+    async fn may_publish(
+        &self,
+        _: &resumable_sse_axum::Identity,
+        _: resumable_sse_axum::Target<'_>,
+    ) -> Result<(), resumable_sse_axum::Refusal> {
+        Ok(())
+    }
+}
+
 /// Sessions are lazy: only a stream actually opened (or a handler that uses its session)
 /// creates one. Preflights, other methods, refused streams (400, 403) and other routes write
 /// nothing to the session store and set no cookie.
@@ -1617,8 +1648,7 @@ pub(crate) async fn refused_requests_create_no_session(backend: Backend) {
     let hub = Hub::builder(stores.buffer, sessions.clone())
         .keys(keys())
         .build();
-    let layer =
-        SseLayer::new(hub).with_authorizer(|_, _, stream| !stream.as_str().starts_with("secret"));
+    let layer = SseLayer::new(hub).with_authorization(NoSecrets);
     let router = resumable_sse_axum::router(layer);
     let server = if backend.fast {
         TestServer::start_fast(router).await
