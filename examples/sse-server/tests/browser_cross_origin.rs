@@ -22,27 +22,17 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::proxy::Proxy;
+use support::browser::{self, DEADLINE, Env};
 use support::webdriver::Session;
-use support::{ChromeDriver, Context, Result, Server, TempDir, Tools, tail};
+use support::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// How long any one step may take (the server asks browsers to wait 2 s before retrying).
-const DEADLINE: Duration = Duration::from_secs(20);
 /// Times the network is cut.
 const CUTS: usize = 4;
 /// Events published while connected, and while cut off, per round.
 const PER_ROUND: usize = 3;
 const STREAM: &str = "cross-site";
-
-macro_rules! ensure {
-    ($cond:expr, $($arg:tt)+) => {
-        if !$cond {
-            return Err(format!($($arg)+));
-        }
-    };
-}
 
 #[test]
 fn a_page_on_another_site_resumes_exactly_with_and_without_credentials() {
@@ -60,63 +50,29 @@ fn a_page_on_another_origin_of_the_same_site_resumes_exactly_with_the_default_co
 /// The scenario with the page served from `http://{page_host}:P` and the server started with
 /// `--cors-origin` for that origin and `server_args`.
 fn cross_origin(page_host: &str, server_args: &[&str]) {
-    let tools = Tools::locate();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let page_listener = runtime
-        .block_on(TcpListener::bind("127.0.0.1:0"))
-        .expect("bind the page server");
+    // Bound first: the server is told the page's origin.
+    let page_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the page server");
+    page_listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
     let page_port = page_listener.local_addr().expect("page address").port();
     let origin = format!("http://{page_host}:{page_port}");
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--heartbeat",
-        "1s",
-        "--cors-origin",
-        &origin,
-    ];
+    let mut args = vec!["--heartbeat", "1s", "--cors-origin", &origin];
     args.extend_from_slice(server_args);
-    let server = Server::start_with(&args).unwrap_or_else(|err| panic!("{err}"));
-    let profile = TempDir::new("sse-cross-origin-test").unwrap_or_else(|err| panic!("{err}"));
-    let driver = ChromeDriver::start(&tools.chromedriver).unwrap_or_else(|err| panic!("{err}"));
-
-    let outcome = runtime.block_on(async {
-        let upstream = server.addr.parse().ctx("server address")?;
-        let proxy = Proxy::start(upstream).await?;
-        tokio::spawn(serve_page(page_listener, proxy.addr));
-        let session = Session::start(&driver.url, &tools.chromium, &profile.0).await?;
-        let result = scenario(&server, &proxy, &session, &origin).await;
-        let result = result.map_err(|err| {
-            format!(
-                "{err}\n\nGET /events requests relayed:\n{:#?}",
-                proxy.event_requests()
-            )
-        });
-        if let Err(err) = session.close().await {
-            eprintln!("warning: could not close the browser session: {err}");
-        }
-        result
-    });
-    drop(runtime);
-    if let Err(err) = outcome {
-        panic!(
-            "{err}\n\n--- sse-server output ---\n{}\n--- chromedriver output ---\n{}",
-            tail(&server.log, 60),
-            tail(&driver.log, 30),
-        );
-    }
+    browser::run(
+        "sse-cross-origin-test",
+        &args,
+        "return window.clients || null;",
+        async |env: &Env| {
+            let listener = TcpListener::from_std(page_listener).ctx("the page server")?;
+            tokio::spawn(serve_page(listener, env.proxy.addr));
+            scenario(env, &origin).await
+        },
+    );
 }
 
-async fn scenario(server: &Server, proxy: &Proxy, session: &Session, origin: &str) -> Result<()> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .ctx("http client")?;
+async fn scenario(env: &Env, origin: &str) -> Result<()> {
+    let (server, proxy, session, http) = (&env.server, &env.proxy, &env.browser, &env.http);
     session.goto(&format!("{origin}/")).await?;
     let clients = wait_for(session, "the three clients to connect", |c| {
         c.iter().all(|c| c.sessions.len() == 1)
