@@ -39,11 +39,16 @@ fn app() -> Router {
 
 /// Both servers of the same app: hyper, and the fast path.
 async fn servers() -> [(&'static str, TestServer); 2] {
+    both(app).await
+}
+
+/// Both servers, each over its own app from `make`.
+async fn both(make: impl Fn() -> Router) -> [(&'static str, TestServer); 2] {
     [
-        ("axum::serve", TestServer::start(app()).await),
+        ("axum::serve", TestServer::start(make()).await),
         (
             "resumable_sse_axum::serve",
-            TestServer::start_fast(app()).await,
+            TestServer::start_fast(make()).await,
         ),
     ]
 }
@@ -195,13 +200,7 @@ fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 #[tokio::test]
 async fn cors_answers_alike_on_both_paths() {
     let http = reqwest::Client::new();
-    for (name, server) in [
-        ("axum::serve", TestServer::start(cors_app()).await),
-        (
-            "resumable_sse_axum::serve",
-            TestServer::start_fast(cors_app()).await,
-        ),
-    ] {
+    for (name, server) in both(cors_app).await {
         // A preflight for a JSON publish from the listed origin.
         let preflight = http
             .request(http::Method::OPTIONS, server.url("/publish"))
@@ -413,16 +412,7 @@ async fn refusal_of(response: reqwest::Response) -> (u16, String, String, bool) 
 #[tokio::test]
 async fn authorization_answers_alike_on_both_paths() {
     let http = reqwest::Client::new();
-    for (name, server) in [
-        (
-            "axum::serve",
-            TestServer::start(rules_app(Default::default())).await,
-        ),
-        (
-            "resumable_sse_axum::serve",
-            TestServer::start_fast(rules_app(Default::default())).await,
-        ),
-    ] {
+    for (name, server) in both(|| rules_app(Default::default())).await {
         let get = |path: &str, token: Option<&str>| {
             let mut request = http
                 .get(server.url(path))
@@ -526,16 +516,7 @@ async fn authorization_answers_alike_on_both_paths() {
 #[tokio::test]
 async fn expired_authorization_ends_the_stream_and_a_fresh_token_resumes() {
     let config = resumable_sse_core::Config::default().with_heartbeat(Duration::from_millis(200));
-    for (name, server) in [
-        (
-            "axum::serve",
-            TestServer::start(rules_app(config.clone())).await,
-        ),
-        (
-            "resumable_sse_axum::serve",
-            TestServer::start_fast(rules_app(config.clone())).await,
-        ),
-    ] {
+    for (name, server) in both(|| rules_app(config.clone())).await {
         let http = reqwest::Client::new();
         let publish = async |data: &str| {
             let sent = http
