@@ -133,6 +133,16 @@ async fn malformed_and_unusual_heads_get_the_same_status_on_both_paths() {
             ),
         ),
         (
+            "a body on GET",
+            format!("GET /events HTTP/1.1\r\nhost: x\r\n{auth}content-length: 5\r\n\r\nhello"),
+        ),
+        (
+            "a chunked body on GET",
+            format!(
+                "GET /events HTTP/1.1\r\nhost: x\r\n{auth}transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            ),
+        ),
+        (
             "unknown method on the events path",
             format!("BREW /events HTTP/1.1\r\nhost: x\r\n{auth}\r\n"),
         ),
