@@ -198,7 +198,8 @@ impl ClientBuilder {
     }
 
     /// The event names of the `connected` and `reset` markers (`None`: do not recognise it;
-    /// such events are messages). Defaults: `connected` and `reset`, as the server's.
+    /// such events are messages). Defaults: `connected` and `reset`, as the server's. The
+    /// `ended` marker (`{"reason": …}`) is always recognised.
     pub fn markers(mut self, connected: Option<&str>, reset: Option<&str>) -> Self {
         self.markers = Markers {
             connected: connected.map(str::to_owned),

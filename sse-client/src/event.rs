@@ -26,6 +26,11 @@ pub enum Event {
     Connected(Connected),
     /// Continuity was lost for some streams: refetch the state built from them.
     Reset(Reset),
+    /// The server is ending the connection for a reason it names (`authorization_expired`:
+    /// the credentials the connection was opened with have expired; come back with fresh
+    /// ones). The response ends next; the cursor is unchanged, so the next connection
+    /// resumes exactly.
+    Ended(Ended),
     /// The connection ended or could not be made; the client reconnects after
     /// [`Disconnected::retry_in`].
     Disconnected(Disconnected),
@@ -144,6 +149,14 @@ impl ResetReason {
     }
 }
 
+/// The server's `ended` marker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Ended {
+    /// Why, as sent (`authorization_expired`).
+    pub reason: String,
+}
+
 /// A connection ended or could not be made.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -167,6 +180,11 @@ struct ConnectedData {
     #[serde(default)]
     replay: u64,
     reset: bool,
+}
+
+#[derive(Deserialize)]
+struct EndedData {
+    reason: String,
 }
 
 #[derive(Deserialize)]
@@ -212,6 +230,13 @@ impl Markers {
                 reason: ResetReason::parse(data.reason),
                 streams: data.streams,
                 id: event.last_event_id,
+            });
+        }
+        if event.event == "ended"
+            && let Ok(data) = serde_json::from_str::<EndedData>(&event.data)
+        {
+            return Event::Ended(Ended {
+                reason: data.reason,
             });
         }
         Event::Message(event.into())
@@ -273,6 +298,15 @@ mod tests {
                 "{name} {data}"
             );
         }
+        let Event::Ended(e) = m.classify(parsed("ended", r#"{"reason":"authorization_expired"}"#))
+        else {
+            panic!()
+        };
+        assert_eq!(e.reason, "authorization_expired");
+        assert!(matches!(
+            m.classify(parsed("ended", "bye")),
+            Event::Message(_)
+        ));
         let off = Markers {
             connected: None,
             reset: None,
