@@ -595,3 +595,38 @@ async fn expired_authorization_ends_the_stream_and_a_fresh_token_resumes() {
         assert_eq!(next.data, "while away", "{name}");
     }
 }
+
+/// A client that sends bytes after its event-stream request (an SSE client never does) is
+/// disconnected by the fast path at once, instead of being read a few bytes at a time.
+#[tokio::test]
+async fn the_fast_path_closes_a_stream_whose_client_sends_bytes() {
+    let server = TestServer::start_fast(app()).await;
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    socket
+        .write_all(b"GET /events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ok\r\n\r\n")
+        .await
+        .unwrap();
+    // The head and the `connected` event.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("event: connected") {
+        let n = tokio::time::timeout(WAIT, socket.read(&mut buf))
+            .await
+            .expect("the stream starts")
+            .unwrap();
+        assert!(n > 0, "closed before the stream started");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // Refused part-way once the server has closed: that is the point.
+    let _ = socket.write_all(&[b'x'; 64 * 1024]).await;
+    // The server closes: a read ends (0, or a reset when unread bytes were left).
+    loop {
+        match tokio::time::timeout(WAIT, socket.read(&mut buf))
+            .await
+            .expect("the server closes the connection")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}

@@ -295,19 +295,25 @@ async fn write_events(
     drop(head);
     // The body is delimited by the connection's end (HTTP/1.1 allows it for a response without
     // a length): each batch is written as is, without chunk framing.
-    let mut probe = [0u8; 16];
+    let mut probe = [0u8; 1];
     loop {
         tokio::select! {
             chunk = connection.next() => match chunk {
                 Some(bytes) => stream.write_all(&bytes).await?,
                 None => return stream.shutdown().await,
             },
-            // The client went away (or sent something, which an SSE client never does).
+            // The client went away, or sent something. An SSE client never does: the request
+            // had no body, and this connection will never answer another request. Reading
+            // what it sends would cost the server more than the client (bytes read a few at
+            // a time), so the connection is closed instead.
             readable = stream.readable() => {
                 readable?;
                 match stream.try_read(&mut probe) {
                     Ok(0) => return Ok(()),
-                    Ok(_) => {}
+                    Ok(_) => {
+                        tracing::debug!("bytes after an event-stream request: closing");
+                        return Ok(());
+                    }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                     Err(err) => return Err(err),
                 }
