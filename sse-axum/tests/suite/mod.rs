@@ -629,8 +629,8 @@ pub(crate) async fn chaos_random_cuts_lose_nothing(backend: Backend) {
     publisher.await.expect("the publisher task");
     assert_eq!(total, CUTS);
     let elapsed = started.elapsed();
+    // How long it took is for the log, not an assertion: a loaded machine is slower.
     eprintln!("chaos: {CLIENTS} clients, {CUTS} cuts, {EVENTS} events in {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(50), "took {elapsed:?}");
 }
 
 /// Clients joining a stream that is published to continuously (their cursor starts at the
