@@ -1391,7 +1391,8 @@ pub(crate) async fn stalled_reader_holds_up_nobody(backend: Backend) {
     // No wall-clock bound: every event reached the normal client within `WAIT` of being
     // published while the stalled one read nothing, which is the point. How long it took is
     // for the log (a loaded machine takes longer, and that is no failure).
-    eprintln!("the normal client took {:?}", started.elapsed());
+    let elapsed = started.elapsed();
+    eprintln!("the normal client took {elapsed:?}");
     check_bounds(&server.hub);
     assert_eq!(
         server.hub.active_streams(),
