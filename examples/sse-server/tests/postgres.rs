@@ -150,7 +150,11 @@ async fn two_servers_share_one_database() {
     assert_eq!(back.session(), session, "B knows the session A created");
     assert_eq!(back.info["resumed"], true, "{}", back.info);
     assert_eq!(back.info["reset"], false, "{}", back.info);
-    assert_eq!(back.info["replay"], 3, "{}", back.info);
+    // `replay` counts up to the head as B knew it at connect time, which may not yet include
+    // an append made through A a moment before (`ConnectedInfo::replay`): what must be exact
+    // is what arrives.
+    let replay = back.info["replay"].as_u64().unwrap_or(u64::MAX);
+    assert!(replay <= 3, "{}", back.info);
     assert_eq!(back.messages(3).await, missed, "exactly the missed events");
     publish_ok(&a, "news", "live").await;
     assert_eq!(back.messages(1).await, ["live"], "then live, nothing twice");
@@ -409,7 +413,11 @@ async fn a_postgres_restart_loses_nothing() {
     )
     .await;
     assert_eq!(back.info["reset"], false, "{}", back.info);
-    assert_eq!(back.info["replay"], 3, "{}", back.info);
+    // `replay` counts up to the head as B knew it at connect time, which may not yet include
+    // an append made through A a moment before (`ConnectedInfo::replay`): what must be exact
+    // is what arrives.
+    let replay = back.info["replay"].as_u64().unwrap_or(u64::MAX);
+    assert!(replay <= 3, "{}", back.info);
     assert_eq!(
         back.messages(3).await,
         ["e3", "e4", "e5"],
