@@ -321,7 +321,7 @@ impl Authorize for Tokens {
                 "the token does not grant subscribing to `{name}` (sse.subscribe)"
             ))),
             None => Err(Refusal::invalid_token(format!(
-                "`{name}` is not a public stream: send a token (`Authorization: Bearer …` or \
+                "`{name}` is not a public stream: send a token (`Authorization: Bearer <token>` or \
                  the `{COOKIE_NAME}` cookie)"
             ))),
         }
@@ -330,7 +330,7 @@ impl Authorize for Tokens {
     async fn may_publish(&self, identity: &Identity, target: Target<'_>) -> Result<(), Refusal> {
         let Some(grants) = identity.get::<Grants>() else {
             return Err(Refusal::invalid_token(
-                "publishing needs a token (`Authorization: Bearer …`)",
+                "publishing needs a token (`Authorization: Bearer <token>`)",
             ));
         };
         let stream = match target {
@@ -384,7 +384,7 @@ impl Authorize for Development {
     }
 }
 
-/// The request's token: `Authorization: Bearer …`, else the `sse_token` cookie; `None`
+/// The request's token: `Authorization: Bearer <token>`, else the `sse_token` cookie; `None`
 /// without either. Refuses a token in the URL, and an `Authorization` that is not one bearer
 /// token.
 fn credentials(parts: &Parts) -> Result<Option<&str>, Refusal> {
@@ -397,7 +397,7 @@ fn credentials(parts: &Parts) -> Result<Option<&str>, Refusal> {
     if in_url {
         return Err(Refusal::invalid_token(format!(
             "tokens are not accepted in the URL (it ends up in logs and histories): send \
-             `Authorization: Bearer …` or the `{COOKIE_NAME}` cookie"
+             `Authorization: Bearer <token>` or the `{COOKIE_NAME}` cookie"
         )));
     }
     let mut authorization = parts.headers.get_all(AUTHORIZATION).iter();
