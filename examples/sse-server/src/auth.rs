@@ -191,8 +191,13 @@ fn public_key(path: &Path) -> Result<(Algorithm, DecodingKey), String> {
     }
     if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
         // The point's size tells the curve: 65 bytes uncompressed (33 compressed) on P-256.
-        let p256 = matches!(key.kind(), DecodingKeyKind::SecretOrDer(point)
-            if (point.len() == 65 && point[0] == 4) || (point.len() == 33 && matches!(point[0], 2 | 3)));
+        let p256 = match key.kind() {
+            DecodingKeyKind::SecretOrDer(point) => matches!(
+                (point.len(), point.first()),
+                (65, Some(4)) | (33, Some(2 | 3))
+            ),
+            _ => false,
+        };
         if !p256 {
             return Err(format!(
                 "--jwt-public-key {shown}: only P-256 EC keys (ES256) are supported"
@@ -237,8 +242,9 @@ struct Claims {
     sub: String,
     exp: u64,
     nbf: Option<u64>,
+    /// Missing or `null`: no grants.
     #[serde(default)]
-    sse: RawGrants,
+    sse: Option<RawGrants>,
 }
 
 #[derive(Default, Deserialize)]
@@ -265,19 +271,10 @@ fn identity(claims: Claims) -> Result<Identity, Refusal> {
             return Err(Refusal::invalid_token("the token is not valid yet (`nbf`)"));
         }
     }
+    let raw = claims.sse.unwrap_or_default();
     let grants = Grants {
-        subscribe: claims
-            .sse
-            .subscribe
-            .iter()
-            .map(|p| Pattern::lenient(p))
-            .collect(),
-        publish: claims
-            .sse
-            .publish
-            .iter()
-            .map(|p| Pattern::lenient(p))
-            .collect(),
+        subscribe: raw.subscribe.iter().map(|p| Pattern::lenient(p)).collect(),
+        publish: raw.publish.iter().map(|p| Pattern::lenient(p)).collect(),
     };
     Ok(Identity::principal(claims.sub)
         .with_expiry(UNIX_EPOCH + Duration::from_secs(claims.exp))

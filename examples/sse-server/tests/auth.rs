@@ -584,13 +584,15 @@ async fn sessions_are_bound_to_the_principal() {
     let session_id = info["session"].as_str().expect("a session id").to_owned();
 
     // Bob presents Alice's session: refused.
-    assert_refused_status(
+    let body = assert_refused_status(
         &server,
         "/events?stream=room:1",
         &[("authorization", &bob), ("x-sse-session", &session_token)],
         403,
     )
     .await;
+    // The library's error form, not RFC 6750's (the token is genuine; the session is not its).
+    assert_eq!(body["code"], "forbidden", "{body}");
     // Alice with it: her session.
     let (_again, info) = subscribe(
         &server,
@@ -628,9 +630,15 @@ async fn sessions_are_bound_to_the_principal() {
     assert_eq!(next_message(&mut first).await, "exact");
 }
 
-async fn assert_refused_status(server: &Server, path: &str, headers: &[(&str, &str)], status: u16) {
+async fn assert_refused_status(
+    server: &Server,
+    path: &str,
+    headers: &[(&str, &str)],
+    status: u16,
+) -> Value {
     let (got, _, body) = refused(server, path, headers, None).await;
     assert_eq!(got, status, "{path}: {body}");
+    body
 }
 
 #[tokio::test]
