@@ -15,10 +15,19 @@
 //! Pages on other origins: `--cors-origin https://app.example.com` (repeatable; `*` for any
 //! origin without credentials), and `--cookie-same-site none` when that page is on another
 //! site and should keep its session cookie (docs/protocol.md, "Pages on other origins").
+//!
+//! Authentication (docs/authentication.md): `--jwt-key SECRET` (HS256) and
+//! `--jwt-public-key FILE.pem` (RS256, ES256) verify JWTs from `Authorization: Bearer …` or
+//! the `sse_token` cookie; `--public-streams PATTERN` are readable without one. Without any
+//! key the server is in development mode: every stream public, publishing from loopback only,
+//! and it refuses to listen beyond loopback unless `--insecure`.
 
 mod assets;
+mod auth;
+mod pattern;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::Router;
@@ -27,6 +36,9 @@ use axum::routing::get;
 use clap::Parser;
 use resumable_sse_axum::{CorsOrigins, SameSite, SseLayer};
 use resumable_sse_core::{Config, Hub, Retention, TokenKeys};
+
+use crate::auth::{Development, Secret, Settings, Tokens};
+use crate::pattern::Pattern;
 
 /// Resumable Server-Sent Events: the reference server.
 #[derive(Parser, Debug)]
@@ -68,6 +80,67 @@ struct Args {
     /// `http://127.0.0.1`; only plain HTTP on other hosts needs `false`).
     #[arg(long, env = "SSE_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
     cookie_secure: bool,
+    /// An HS256 secret (at least 32 bytes) that verifies JWTs; repeatable (several: rotation,
+    /// a token verified by any of them is accepted).
+    #[arg(
+        long = "jwt-key",
+        value_name = "SECRET",
+        env = "SSE_JWT_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    jwt_keys: Vec<Secret>,
+    /// A PEM public key that verifies JWTs: RSA (RS256) or EC P-256 (ES256), the algorithm
+    /// taken from the key, never from the token; repeatable.
+    #[arg(
+        long = "jwt-public-key",
+        value_name = "FILE.pem",
+        env = "SSE_JWT_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
+    jwt_public_keys: Vec<PathBuf>,
+    /// The issuer (`iss`) tokens must name; not checked when not given.
+    #[arg(long, value_name = "ISS", env = "SSE_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// The audience (`aud`) tokens must name; not checked when not given.
+    #[arg(long, value_name = "AUD", env = "SSE_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Streams anonymous subscribers may read: a name, or a prefix ending in `*` (`news:*`);
+    /// repeatable. Without any key every stream is public.
+    #[arg(
+        long = "public-streams",
+        value_name = "PATTERN",
+        env = "SSE_PUBLIC_STREAMS",
+        value_delimiter = ','
+    )]
+    public_streams: Vec<Pattern>,
+    /// Listen beyond loopback without any key (development mode: every stream public).
+    #[arg(long, env = "SSE_INSECURE")]
+    insecure: bool,
+}
+
+/// The authorization the arguments ask for: [`Tokens`] with a key, else development mode,
+/// which only listens on loopback unless `--insecure`.
+fn authorization(args: &Args) -> Result<Option<Tokens>, String> {
+    let settings = Settings {
+        secrets: args.jwt_keys.clone(),
+        public_keys: args.jwt_public_keys.clone(),
+        issuer: args.jwt_issuer.clone(),
+        audience: args.jwt_audience.clone(),
+        public_streams: args.public_streams.clone(),
+    };
+    if settings.has_keys() {
+        return Tokens::new(&settings).map(Some);
+    }
+    if !args.listen.ip().to_canonical().is_loopback() && !args.insecure {
+        return Err(format!(
+            "refusing to listen on {} without --jwt-key or --jwt-public-key: in development \
+             mode every stream is public, so anyone who can reach the server could read them \
+             all. Give a key (docs/authentication.md), listen on loopback, or pass --insecure",
+            args.listen
+        ));
+    }
+    Ok(None)
 }
 
 const DEMO: &str = include_str!("../static/index.html");
@@ -95,6 +168,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = Args::parse();
+    // Before anything is opened: a configuration that is refused changes nothing.
+    let tokens = match authorization(&args) {
+        Ok(tokens) => tokens,
+        Err(message) => {
+            eprintln!("sse-server: {message}");
+            std::process::exit(2);
+        }
+    };
     let retention = Retention::new(args.max_len, args.max_age);
     let stores = resumable_sse_axum::open_store(&args.store, retention).await?;
     let config = Config::default()
@@ -136,6 +217,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let layer = SseLayer::new(hub)
         .with_same_site(args.cookie_same_site)
         .with_secure_cookie(args.cookie_secure);
+    let layer = match tokens {
+        Some(tokens) => {
+            tracing::info!(
+                algorithms = ?tokens.algorithms(),
+                issuer = args.jwt_issuer.as_deref().unwrap_or("(not checked)"),
+                audience = args.jwt_audience.as_deref().unwrap_or("(not checked)"),
+                public_streams = ?args.public_streams,
+                "JWT authentication: streams not matching --public-streams need a token"
+            );
+            layer.with_authorization(tokens)
+        }
+        None => {
+            tracing::warn!(
+                "development mode (no --jwt-key nor --jwt-public-key): every stream is public \
+                 and only loopback clients may publish"
+            );
+            if !addr.ip().to_canonical().is_loopback() {
+                tracing::warn!(%addr, "--insecure: listening beyond loopback without any key");
+            }
+            layer.with_authorization(Development)
+        }
+    };
     // `resumable_sse_axum::serve` writes event streams outside hyper (a fraction of the memory
     // per idle connection); the router answers every request, as with `axum::serve`.
     resumable_sse_axum::serve(listener, app(layer, origins))

@@ -148,18 +148,17 @@ impl Server {
     /// Starts the binary with these arguments (give `--listen`; port 0 picks one). Settings
     /// not given take their defaults, whatever the environment says.
     pub(crate) fn start_with(args: &[&str]) -> Result<Self> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sse-server"));
-        command
-            .args(args)
-            .env_remove("SSE_LISTEN")
-            .env_remove("SSE_STORE")
-            .env_remove("SSE_MAX_LEN")
-            .env_remove("SSE_MAX_AGE")
-            .env_remove("SSE_SESSION_TTL")
-            .env_remove("SSE_HEARTBEAT")
-            .env_remove("SSE_SECRET")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1");
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`start_with`](Self::start_with), with these environment variables set last
+    /// (`RUST_LOG` among them, for example).
+    pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let mut command = Self::command();
+        command.args(args);
+        for (name, value) in env {
+            command.env(name, value);
+        }
         let pick = |line: &str| {
             line.trim()
                 .strip_prefix("listening on http://")
@@ -168,6 +167,29 @@ impl Server {
         let (child, addr, log) =
             spawn_and_wait(command, "sse-server", pick, Duration::from_secs(30))?;
         Ok(Server { child, addr, log })
+    }
+
+    /// The binary, its settings cleared from the environment (they take their defaults),
+    /// logging at `info` without colours.
+    pub(crate) fn command() -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sse-server"));
+        command
+            .env_remove("SSE_LISTEN")
+            .env_remove("SSE_STORE")
+            .env_remove("SSE_MAX_LEN")
+            .env_remove("SSE_MAX_AGE")
+            .env_remove("SSE_SESSION_TTL")
+            .env_remove("SSE_HEARTBEAT")
+            .env_remove("SSE_SECRET")
+            .env_remove("SSE_JWT_KEYS")
+            .env_remove("SSE_JWT_PUBLIC_KEYS")
+            .env_remove("SSE_JWT_ISSUER")
+            .env_remove("SSE_JWT_AUDIENCE")
+            .env_remove("SSE_PUBLIC_STREAMS")
+            .env_remove("SSE_INSECURE")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        command
     }
 
     /// Stops the server now (SIGKILL: a crash, not a graceful shutdown).

@@ -1,0 +1,947 @@
+//! Authentication of the real `sse-server` binary, over real HTTP: JWTs minted here with
+//! `jsonwebtoken` (HS256 secrets; RS256 and ES256 key pairs made with the `openssl` CLI at
+//! test time), and development mode (no key).
+//!
+//! - Grants decide subscribing and publishing (200, or 403 `insufficient_scope` with
+//!   `WWW-Authenticate` and a JSON body, before any event byte); anonymous requests read the
+//!   `--public-streams` only and publish nothing (401).
+//! - Forged, expired, wrong-algorithm (the HS256-with-the-public-key confusion among them),
+//!   wrong-issuer and wrong-audience tokens are refused with 401 `invalid_token`.
+//! - Several keys verify (rotation); a token in the URL is refused.
+//! - A session is bound to its `sub`: another principal presenting it gets 403.
+//! - A subscriber whose token expires gets `event: ended` (`authorization_expired`) and the
+//!   stream ends; with a fresh token and its `Last-Event-ID` it resumes exactly.
+//! - Development mode: loopback publishes, others are refused (whatever `X-Forwarded-For`
+//!   says); beyond loopback the server refuses to start without `--insecure`.
+//! - No token ever appears in the server's log, at `debug` level.
+//!
+//! Every wait is on a condition with a deadline.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::header::HeaderMap;
+use resumable_sse_axum::testing::{SseStream, connect};
+use serde_json::{Value, json};
+use support::{Log, Server, TempDir, tail};
+
+/// The HS256 secret of most tests.
+const KEY: &str = "auth-tests-hs256-secret-0123456789abcdef";
+/// A second one, for rotation.
+const KEY2: &str = "auth-tests-hs256-secret-rotated-9876543210";
+/// How long one expected thing may take.
+const WAIT: Duration = Duration::from_secs(10);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Claims for `sub`, valid for `ttl` seconds, with these grants.
+fn claims(sub: &str, subscribe: &[&str], publish: &[&str], ttl: u64) -> Value {
+    json!({
+        "sub": sub,
+        "exp": now() + ttl,
+        "sse": {"subscribe": subscribe, "publish": publish},
+    })
+}
+
+fn mint(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, key).expect("mint a token")
+}
+
+fn hs256(secret: &str, claims: &Value) -> String {
+    mint(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(secret.as_bytes()).expect("an HS256 key"),
+        claims,
+    )
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn start(args: &[&str]) -> Server {
+    let mut all = vec!["--listen", "127.0.0.1:0", "--heartbeat", "1s"];
+    all.extend_from_slice(args);
+    Server::start_with(&all).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// Opens an event stream (status 200 expected) and reads its `connected` event.
+async fn subscribe(server: &Server, query: &str, headers: &[(&str, &str)]) -> (SseStream, Value) {
+    let mut stream = connect(&server.url(&format!("/events?{query}")), headers).await;
+    assert_eq!(
+        stream.status,
+        200,
+        "GET /events?{query}: expected 200; server log:\n{}",
+        tail(&server.log, 20)
+    );
+    let connected = stream.next_event(WAIT).await.expect("a connected event");
+    assert_eq!(connected.event, "connected");
+    let data = serde_json::from_str(&connected.data).expect("connected carries JSON");
+    (stream, data)
+}
+
+/// A refused request: the status, `WWW-Authenticate`, and the JSON body (the whole
+/// response, so no event byte came before it).
+async fn refused(
+    server: &Server,
+    path: &str,
+    headers: &[(&str, &str)],
+    publish: Option<Value>,
+) -> (u16, String, Value) {
+    let client = reqwest::Client::new();
+    let mut request = match &publish {
+        Some(body) => client.post(server.url(path)).json(body),
+        None => client
+            .get(server.url(path))
+            .header("accept", "text/event-stream"),
+    };
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = tokio::time::timeout(WAIT, request.send())
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    let status = response.status().as_u16();
+    assert_ne!(status, 200, "{path}: expected a refusal, got 200");
+    let challenge = header(response.headers(), "www-authenticate");
+    let body = tokio::time::timeout(WAIT, response.text())
+        .await
+        .expect("a whole body in time")
+        .expect("a body");
+    let body = serde_json::from_str(&body)
+        .unwrap_or_else(|_| panic!("{path}: the refusal is not JSON: {body}"));
+    (status, challenge, body)
+}
+
+fn header(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Asserts an RFC 6750 refusal: `status`, the `code` in the challenge and in the body.
+async fn assert_refused(
+    server: &Server,
+    path: &str,
+    headers: &[(&str, &str)],
+    publish: Option<Value>,
+    status: u16,
+    code: &str,
+) -> String {
+    let (got, challenge, body) = refused(server, path, headers, publish).await;
+    assert_eq!(got, status, "{path}: {body}");
+    assert!(
+        challenge.starts_with(&format!("Bearer error=\"{code}\"")),
+        "{path}: WWW-Authenticate is {challenge:?}"
+    );
+    assert_eq!(body["error"], code, "{path}: {body}");
+    body["message"].as_str().unwrap_or_default().to_owned()
+}
+
+/// `POST /publish` with `body` and `headers`: the status and the JSON answer.
+async fn publish(server: &Server, body: Value, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(server.url("/publish"))
+        .json(&body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = tokio::time::timeout(WAIT, request.send())
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// The next event named `message` (skipping heartbeats and other kinds).
+async fn next_message(stream: &mut SseStream) -> String {
+    let seen = stream
+        .collect_until(WAIT, |seen| seen.iter().any(|e| e.event == "message"))
+        .await;
+    seen.into_iter()
+        .find(|e| e.event == "message")
+        .map(|e| e.data)
+        .expect("a message in time")
+}
+
+#[tokio::test]
+async fn grants_decide_who_subscribes_and_publishes() {
+    let server = start(&[
+        "--jwt-key",
+        KEY,
+        "--public-streams",
+        "news",
+        "--public-streams",
+        "open:*",
+    ]);
+    let reader = hs256(KEY, &claims("alice", &["room:*"], &[], 600));
+    let writer = hs256(KEY, &claims("svc", &[], &["room:1"], 600));
+    let reader_auth = bearer(&reader);
+    let writer_auth = bearer(&writer);
+    let as_reader = [("authorization", reader_auth.as_str())];
+    let as_writer = [("authorization", writer_auth.as_str())];
+
+    // Granted by pattern: the stream opens, and what is published arrives.
+    let (mut room, _) = subscribe(&server, "stream=room:1", &as_reader).await;
+    let (status, body) = publish(
+        &server,
+        json!({"stream": "room:1", "data": "hi"}),
+        &as_writer,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(next_message(&mut room).await, "hi");
+
+    // Not granted: 403 before any event byte, also when one of several streams is not.
+    for query in [
+        "stream=secret",
+        "stream=room:1&stream=secret",
+        "stream=rooms",
+    ] {
+        assert_refused(
+            &server,
+            &format!("/events?{query}"),
+            &as_reader,
+            None,
+            403,
+            "insufficient_scope",
+        )
+        .await;
+    }
+    let message = assert_refused(
+        &server,
+        "/publish",
+        &as_writer,
+        Some(json!({"stream": "room:2", "data": "no"})),
+        403,
+        "insufficient_scope",
+    )
+    .await;
+    assert!(message.contains("room:2"), "{message}");
+    // A reader's token does not publish.
+    assert_refused(
+        &server,
+        "/publish",
+        &as_reader,
+        Some(json!({"stream": "room:1", "data": "no"})),
+        403,
+        "insufficient_scope",
+    )
+    .await;
+
+    // The cookie works as the header does (browsers).
+    let cookie = format!("sse_token={reader}");
+    subscribe(&server, "stream=room:7", &[("cookie", cookie.as_str())]).await;
+
+    // Anonymous: public streams only, and no publishing.
+    subscribe(&server, "stream=news", &[]).await;
+    subscribe(&server, "stream=open:lobby&stream=news", &[]).await;
+    // A token's holder reads the public streams too.
+    subscribe(&server, "stream=news&stream=room:1", &as_reader).await;
+    for query in ["stream=room:1", "stream=news&stream=secret", ""] {
+        assert_refused(
+            &server,
+            &format!("/events?{query}"),
+            &[],
+            None,
+            401,
+            "invalid_token",
+        )
+        .await;
+    }
+    assert_refused(
+        &server,
+        "/publish",
+        &[],
+        Some(json!({"stream": "news", "data": "no"})),
+        401,
+        "invalid_token",
+    )
+    .await;
+
+    // Never in the URL, however valid the token.
+    for path in [
+        format!("/events?stream=room:1&access_token={reader}"),
+        format!("/events?stream=news&token={reader}"),
+    ] {
+        let message = assert_refused(&server, &path, &[], None, 401, "invalid_token").await;
+        assert!(message.contains("not accepted in the URL"), "{message}");
+    }
+    assert_refused(
+        &server,
+        &format!("/publish?access_token={writer}"),
+        &[],
+        Some(json!({"stream": "room:1", "data": "no"})),
+        401,
+        "invalid_token",
+    )
+    .await;
+    // Nothing refused reached the stream.
+    let (status, _) = publish(
+        &server,
+        json!({"stream": "room:1", "data": "last"}),
+        &as_writer,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(next_message(&mut room).await, "last");
+}
+
+#[tokio::test]
+async fn forged_expired_and_misissued_tokens_are_refused() {
+    let server = start(&[
+        "--jwt-key",
+        KEY,
+        "--jwt-issuer",
+        "https://issuer.example",
+        "--jwt-audience",
+        "sse",
+    ]);
+    let good = |extra: Value| {
+        let mut claims = claims("alice", &["*"], &["*"], 600);
+        claims["iss"] = json!("https://issuer.example");
+        claims["aud"] = json!("sse");
+        for (name, value) in extra.as_object().into_iter().flatten() {
+            if value.is_null() {
+                claims.as_object_mut().map(|c| c.remove(name));
+            } else {
+                claims[name] = value.clone();
+            }
+        }
+        claims
+    };
+    let valid = hs256(KEY, &good(json!({})));
+    subscribe(
+        &server,
+        "stream=room:1",
+        &[("authorization", &bearer(&valid))],
+    )
+    .await;
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "forged signature",
+            hs256("someone-elses-secret-0123456789abcdefgh", &good(json!({}))),
+            "signature",
+        ),
+        (
+            "expired",
+            hs256(KEY, &good(json!({"exp": now() - 5}))),
+            "expired",
+        ),
+        ("no exp", hs256(KEY, &good(json!({"exp": null}))), "exp"),
+        ("no sub", hs256(KEY, &good(json!({"sub": null}))), "sub"),
+        (
+            "wrong issuer",
+            hs256(KEY, &good(json!({"iss": "https://other.example"}))),
+            "issuer",
+        ),
+        ("no issuer", hs256(KEY, &good(json!({"iss": null}))), "iss"),
+        (
+            "wrong audience",
+            hs256(KEY, &good(json!({"aud": "other"}))),
+            "audience",
+        ),
+        (
+            "another HMAC algorithm",
+            mint(
+                Algorithm::HS512,
+                &EncodingKey::from_secret(KEY.as_bytes()).unwrap(),
+                &good(json!({})),
+            ),
+            "algorithm",
+        ),
+        ("not a JWT", "not-a-jwt".to_owned(), "JWT"),
+        (
+            "alg none",
+            format!(
+                "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
+                valid.split('.').nth(1).unwrap()
+            ),
+            "JWT",
+        ),
+    ];
+    for (what, token, says) in cases {
+        let auth = bearer(&token);
+        let headers = [("authorization", auth.as_str())];
+        let message = assert_refused(
+            &server,
+            "/events?stream=room:1",
+            &headers,
+            None,
+            401,
+            "invalid_token",
+        )
+        .await;
+        assert!(message.contains(says), "{what}: {message}");
+        assert_refused(
+            &server,
+            "/publish",
+            &headers,
+            Some(json!({"stream": "room:1", "data": "x"})),
+            401,
+            "invalid_token",
+        )
+        .await;
+    }
+    // Not a bearer token at all.
+    assert_refused(
+        &server,
+        "/events?stream=room:1",
+        &[("authorization", "Basic YWxpY2U6c2VjcmV0")],
+        None,
+        401,
+        "invalid_token",
+    )
+    .await;
+}
+
+/// Makes a key pair with the `openssl` CLI: (private PEM, public PEM file).
+fn key_pair(dir: &TempDir, name: &str, genpkey: &[&str]) -> (Vec<u8>, String) {
+    let private = dir.0.join(format!("{name}.pem"));
+    let public = dir.0.join(format!("{name}.pub.pem"));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("this test needs the openssl CLI");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let private_path = private.to_str().expect("a UTF-8 temp path");
+    let public_path = public.to_str().expect("a UTF-8 temp path");
+    let mut args = vec!["genpkey"];
+    args.extend_from_slice(genpkey);
+    args.extend_from_slice(&["-out", private_path]);
+    run(&args);
+    run(&["pkey", "-in", private_path, "-pubout", "-out", public_path]);
+    (
+        std::fs::read(&private).expect("the private key"),
+        public_path.to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn public_keys_verify_with_their_own_algorithm_only() {
+    let dir = TempDir::new("sse-auth-keys").unwrap();
+    let (rsa, rsa_pub) = key_pair(
+        &dir,
+        "rsa",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    let (ec, ec_pub) = key_pair(
+        &dir,
+        "ec",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let rsa_key = EncodingKey::from_rsa_pem(&rsa).unwrap();
+    let ec_key = EncodingKey::from_ec_pem(&ec).unwrap();
+    let claims = claims("alice", &["room:*"], &["room:*"], 600);
+
+    let server = start(&[
+        "--jwt-key",
+        KEY,
+        "--jwt-public-key",
+        &rsa_pub,
+        "--jwt-public-key",
+        &ec_pub,
+    ]);
+    for token in [
+        mint(Algorithm::RS256, &rsa_key, &claims),
+        mint(Algorithm::ES256, &ec_key, &claims),
+        hs256(KEY, &claims),
+    ] {
+        let auth = bearer(&token);
+        subscribe(&server, "stream=room:1", &[("authorization", &auth)]).await;
+        let (status, body) = publish(
+            &server,
+            json!({"stream": "room:1", "data": "x"}),
+            &[("authorization", &auth)],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The confusion attack: HS256 with a public key's PEM as the secret. The public keys
+    // only ever verify RS256 and ES256, so this is checked against the HS256 secret, and fails.
+    let rsa_pem = std::fs::read(&rsa_pub).unwrap();
+    let ec_pem = std::fs::read(&ec_pub).unwrap();
+    let confused = [
+        hs256_bytes(&rsa_pem, &claims),
+        hs256_bytes(&ec_pem, &claims),
+        // The right key with another algorithm than the configuration's.
+        mint(Algorithm::RS384, &rsa_key, &claims),
+        mint(Algorithm::PS256, &rsa_key, &claims),
+    ];
+    for token in &confused {
+        let auth = bearer(token);
+        assert_refused(
+            &server,
+            "/events?stream=room:1",
+            &[("authorization", &auth)],
+            None,
+            401,
+            "invalid_token",
+        )
+        .await;
+    }
+
+    // With an RSA key alone, no HS256 token is even tried.
+    let rsa_only = start(&["--jwt-public-key", &rsa_pub]);
+    for token in [
+        &confused[0],
+        &hs256(KEY, &claims),
+        &mint(Algorithm::ES256, &ec_key, &claims),
+    ] {
+        let auth = bearer(token);
+        let message = assert_refused(
+            &rsa_only,
+            "/events?stream=room:1",
+            &[("authorization", &auth)],
+            None,
+            401,
+            "invalid_token",
+        )
+        .await;
+        assert!(message.contains("algorithm"), "{message}");
+    }
+    let auth = bearer(&mint(Algorithm::RS256, &rsa_key, &claims));
+    subscribe(&rsa_only, "stream=room:1", &[("authorization", &auth)]).await;
+
+    // Keys the server cannot use are refused at start, naming the file.
+    let (_, p384_pub) = key_pair(
+        &dir,
+        "p384",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+    );
+    let rsa_private = dir.0.join("rsa.pem");
+    for (file, says) in [
+        (p384_pub.as_str(), "P-256"),
+        (rsa_private.to_str().unwrap(), "private key"),
+    ] {
+        let (code, stderr) = run_to_exit(&["--listen", "127.0.0.1:0", "--jwt-public-key", file]);
+        assert_ne!(code, Some(0));
+        assert!(stderr.contains(says) && stderr.contains(file), "{stderr}");
+    }
+}
+
+fn hs256_bytes(secret: &[u8], claims: &Value) -> String {
+    mint(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(secret).expect("an HS256 key"),
+        claims,
+    )
+}
+
+#[tokio::test]
+async fn several_keys_rotate() {
+    let server = start(&["--jwt-key", KEY, "--jwt-key", KEY2]);
+    let claims = claims("alice", &["room:*"], &["room:*"], 600);
+    for secret in [KEY, KEY2] {
+        let auth = bearer(&hs256(secret, &claims));
+        subscribe(&server, "stream=room:1", &[("authorization", &auth)]).await;
+        let (status, body) = publish(
+            &server,
+            json!({"stream": "room:1", "data": "x"}),
+            &[("authorization", &auth)],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let retired = bearer(&hs256("a-retired-secret-no-longer-configured-000", &claims));
+    assert_refused(
+        &server,
+        "/events?stream=room:1",
+        &[("authorization", &retired)],
+        None,
+        401,
+        "invalid_token",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sessions_are_bound_to_the_principal() {
+    let server = start(&["--jwt-key", KEY]);
+    let alice = bearer(&hs256(KEY, &claims("alice", &["room:*"], &[], 600)));
+    let bob = bearer(&hs256(KEY, &claims("bob", &["room:*"], &[], 600)));
+    let (mut first, info) = subscribe(&server, "stream=room:1", &[("authorization", &alice)]).await;
+    let session_token = first.token().expect("a session token");
+    let session_id = info["session"].as_str().expect("a session id").to_owned();
+
+    // Bob presents Alice's session: refused.
+    let body = assert_refused_status(
+        &server,
+        "/events?stream=room:1",
+        &[("authorization", &bob), ("x-sse-session", &session_token)],
+        403,
+    )
+    .await;
+    // The library's error form, not RFC 6750's (the token is genuine; the session is not its).
+    assert_eq!(body["code"], "forbidden", "{body}");
+    // Alice with it: her session.
+    let (_again, info) = subscribe(
+        &server,
+        "stream=room:1",
+        &[("authorization", &alice), ("x-sse-session", &session_token)],
+    )
+    .await;
+    assert_eq!(info["session"], session_id.as_str());
+
+    // Publishing to a session needs a pattern matching `@session:<id>`.
+    for (grant, status) in [("room:*", 403), ("@session:*", 200), ("*", 200)] {
+        let sender = bearer(&hs256(KEY, &claims("svc", &[], &[grant], 600)));
+        let (got, body) = publish(
+            &server,
+            json!({"session": session_id, "data": format!("via {grant}")}),
+            &[("authorization", &sender)],
+        )
+        .await;
+        assert_eq!(got, status, "{grant}: {body}");
+        if status == 200 {
+            assert_eq!(next_message(&mut first).await, format!("via {grant}"));
+        }
+    }
+    let exact = bearer(&hs256(
+        KEY,
+        &claims("svc", &[], &[&format!("@session:{session_id}")], 600),
+    ));
+    let (got, body) = publish(
+        &server,
+        json!({"session": session_id, "data": "exact"}),
+        &[("authorization", &exact)],
+    )
+    .await;
+    assert_eq!(got, 200, "{body}");
+    assert_eq!(next_message(&mut first).await, "exact");
+}
+
+async fn assert_refused_status(
+    server: &Server,
+    path: &str,
+    headers: &[(&str, &str)],
+    status: u16,
+) -> Value {
+    let (got, _, body) = refused(server, path, headers, None).await;
+    assert_eq!(got, status, "{path}: {body}");
+    body
+}
+
+#[tokio::test]
+async fn an_expired_token_ends_the_stream_and_a_fresh_one_resumes_exactly() {
+    let server = start(&["--jwt-key", KEY]);
+    let publisher = bearer(&hs256(KEY, &claims("svc", &[], &["room:*"], 600)));
+    let as_publisher = [("authorization", publisher.as_str())];
+    let exp = now() + 3;
+    let mut short = claims("alice", &["room:*"], &[], 0);
+    short["exp"] = json!(exp);
+    let short = bearer(&hs256(KEY, &short));
+    let (mut stream, _) = subscribe(&server, "stream=room:exp", &[("authorization", &short)]).await;
+    let session = stream.token().expect("a session token");
+    let (status, _) = publish(
+        &server,
+        json!({"stream": "room:exp", "data": "one"}),
+        &as_publisher,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(next_message(&mut stream).await, "one");
+
+    // At `exp` (heartbeats every second wake the check): `ended`, then the response ends.
+    let seen = stream
+        .collect_until(Duration::from_secs(15), |seen| {
+            seen.iter().any(|e| e.event == "ended")
+        })
+        .await;
+    let ended = seen
+        .iter()
+        .find(|e| e.event == "ended")
+        .expect("an ended event");
+    assert!(now() >= exp, "ended before the token expired");
+    let reason: Value = serde_json::from_str(&ended.data).unwrap();
+    assert_eq!(reason["reason"], "authorization_expired");
+    assert!(
+        stream.next_item(WAIT).await.is_none(),
+        "the response goes on after ended"
+    );
+    assert!(stream.ended());
+    let last_event_id = stream.last_event_id().to_owned();
+
+    // While away.
+    for data in ["two", "three"] {
+        let (status, _) = publish(
+            &server,
+            json!({"stream": "room:exp", "data": data}),
+            &as_publisher,
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    // The expired token is refused; a fresh one resumes from the Last-Event-ID.
+    assert_refused(
+        &server,
+        "/events?stream=room:exp",
+        &[("authorization", &short)],
+        None,
+        401,
+        "invalid_token",
+    )
+    .await;
+    let fresh = bearer(&hs256(KEY, &claims("alice", &["room:*"], &[], 600)));
+    let (mut again, info) = subscribe(
+        &server,
+        "stream=room:exp",
+        &[
+            ("authorization", &fresh),
+            ("last-event-id", &last_event_id),
+            ("x-sse-session", &session),
+        ],
+    )
+    .await;
+    assert_eq!(info["resumed"], true, "{info}");
+    assert_eq!(info["reset"], false, "{info}");
+    let events = again
+        .collect_until(WAIT, |seen| {
+            seen.iter().filter(|e| e.event == "message").count() == 2
+        })
+        .await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert!(!kinds.contains(&"reset"), "{kinds:?}");
+    let data: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event == "message")
+        .map(|e| e.data.as_str())
+        .collect();
+    assert_eq!(data, ["two", "three"]);
+}
+
+/// A non-loopback IPv4 address of this machine (the one its default route leaves from;
+/// nothing is sent).
+fn own_address() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+    socket
+        .connect("192.0.2.1:9")
+        .expect("this test needs a non-loopback IPv4 address (a default route)");
+    let ip = socket.local_addr().expect("its address").ip();
+    assert!(!ip.is_loopback(), "no non-loopback address: {ip}");
+    ip
+}
+
+/// Runs the binary until it exits (within [`WAIT`]): its exit code and standard error.
+fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Server::command()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sse-server");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the child's status") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sse-server {args:?} did not exit within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (status.code(), stderr)
+}
+
+async fn wait_for_log(log: &Log, needle: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !log
+        .lock()
+        .expect("the log")
+        .iter()
+        .any(|l| l.contains(needle))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{}",
+            tail(log, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn development_mode_publishes_from_loopback_only() {
+    // No key, loopback: as before, every stream public and publishing open to this machine.
+    let server = start(&[]);
+    wait_for_log(&server.log, "development mode").await;
+    let (mut stream, _) = subscribe(&server, "stream=anything", &[]).await;
+    let (status, body) =
+        publish(&server, json!({"stream": "anything", "data": "local"}), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(next_message(&mut stream).await, "local");
+    assert_refused(
+        &server,
+        "/events?stream=anything&token=x",
+        &[],
+        None,
+        401,
+        "invalid_token",
+    )
+    .await;
+
+    // Beyond loopback without a key: refused at start, with the reason.
+    let (code, stderr) = run_to_exit(&["--listen", "0.0.0.0:0"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+
+    // With --insecure it starts; another machine reads but may not publish, whatever
+    // X-Forwarded-For claims.
+    let open = Server::start_with(&["--listen", "0.0.0.0:0", "--insecure"])
+        .unwrap_or_else(|err| panic!("{err}"));
+    wait_for_log(&open.log, "--insecure").await;
+    let port = open.addr.rsplit(':').next().unwrap().to_owned();
+    let remote = format!("http://{}:{port}", own_address());
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{remote}/publish"))
+        .header("x-forwarded-for", "127.0.0.1")
+        .json(&json!({"stream": "anything", "data": "remote"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "insufficient_scope");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("development mode"),
+        "{body}"
+    );
+    let mut remote_stream = connect(&format!("{remote}/events?stream=anything"), &[]).await;
+    assert_eq!(remote_stream.status, 200);
+    assert_eq!(
+        remote_stream.next_event(WAIT).await.unwrap().event,
+        "connected"
+    );
+    let local = format!("http://127.0.0.1:{port}/publish");
+    let response = client
+        .post(local)
+        .json(&json!({"stream": "anything", "data": "from here"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(next_message(&mut remote_stream).await, "from here");
+}
+
+#[tokio::test]
+async fn tokens_never_reach_the_log() {
+    let server = Server::start_with_env(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--heartbeat",
+            "1s",
+            "--jwt-key",
+            KEY,
+        ],
+        &[("RUST_LOG", "debug")],
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    let log = server.log.clone();
+    let valid = hs256(KEY, &claims("alice", &["room:*"], &["room:*"], 600));
+    let forged = hs256(
+        "someone-elses-secret-0123456789abcdefgh",
+        &claims("mallory", &["*"], &["*"], 600),
+    );
+    let expired = {
+        let mut c = claims("alice", &["*"], &["*"], 0);
+        c["exp"] = json!(now() - 5);
+        hs256(KEY, &c)
+    };
+    let auth = bearer(&valid);
+    let cookie = format!("sse_token={valid}");
+    let (mut stream, _) = subscribe(&server, "stream=room:1", &[("authorization", &auth)]).await;
+    subscribe(&server, "stream=room:2", &[("cookie", &cookie)]).await;
+    let (status, _) = publish(
+        &server,
+        json!({"stream": "room:1", "data": "x"}),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(next_message(&mut stream).await, "x");
+    for token in [&forged, &expired] {
+        let auth = bearer(token);
+        assert_refused_status(
+            &server,
+            "/events?stream=room:1",
+            &[("authorization", &auth)],
+            401,
+        )
+        .await;
+    }
+    assert_refused_status(
+        &server,
+        &format!("/events?stream=room:1&access_token={valid}"),
+        &[],
+        401,
+    )
+    .await;
+    drop(stream);
+    // The server has finished with every request; stop it and read all it wrote.
+    server.kill();
+    let deadline = Instant::now() + WAIT;
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let len = log.lock().unwrap().len();
+        if len == last || Instant::now() > deadline {
+            break;
+        }
+        last = len;
+    }
+    let lines = log.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l.contains("DEBUG")),
+        "not at debug level:\n{}",
+        lines.join("\n")
+    );
+    for token in [&valid, &forged, &expired] {
+        let signature = token.rsplit('.').next().unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        for line in &lines {
+            assert!(
+                !line.contains(signature) && !line.contains(payload),
+                "a token in the log: {line}"
+            );
+        }
+    }
+    assert!(
+        lines.iter().all(|l| !l.contains(KEY)),
+        "the secret in the log"
+    );
+}
