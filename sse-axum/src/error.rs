@@ -5,7 +5,8 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::Serialize;
 
-/// An error answered with a status code and a JSON body `{"error": "...", "code": "..."}`.
+/// An error answered with a status code and a JSON body `{"error": "<code>", "message": "…"}`:
+/// a machine-readable code (as in OAuth and RFC 6750 answers) and a sentence for people.
 ///
 /// ```
 /// use axum::response::IntoResponse;
@@ -24,7 +25,7 @@ pub struct ApiError {
 #[derive(Serialize)]
 struct Body<'a> {
     error: &'a str,
-    code: &'a str,
+    message: &'a str,
 }
 
 impl ApiError {
@@ -87,8 +88,8 @@ impl IntoResponse for ApiError {
         (
             self.status,
             Json(Body {
-                error: &self.message,
-                code: self.code,
+                error: self.code,
+                message: &self.message,
             }),
         )
             .into_response()

@@ -281,6 +281,10 @@ impl SessionSlot {
     }
 
     fn rejection(&self, err: Error) -> SessionRejection {
+        // A genuine token of another principal's session: answered like the hook's refusals.
+        if let Error::Forbidden(message) = err {
+            return Refusal::insufficient_scope(message).into();
+        }
         let backoff =
             (self.0.event_stream && !err.is_client_error()).then(|| self.0.shared.hub.clone());
         SessionRejection {

@@ -321,7 +321,7 @@ async fn cors_answers_alike_on_both_paths() {
             .unwrap_or_else(|err| panic!("{name}: {err}"));
         assert_eq!(form.status(), 415, "{name}");
         let body: serde_json::Value = form.json().await.unwrap_or_default();
-        assert_eq!(body["code"], "unsupported_media_type", "{name}: {body}");
+        assert_eq!(body["error"], "unsupported_media_type", "{name}: {body}");
         // The next event on the stream is the next JSON publish, not the refused one.
         let published = http
             .post(server.url("/publish"))

@@ -591,8 +591,8 @@ async fn sessions_are_bound_to_the_principal() {
         403,
     )
     .await;
-    // The library's error form, not RFC 6750's (the token is genuine; the session is not its).
-    assert_eq!(body["code"], "forbidden", "{body}");
+    // RFC 6750's form: the token is genuine, but the session is not its.
+    assert_eq!(body["error"], "insufficient_scope", "{body}");
     // Alice with it: her session.
     let (_again, info) = subscribe(
         &server,

@@ -362,9 +362,9 @@ async fn a_postgres_restart_loses_nothing() {
     let started = Instant::now();
     let (status, answer) = publish(&server, json!({"stream": "news", "data": "lost"})).await;
     assert_eq!(status, 503, "publishing while PostgreSQL is down: {answer}");
-    assert_eq!(answer["code"], "store_unavailable", "{answer}");
+    assert_eq!(answer["error"], "store_unavailable", "{answer}");
     assert!(
-        !answer["error"].as_str().unwrap_or_default().is_empty(),
+        !answer["message"].as_str().unwrap_or_default().is_empty(),
         "a JSON error: {answer}"
     );
     assert!(

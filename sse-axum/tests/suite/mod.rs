@@ -341,11 +341,15 @@ async fn get_json(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-/// A 4xx answer with a JSON body that has a non-empty `error` message.
+/// A 4xx answer with a JSON body that has an `error` code and a non-empty `message`.
 fn assert_json_error(what: &str, (status, body): &(u16, Value), expected: u16) {
     assert_eq!(*status, expected, "{what}: {body}");
-    let message = body["error"].as_str().unwrap_or_default();
-    assert!(!message.is_empty(), "{what}: a JSON error body, got {body}");
+    let code = body["error"].as_str().unwrap_or_default();
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        !code.is_empty() && !code.contains(' ') && !message.is_empty(),
+        "{what}: a JSON error body, got {body}"
+    );
 }
 
 /// Waits for `condition`, checking every few milliseconds, failing after `deadline`.
