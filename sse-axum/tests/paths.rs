@@ -204,6 +204,20 @@ fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The answer lets a page on `origin` read it, with credentials or without.
+fn assert_cors(headers: &http::HeaderMap, origin: &str, credentials: bool, name: &str) {
+    assert_eq!(
+        header(headers, "access-control-allow-origin"),
+        Some(origin),
+        "{name}: {headers:?}"
+    );
+    assert_eq!(
+        header(headers, "access-control-allow-credentials"),
+        credentials.then_some("true"),
+        "{name}: credentials only for listed origins"
+    );
+}
+
 /// CORS answers alike on both servers: preflights for publishing and for event streams with
 /// the session header, credentials only for the listed origin, the session header exposed, and
 /// no session created by a preflight.
@@ -222,16 +236,7 @@ async fn cors_answers_alike_on_both_paths() {
             .unwrap_or_else(|err| panic!("{name}: {err}"));
         assert!(preflight.status().is_success(), "{name}: {preflight:?}");
         let h = preflight.headers();
-        assert_eq!(
-            header(h, "access-control-allow-origin"),
-            Some("http://app.example"),
-            "{name}"
-        );
-        assert_eq!(
-            header(h, "access-control-allow-credentials"),
-            Some("true"),
-            "{name}"
-        );
+        assert_cors(h, "http://app.example", true, name);
         assert!(
             header(h, "access-control-allow-methods").is_some_and(|m| m.contains("POST")),
             "{name}: {h:?}"
@@ -259,16 +264,7 @@ async fn cors_answers_alike_on_both_paths() {
             .await
             .unwrap_or_else(|err| panic!("{name}: {err}"));
         let h = preflight.headers();
-        assert_eq!(
-            header(h, "access-control-allow-origin"),
-            Some("http://elsewhere.example"),
-            "{name}"
-        );
-        assert_eq!(
-            header(h, "access-control-allow-credentials"),
-            None,
-            "{name}: credentials only for listed origins"
-        );
+        assert_cors(h, "http://elsewhere.example", false, name);
         assert!(
             header(h, "access-control-allow-headers")
                 .is_some_and(|v| v.contains("x-sse-session") && v.contains("last-event-id")),
@@ -284,16 +280,7 @@ async fn cors_answers_alike_on_both_paths() {
         .await;
         assert_eq!(events.status, 200, "{name}");
         let h = &events.headers;
-        assert_eq!(
-            header(h, "access-control-allow-origin"),
-            Some("http://app.example"),
-            "{name}"
-        );
-        assert_eq!(
-            header(h, "access-control-allow-credentials"),
-            Some("true"),
-            "{name}"
-        );
+        assert_cors(h, "http://app.example", true, name);
         assert!(
             header(h, "access-control-expose-headers").is_some_and(|v| v.contains("x-sse-session")),
             "{name}: {h:?}"
