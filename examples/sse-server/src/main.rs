@@ -62,6 +62,10 @@ struct Args {
     /// Interval of heartbeat comments on idle connections.
     #[arg(long, env = "SSE_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
+    /// How long clients wait before reconnecting after a cut (the `retry:` field; server
+    /// refusals ask for at least 5 s).
+    #[arg(long, env = "SSE_RETRY", default_value = "2s", value_parser = humantime::parse_duration)]
+    retry: Duration,
     /// Session token signing keys, comma-separated, each at least 32 bytes: the first signs,
     /// all verify. Without it a random key is used, and sessions do not survive a restart
     /// nor move between instances.
@@ -180,7 +184,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stores = resumable_sse_axum::open_store(&args.store, retention).await?;
     let config = Config::default()
         .with_session_ttl(args.session_ttl)
-        .with_heartbeat(args.heartbeat);
+        .with_heartbeat(args.heartbeat)
+        .with_retry(args.retry);
     let mut builder = Hub::builder(stores.buffer, stores.sessions).config(config);
     if let Some(secret) = &args.secret {
         builder = builder.keys(TokenKeys::new(secret.split(',').map(str::trim))?);

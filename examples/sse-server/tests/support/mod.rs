@@ -180,6 +180,7 @@ impl Server {
             .env_remove("SSE_MAX_AGE")
             .env_remove("SSE_SESSION_TTL")
             .env_remove("SSE_HEARTBEAT")
+            .env_remove("SSE_RETRY")
             .env_remove("SSE_SECRET")
             .env_remove("SSE_JWT_KEYS")
             .env_remove("SSE_JWT_PUBLIC_KEYS")
@@ -187,6 +188,9 @@ impl Server {
             .env_remove("SSE_JWT_AUDIENCE")
             .env_remove("SSE_PUBLIC_STREAMS")
             .env_remove("SSE_INSECURE")
+            .env_remove("SSE_CORS_ORIGINS")
+            .env_remove("SSE_COOKIE_SAME_SITE")
+            .env_remove("SSE_COOKIE_SECURE")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         command
