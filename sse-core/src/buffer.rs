@@ -54,53 +54,98 @@ pub type LiveFeed = Pin<Box<dyn Stream<Item = FeedItem> + Send + 'static>>;
 ///
 /// # Writing a store
 ///
-/// A complete store: one vector per stream behind a mutex, never trimmed, with the live feed
-/// on a broadcast channel (whose lag becomes [`FeedItem::Resync`]). It passes the same
-/// contract the shipped backends do (idempotency by publisher id aside, which it skips for
-/// brevity).
+/// A complete store: one log per stream behind a mutex, trimmed by count and age as
+/// [`Retention`](crate::Retention) says, deduplicating by publisher id, with the live feed on
+/// a broadcast channel (whose lag becomes [`FeedItem::Resync`]). It passes the whole
+/// [conformance suite](crate::testing) (`sse-core/tests/broken_stores.rs` runs it, and checks
+/// that this example and that store are the same code); see `docs/stores.md` for how a store
+/// of yours runs the suite.
 ///
 /// ```
-/// use std::collections::HashMap;
+/// use std::collections::{HashMap, VecDeque};
 /// use std::sync::Mutex;
-/// use std::time::SystemTime;
+/// use std::time::{Duration, SystemTime};
 /// use async_trait::async_trait;
 /// use futures_util::StreamExt;
+/// use resumable_sse_core::time::unix_ms;
 /// use resumable_sse_core::{
 ///     Appended, Epoch, EventBuffer, Event, FeedItem, LiveFeed, NewEvent, Notification,
-///     Position, ReadPage, Result, StreamName,
+///     Position, ReadPage, Result, Retention, StreamName,
 /// };
 /// use tokio::sync::broadcast;
 ///
 /// #[derive(Debug)]
 /// struct VecStore {
-///     epoch: Epoch,
-///     streams: Mutex<HashMap<StreamName, Vec<Event>>>,
+///     retention: Retention,
+///     streams: Mutex<HashMap<StreamName, Log>>,
 ///     feed: broadcast::Sender<Notification>,
+/// }
+///
+/// #[derive(Debug)]
+/// struct Log {
+///     epoch: Epoch,
+///     head: Position,
+///     events: VecDeque<Event>,
+/// }
+///
+/// impl VecStore {
+///     fn new(retention: Retention) -> Self {
+///         VecStore { retention, streams: Mutex::default(), feed: broadcast::channel(1024).0 }
+///     }
+/// }
+///
+/// impl Log {
+///     /// Drops the events past retention: beyond the newest `max_len`, or older than `max_age`.
+///     fn trim(&mut self, retention: &Retention) {
+///         let max_age = retention.max_age().as_millis() as u64;
+///         let now = unix_ms(SystemTime::now());
+///         while self.events.len() > retention.max_len()
+///             || self.events.front().is_some_and(|e| now.saturating_sub(e.time_ms) > max_age)
+///         {
+///             self.events.pop_front();
+///         }
+///     }
 /// }
 ///
 /// #[async_trait]
 /// impl EventBuffer for VecStore {
 ///     async fn append(&self, stream: &StreamName, event: NewEvent) -> Result<Appended> {
 ///         let mut streams = self.streams.lock().unwrap();
-///         let log = streams.entry(stream.clone()).or_default();
-///         let position = log.len() as Position + 1;
-///         let event = event.into_event(stream.clone(), position, SystemTime::now());
-///         log.push(event.clone());
+///         // A new log gets a new epoch: this store's data dies with it.
+///         let log = streams.entry(stream.clone()).or_insert_with(|| Log {
+///             epoch: Epoch::random(), head: 0, events: VecDeque::new(),
+///         });
+///         log.trim(&self.retention);
+///         // A publisher id is an idempotency key while its event is retained.
+///         if let Some(id) = event.id()
+///             && let Some(first) = log.events.iter().find(|e| e.id.as_deref() == Some(id))
+///         {
+///             return Ok(Appended { epoch: log.epoch, position: first.position, duplicate: true });
+///         }
+///         log.head += 1;
+///         let event = event.into_event(stream.clone(), log.head, SystemTime::now());
+///         log.events.push_back(event.clone());
+///         log.trim(&self.retention);
 ///         // Announce while holding the lock, so notifications leave in position order.
 ///         let _ = self.feed.send(Notification {
-///             stream: stream.clone(), epoch: self.epoch, position, event: Some(event),
+///             stream: stream.clone(), epoch: log.epoch, position: log.head, event: Some(event),
 ///         });
-///         Ok(Appended { epoch: self.epoch, position, duplicate: false })
+///         Ok(Appended { epoch: log.epoch, position: log.head, duplicate: false })
 ///     }
 ///
 ///     async fn read(&self, stream: &StreamName, after: Position, limit: usize) -> Result<ReadPage> {
-///         let streams = self.streams.lock().unwrap();
-///         let log = streams.get(stream).map(Vec::as_slice).unwrap_or_default();
+///         let mut streams = self.streams.lock().unwrap();
+///         let Some(log) = streams.get_mut(stream) else {
+///             return Ok(ReadPage::missing());
+///         };
+///         log.trim(&self.retention);
+///         let oldest = log.events.front().map_or(log.head + 1, |e| e.position);
+///         let skip = (after + 1).saturating_sub(oldest) as usize;
 ///         Ok(ReadPage {
-///             epoch: Some(self.epoch),
-///             oldest: 1,
-///             head: log.len() as Position,
-///             events: log.iter().skip(after as usize).take(limit).cloned().collect(),
+///             epoch: Some(log.epoch),
+///             oldest,
+///             head: log.head,
+///             events: log.events.iter().skip(skip).take(limit).cloned().collect(),
 ///         })
 ///     }
 ///
@@ -119,16 +164,14 @@ pub type LiveFeed = Pin<Box<dyn Stream<Item = FeedItem> + Send + 'static>>;
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<()> {
-/// let store = VecStore {
-///     epoch: Epoch::random(),
-///     streams: Mutex::default(),
-///     feed: broadcast::channel(1024).0,
-/// };
+/// let store = VecStore::new(Retention::new(2, Duration::from_secs(60)));
 /// let news = StreamName::new("news")?;
 /// let mut feed = store.live_feed();
-/// store.append(&news, NewEvent::new("hello")).await?;
+/// for data in ["a", "b", "c"] {
+///     store.append(&news, NewEvent::new(data)).await?;
+/// }
 /// let page = store.read(&news, 0, 10).await?;
-/// assert_eq!((page.head, page.events[0].data.as_ref()), (1, "hello"));
+/// assert_eq!((page.oldest, page.head, page.events[0].data.as_ref()), (2, 3, "b"));
 /// assert!(matches!(feed.next().await, Some(FeedItem::Appended(n)) if n.position == 1));
 /// # Ok(()) }
 /// ```

@@ -1,10 +1,17 @@
 //! The backend conformance suite: the contract of [`EventBuffer`] and [`SessionStore`],
 //! written once as generic async test functions that every store must pass.
 //!
-//! A store crate runs the whole suite with one macro call in `tests/conformance.rs`. The setup
-//! is an async function (or a closure returning a future) that builds a store with the
-//! [`Retention`] a test asks for; stores may share a backend between tests, since every test
-//! works on streams and sessions of its own, with random names.
+//! A store crate runs the whole suite with one macro call in `tests/conformance.rs`, given two
+//! async functions (or closures returning futures):
+//!
+//! - `setup` builds a store with the [`Retention`] a test asks for; stores may share a
+//!   backend between tests, since every test works on streams and sessions of its own, with
+//!   random names;
+//! - `lose_data` makes a store lose its data, as a crash without persistence, a flush or a
+//!   restored backup would, and returns it (or, for a store whose data dies with it, a new
+//!   one on the same backend): [`buffer_epoch_changes_when_data_is_lost`] checks that the
+//!   streams then change epoch. It may wipe only what this one store owns (its key prefix,
+//!   its schema), since other tests run at the same time.
 //!
 //! ```
 //! // sse-store-memory/tests/conformance.rs
@@ -15,7 +22,13 @@
 //!     MemoryStore::new(MemoryConfig::default().with_retention(retention))
 //! }
 //!
-//! resumable_sse_core::conformance_tests!(setup);
+//! /// A memory store's data dies with its process: the restarted process builds a new store.
+//! async fn lose_data(store: MemoryStore) -> MemoryStore {
+//!     drop(store);
+//!     setup(Retention::default()).await
+//! }
+//!
+//! resumable_sse_core::conformance_tests!(setup, lose_data);
 //! # fn main() {}
 //! ```
 //!
@@ -42,6 +55,8 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
@@ -218,56 +233,96 @@ async fn read_all<B: EventBuffer + ?Sized>(
     }
 }
 
-/// Follows a live feed for one stream until it has accounted for position `until`, checking
-/// that notifications arrive in position order with neither gap nor duplicate. A
-/// [`FeedItem::Resync`] is honoured as the contract says: the test reads the stream's head
-/// from the store, and notifications it already accounted for may then repeat.
-async fn follow_feed<B: EventBuffer + ?Sized>(
-    store: &B,
-    feed: &mut LiveFeed,
-    stream: &StreamName,
-    epoch: Epoch,
-    until: Position,
-) {
-    let mut seen: Position = 0;
-    let mut resynced = false;
-    while seen < until {
-        let item = tokio::time::timeout(DEADLINE, feed.next())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("{stream}: the live feed announced {seen} of {until} appends before the deadline")
-            })
-            .expect("the live feed does not end while the store is alive");
-        match item {
-            FeedItem::Appended(n) if &n.stream == stream => {
-                assert_eq!(n.epoch, epoch, "{stream}: notification of another epoch");
-                if n.position <= seen {
-                    assert!(
-                        resynced,
-                        "{stream}: the live feed announced {} after {seen}: out of order or twice",
-                        n.position
-                    );
-                    continue;
-                }
-                assert_eq!(
-                    n.position,
-                    seen + 1,
-                    "{stream}: the live feed skipped a position"
-                );
-                seen = n.position;
-                if let Some(event) = n.event {
-                    let page = read(store, stream, n.position - 1, 1).await;
+/// A live feed followed for one stream: it checks that notifications arrive in position
+/// order with neither gap nor repeat, and counts what it has seen.
+///
+/// A [`FeedItem::Resync`] is honoured as the contract says, and no further: it announces
+/// nothing, so only what a read of the store right after it returns counts as seen.
+/// Notifications of events that read returned may then still arrive, and are skipped; any
+/// other repeat fails. A feed that resyncs more than [`MAX_RESYNCS`] times in one test
+/// fails too: a resync is a repair after lost notifications, not a way of delivering them.
+struct Follower {
+    feed: LiveFeed,
+    stream: StreamName,
+    /// The highest position accounted for.
+    seen: Position,
+    /// Positions up to this one were read after a resync: their notifications may repeat.
+    repeats_until: Position,
+    resyncs: usize,
+}
+
+/// How many [`FeedItem::Resync`]s one feed may yield in one test. Real feeds yield one when
+/// they start listening (PostgreSQL) or after a reconnection or lag, none of which the suite
+/// provokes more than once.
+const MAX_RESYNCS: usize = 3;
+
+impl Follower {
+    fn new(feed: LiveFeed, stream: &StreamName) -> Self {
+        Follower {
+            feed,
+            stream: stream.clone(),
+            seen: 0,
+            repeats_until: 0,
+            resyncs: 0,
+        }
+    }
+
+    /// Reads the feed until it has accounted for position `until` of epoch `epoch`.
+    async fn until<B: EventBuffer + ?Sized>(&mut self, store: &B, epoch: Epoch, until: Position) {
+        let stream = &self.stream;
+        while self.seen < until {
+            let seen = self.seen;
+            let item = tokio::time::timeout(DEADLINE, self.feed.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{stream}: the live feed accounted for {seen} of {until} appends within \
+                         {DEADLINE:?}: not every append reaches every live feed"
+                    )
+                })
+                .expect("the live feed does not end while the store is alive");
+            match item {
+                FeedItem::Appended(n) if &n.stream == stream => {
+                    assert_eq!(n.epoch, epoch, "{stream}: notification of another epoch");
+                    if n.position <= seen {
+                        assert!(
+                            n.position <= self.repeats_until,
+                            "{stream}: the live feed announced {} after {seen}: out of order or \
+                             twice",
+                            n.position
+                        );
+                        continue;
+                    }
                     assert_eq!(
-                        page.events.first(),
-                        Some(&event),
-                        "{stream}: the event on the live feed differs from the stored one"
+                        n.position,
+                        seen + 1,
+                        "{stream}: the live feed skipped a position"
                     );
+                    if let Some(event) = n.event {
+                        let page = read(store, stream, n.position - 1, 1).await;
+                        assert_eq!(
+                            page.events.first(),
+                            Some(&event),
+                            "{stream}: the event on the live feed differs from the stored one"
+                        );
+                    }
+                    self.seen = n.position;
                 }
-            }
-            FeedItem::Appended(_) => {}
-            FeedItem::Resync => {
-                resynced = true;
-                seen = seen.max(read(store, stream, 0, 0).await.head);
+                FeedItem::Appended(_) => {}
+                FeedItem::Resync => {
+                    self.resyncs += 1;
+                    assert!(
+                        self.resyncs <= MAX_RESYNCS,
+                        "{stream}: the live feed resynced {} times: a resync repairs lost \
+                         notifications, it does not replace them",
+                        self.resyncs
+                    );
+                    // A resync announces nothing: what a read returns now is all it accounts for.
+                    if let Some(last) = read_all(store, stream, seen).await.last() {
+                        self.seen = last.position;
+                        self.repeats_until = last.position;
+                    }
+                }
             }
         }
     }
@@ -570,27 +625,74 @@ pub async fn buffer_idempotent_publisher_id<B: EventBuffer>(store: B) {
 
 /// Every live feed announces every append made after it was created, once, in position
 /// order, with the store's epoch, and with the stored event when it carries one.
+///
+/// The feeds are read while the appends go on: first in lock step (each append must reach
+/// both feeds before the next is made, so a feed that falls silent cannot catch up by
+/// reading the finished stream after a resync), then concurrently with a task appending
+/// single events and batches.
 pub async fn buffer_live_feed_delivers_every_append<B: EventBuffer>(store: B) {
+    const LOCK_STEP: Position = 12;
+    const TOTAL: Position = 40;
+    let store = Arc::new(store);
     let stream = unique_stream("feed");
-    let mut feeds = [store.live_feed(), store.live_feed()];
-    let first = store
-        .append(&stream, NewEvent::new("0"))
-        .await
-        .expect("append succeeds");
-    for i in 1..10 {
-        store
-            .append(&stream, NewEvent::new(i.to_string()))
-            .await
-            .expect("append succeeds");
+    let mut feeds = [
+        Follower::new(store.live_feed(), &stream),
+        Follower::new(store.live_feed(), &stream),
+    ];
+    let mut head = 0;
+    let mut epoch = None;
+    while head < LOCK_STEP {
+        let appended = if head % 4 == 3 {
+            let batch = vec![NewEvent::new(format!("{head}")), NewEvent::new("and one")];
+            store
+                .append_many(&stream, batch)
+                .await
+                .expect("append_many succeeds")
+        } else {
+            vec![
+                store
+                    .append(&stream, NewEvent::new(head.to_string()))
+                    .await
+                    .expect("append succeeds"),
+            ]
+        };
+        let epoch = *epoch.get_or_insert(appended[0].epoch);
+        assert_consecutive(&appended, head + 1, epoch);
+        head += appended.len() as Position;
+        for feed in &mut feeds {
+            feed.until(&*store, epoch, head).await;
+        }
     }
-    let batch = (10..20).map(|i| NewEvent::new(i.to_string())).collect();
-    store
-        .append_many(&stream, batch)
-        .await
-        .expect("append_many succeeds");
-    for feed in &mut feeds {
-        follow_feed(&store, feed, &stream, first.epoch, 20).await;
-    }
+    let epoch = epoch.expect("appended");
+
+    let appender = tokio::spawn({
+        let (store, stream) = (store.clone(), stream.clone());
+        async move {
+            while head < TOTAL {
+                let n = if head % 5 == 0 {
+                    3.min(TOTAL - head)
+                } else {
+                    1
+                };
+                let batch = (0..n)
+                    .map(|i| NewEvent::new(format!("{head}+{i}")))
+                    .collect();
+                let appended = store
+                    .append_many(&stream, batch)
+                    .await
+                    .expect("append_many succeeds");
+                assert_consecutive(&appended, head + 1, epoch);
+                head += n;
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let [first, second] = &mut feeds;
+    tokio::join!(
+        joined(appender),
+        first.until(&*store, epoch, TOTAL),
+        second.until(&*store, epoch, TOTAL),
+    );
 }
 
 /// Appends from several tasks at once get distinct, gap-free positions; what `read` returns
@@ -600,7 +702,7 @@ pub async fn buffer_concurrent_appends_are_gap_free<B: EventBuffer>(store: B) {
     const PER_TASK: usize = 50;
     let store = Arc::new(store);
     let stream = unique_stream("concurrent");
-    let mut feed = store.live_feed();
+    let mut feed = Follower::new(store.live_feed(), &stream);
 
     let mut tasks = Vec::new();
     for t in 0..TASKS {
@@ -634,7 +736,7 @@ pub async fn buffer_concurrent_appends_are_gap_free<B: EventBuffer>(store: B) {
     }
     let mut appended = Vec::new();
     for task in tasks {
-        appended.extend(task.await.expect("an append task completes"));
+        appended.extend(joined(task).await);
     }
     let total = (TASKS * PER_TASK) as Position;
     let epoch = appended[0].1.epoch;
@@ -663,7 +765,340 @@ pub async fn buffer_concurrent_appends_are_gap_free<B: EventBuffer>(store: B) {
             a.position
         );
     }
-    follow_feed(&*store, &mut feed, &stream, epoch, total).await;
+    feed.until(&*store, epoch, total).await;
+}
+
+fn with_id(data: &str, id: &str) -> NewEvent {
+    NewEvent::new(data)
+        .with_id(id)
+        .expect("a valid publisher id")
+}
+
+/// An append with a retained publisher id is not announced on the live feed: neither a
+/// repeated single append nor duplicates inside or against an `append_many` batch put
+/// anything on it; only the events actually appended are announced, once each.
+pub async fn buffer_duplicates_stay_off_the_live_feed<B: EventBuffer>(store: B) {
+    let stream = unique_stream("feed-dup");
+    let mut feed = Follower::new(store.live_feed(), &stream);
+    // A first event makes sure the feed is listening (a feed may start with a resync) before
+    // the events whose duplicates must stay off it.
+    let warm_up = store
+        .append(&stream, NewEvent::new("warm-up"))
+        .await
+        .expect("append succeeds");
+    let epoch = warm_up.epoch;
+    feed.until(&store, epoch, 1).await;
+
+    let first = store
+        .append(&stream, with_id("first", "dup-a"))
+        .await
+        .expect("append succeeds");
+    assert_eq!((first.position, first.duplicate), (2, false));
+    feed.until(&store, epoch, 2).await;
+    let again = store
+        .append(&stream, with_id("first again", "dup-a"))
+        .await
+        .expect("a duplicate append succeeds");
+    assert_eq!((again.position, again.duplicate), (2, true));
+    let batch = store
+        .append_many(
+            &stream,
+            vec![
+                with_id("second", "dup-b"),
+                with_id("second again", "dup-b"),
+                with_id("first once more", "dup-a"),
+                NewEvent::new("no id"),
+            ],
+        )
+        .await
+        .expect("append_many succeeds");
+    let summary: Vec<(Position, bool)> = batch.iter().map(|a| (a.position, a.duplicate)).collect();
+    assert_eq!(summary, [(3, false), (3, true), (2, true), (4, false)]);
+    let last = store
+        .append(&stream, with_id("second, third time", "dup-b"))
+        .await
+        .expect("a duplicate append succeeds");
+    assert_eq!((last.position, last.duplicate), (3, true));
+    // A last event after all the duplicates: once the feed reaches it, every notification a
+    // duplicate could have caused has been read (the feed is in position order).
+    let marker = store
+        .append(&stream, NewEvent::new("marker"))
+        .await
+        .expect("append succeeds");
+    assert_eq!(marker.position, 5);
+    feed.until(&store, epoch, 5).await;
+}
+
+/// A publisher id is an idempotency key only while its event is retained: once that event
+/// has been trimmed (by count here), the same id appends a new event, which the id then
+/// names (a further append with it is a duplicate of the new one).
+///
+/// The store must be built with [`COUNT_RETENTION`].
+pub async fn buffer_publisher_id_reusable_after_trim<B: EventBuffer>(store: B) {
+    let max_len = COUNT_RETENTION.max_len() as Position;
+    let stream = unique_stream("reuse");
+    let first = store
+        .append(&stream, with_id("first", "reused"))
+        .await
+        .expect("append succeeds");
+    assert_eq!(first.position, 1);
+    let filler = (0..max_len).map(|i| NewEvent::new(i.to_string())).collect();
+    store
+        .append_many(&stream, filler)
+        .await
+        .expect("append_many succeeds");
+    eventually("the event with the publisher id is trimmed", async || {
+        let page = read(&store, &stream, 0, 100).await;
+        (page.oldest > 1).then_some(())
+    })
+    .await;
+
+    let reused = store
+        .append(&stream, with_id("second", "reused"))
+        .await
+        .expect("append succeeds");
+    assert_eq!(
+        reused,
+        Appended {
+            epoch: first.epoch,
+            position: max_len + 2,
+            duplicate: false
+        },
+        "the id of a trimmed event appends a new event"
+    );
+    let again = store
+        .append(&stream, with_id("second again", "reused"))
+        .await
+        .expect("a duplicate append succeeds");
+    assert_eq!(
+        (again.position, again.duplicate),
+        (max_len + 2, true),
+        "the reused id now names the new event"
+    );
+    let page = read(&store, &stream, 0, 100).await;
+    let last = page.events.last().expect("the new event is retained");
+    assert_eq!(
+        (last.position, &*last.data, last.id.as_deref()),
+        (max_len + 2, "second", Some("reused"))
+    );
+}
+
+/// Appends with one publisher id racing each other store exactly one event: one append
+/// answers `duplicate: false`, the others answer its position with `duplicate` set.
+pub async fn buffer_concurrent_appends_one_publisher_id<B: EventBuffer>(store: B) {
+    const ROUNDS: usize = 5;
+    const RACERS: usize = 4;
+    let store = Arc::new(store);
+    let stream = unique_stream("race");
+    for round in 0..ROUNDS {
+        let id = format!("racing-{round}");
+        let start = Arc::new(tokio::sync::Barrier::new(RACERS));
+        let racers: Vec<_> = (0..RACERS)
+            .map(|racer| {
+                let (store, stream, id, start) =
+                    (store.clone(), stream.clone(), id.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    let event = with_id(&format!("{round}/{racer}"), &id);
+                    if racer % 2 == 0 {
+                        store.append(&stream, event).await
+                    } else {
+                        store
+                            .append_many(&stream, vec![event])
+                            .await
+                            .map(|mut a| a.remove(0))
+                    }
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for racer in racers {
+            answers.push(joined(racer).await.expect("append succeeds"));
+        }
+        let stored: Vec<&Appended> = answers.iter().filter(|a| !a.duplicate).collect();
+        assert_eq!(
+            stored.len(),
+            1,
+            "{RACERS} concurrent appends with one publisher id stored {} events",
+            stored.len()
+        );
+        let position = stored[0].position;
+        assert_eq!(position, round as Position + 1);
+        assert!(
+            answers.iter().all(|a| a.position == position),
+            "every duplicate answers the stored event's position: {answers:?}"
+        );
+    }
+    let events = read_all(&*store, &stream, 0).await;
+    assert_eq!(events.len(), ROUNDS, "one event per publisher id is stored");
+}
+
+/// When a store loses its data (`lose` makes it: a flush, a truncation, a restart without
+/// persistence), the streams it held change epoch: a read no longer reports the old epoch
+/// nor returns the lost events, and the next append starts a new epoch at position 1,
+/// announced on the live feed with that epoch.
+///
+/// `lose` takes the store and returns it after the loss: the same store, or (for a store
+/// whose data dies with it) a new one on the same backend.
+pub async fn buffer_epoch_changes_when_data_is_lost<B, F, Fut>(store: B, lose: F)
+where
+    B: EventBuffer,
+    F: FnOnce(B) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let stream = unique_stream("lost");
+    let events = (1..=3).map(|i| NewEvent::new(i.to_string())).collect();
+    let before = store
+        .append_many(&stream, events)
+        .await
+        .expect("append_many succeeds")[0]
+        .epoch;
+
+    let store = lose(store).await;
+    let page = read(&store, &stream, 0, 100).await;
+    assert_ne!(
+        page.epoch,
+        Some(before),
+        "after the data was lost, the stream still reports its old epoch"
+    );
+    assert!(page.events.is_empty(), "lost events are still read");
+
+    let mut feed = Follower::new(store.live_feed(), &stream);
+    let after = store
+        .append(&stream, NewEvent::new("after the loss"))
+        .await
+        .expect("append succeeds");
+    assert_ne!(
+        after.epoch, before,
+        "an append after the data was lost continues the old epoch"
+    );
+    assert_eq!(
+        (after.position, after.duplicate),
+        (1, false),
+        "a new epoch starts at 1"
+    );
+    let page = read(&store, &stream, 0, 100).await;
+    assert_eq!(
+        (page.epoch, page.oldest, page.head),
+        (Some(after.epoch), 1, 1)
+    );
+    assert_eq!(
+        page.events.iter().map(|e| &*e.data).collect::<Vec<_>>(),
+        ["after the loss"]
+    );
+    feed.until(&store, after.epoch, 1).await;
+}
+
+/// Readers running while several tasks append see the stream in commit order and each page
+/// as one snapshot: a reader that has seen position `n` finds `n + 1` next, never a later
+/// position first; `head` never goes back; and every page holds exactly the events between
+/// where it starts and its `head` (the suite reads with a limit above the stream's length),
+/// so `oldest` and `head` come from the same snapshot as the events.
+pub async fn buffer_readers_during_concurrent_appends<B: EventBuffer>(store: B) {
+    const APPENDERS: usize = 3;
+    const PER_APPENDER: usize = 40;
+    const TOTAL: Position = (APPENDERS * PER_APPENDER) as Position;
+    const LIMIT: usize = 1000;
+    let store = Arc::new(store);
+    let stream = unique_stream("readers");
+    let appending = Arc::new(AtomicUsize::new(APPENDERS));
+    let reads = Arc::new(AtomicUsize::new(0));
+
+    let appenders: Vec<_> = (0..APPENDERS)
+        .map(|t| {
+            let (store, stream) = (store.clone(), stream.clone());
+            let (appending, reads) = (appending.clone(), reads.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while i < PER_APPENDER {
+                    // Pace the appends by the reads, so that the two overlap however fast
+                    // the store appends: the k-th append of each task waits for k reads.
+                    let deadline = Instant::now() + DEADLINE;
+                    while reads.load(SeqCst) < i {
+                        assert!(Instant::now() < deadline, "the readers stopped reading");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    if i % 7 == 3 {
+                        let batch = vec![NewEvent::new(format!("{t}/{i}")), NewEvent::new("+")];
+                        store
+                            .append_many(&stream, batch)
+                            .await
+                            .expect("append_many succeeds");
+                        i += 2;
+                    } else {
+                        store
+                            .append(&stream, NewEvent::new(format!("{t}/{i}")))
+                            .await
+                            .expect("append succeeds");
+                        i += 1;
+                    }
+                }
+                appending.fetch_sub(1, SeqCst);
+            })
+        })
+        .collect();
+
+    // One reader follows the stream with a cursor, as the hub does; the other reads it whole.
+    let readers: Vec<_> = [true, false]
+        .into_iter()
+        .map(|follows| {
+            let (store, stream) = (store.clone(), stream.clone());
+            let (appending, reads) = (appending.clone(), reads.clone());
+            tokio::spawn(async move {
+                let (mut cursor, mut head) = (0, 0);
+                let deadline = Instant::now() + DEADLINE;
+                loop {
+                    let done = appending.load(SeqCst) == 0;
+                    let after = if follows { cursor } else { 0 };
+                    let page = read(&*store, &stream, after, LIMIT).await;
+                    reads.fetch_add(1, SeqCst);
+                    assert!(
+                        page.head >= head,
+                        "{stream}: head went back from {head} to {}",
+                        page.head
+                    );
+                    head = page.head;
+                    let start = after.max(page.oldest - 1);
+                    assert_eq!(
+                        page.events.len() as Position,
+                        head.saturating_sub(start),
+                        "{stream}: a read after {after} returned {} events with oldest {} and \
+                         head {head}: the events, oldest and head are not one snapshot",
+                        page.events.len(),
+                        page.oldest
+                    );
+                    if let Some(last) = page.events.last() {
+                        cursor = cursor.max(last.position);
+                    }
+                    if done && cursor == TOTAL {
+                        return;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{stream}: a reader saw {cursor} of {TOTAL} events within {DEADLINE:?}"
+                    );
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+
+    // The readers first: when one fails, the appenders wait for reads that never come.
+    for task in readers.into_iter().chain(appenders) {
+        joined(task).await;
+    }
+    let events = read_all(&*store, &stream, 0).await;
+    assert_eq!(events.len() as Position, TOTAL);
+}
+
+/// The output of a spawned task; its panic, if it panicked, is raised again as it was, so
+/// that the test fails with the task's message.
+async fn joined<T>(task: tokio::task::JoinHandle<T>) -> T {
+    match task.await {
+        Ok(value) => value,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(err) => panic!("a task of the test was cancelled: {err}"),
+    }
 }
 
 /// Data round-trips exactly, whatever it holds: CR, LF and CRLF, text that looks like SSE
@@ -1061,22 +1496,26 @@ pub async fn session_expired_is_absent<S: SessionStore>(store: S) {
 ///
 /// `$setup` is an async function or a closure returning a future, called with the
 /// [`Retention`](crate::Retention) each test needs and returning a fresh store (it may share
-/// a backend with other tests). Expands to one `#[test]` per function of
-/// [`testing`](crate::testing); see the [module docs](crate::testing) for an example.
+/// a backend with other tests). `$lose_data` takes a store and returns it after making it
+/// lose its data (see
+/// [`buffer_epoch_changes_when_data_is_lost`](crate::testing::buffer_epoch_changes_when_data_is_lost)).
+/// Expands to one `#[test]` per function of [`testing`](crate::testing); see the
+/// [module docs](crate::testing) for an example.
 #[macro_export]
 macro_rules! conformance_tests {
-    ($setup:expr) => {
-        $crate::event_buffer_tests!($setup);
+    ($setup:expr, $lose_data:expr) => {
+        $crate::event_buffer_tests!($setup, $lose_data);
         $crate::session_store_tests!($setup);
     };
 }
 
 /// The [`EventBuffer`](crate::EventBuffer) half of
 /// [`conformance_tests!`](crate::conformance_tests), for a store implementing only that
-/// trait. `$setup` is called with the [`Retention`](crate::Retention) each test needs.
+/// trait. `$setup` is called with the [`Retention`](crate::Retention) each test needs;
+/// `$lose_data` is as for [`conformance_tests!`](crate::conformance_tests).
 #[macro_export]
 macro_rules! event_buffer_tests {
-    ($setup:expr) => {
+    ($setup:expr, $lose_data:expr) => {
         $crate::__conformance_test!(
             $setup,
             buffer_positions_start_at_one_and_are_gap_free,
@@ -1108,6 +1547,33 @@ macro_rules! event_buffer_tests {
         );
         $crate::__conformance_test!($setup, buffer_data_round_trips_exactly, DEFAULT_RETENTION);
         $crate::__conformance_test!($setup, buffer_streams_are_independent, DEFAULT_RETENTION);
+        $crate::__conformance_test!(
+            $setup,
+            buffer_duplicates_stay_off_the_live_feed,
+            DEFAULT_RETENTION
+        );
+        $crate::__conformance_test!(
+            $setup,
+            buffer_publisher_id_reusable_after_trim,
+            COUNT_RETENTION
+        );
+        $crate::__conformance_test!(
+            $setup,
+            buffer_concurrent_appends_one_publisher_id,
+            DEFAULT_RETENTION
+        );
+        $crate::__conformance_test!(
+            $setup,
+            buffer_readers_during_concurrent_appends,
+            DEFAULT_RETENTION
+        );
+        #[test]
+        fn buffer_epoch_changes_when_data_is_lost() {
+            $crate::testing::run(async {
+                let store = ($setup)($crate::testing::DEFAULT_RETENTION).await;
+                $crate::testing::buffer_epoch_changes_when_data_is_lost(store, $lose_data).await;
+            });
+        }
     };
 }
 

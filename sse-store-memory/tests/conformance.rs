@@ -9,4 +9,10 @@ async fn setup(retention: Retention) -> MemoryStore {
     MemoryStore::new(MemoryConfig::default().with_retention(retention))
 }
 
-resumable_sse_core::conformance_tests!(setup);
+/// A memory store's data dies with its process: the restarted process builds a new store.
+async fn lose_data(store: MemoryStore) -> MemoryStore {
+    drop(store);
+    setup(Retention::default()).await
+}
+
+resumable_sse_core::conformance_tests!(setup, lose_data);

@@ -1,5 +1,5 @@
 //! The backend conformance suite of `sse-core`, run against PostgreSQL: each test gets a
-//! fresh schema, dropped when the test ends.
+//! fresh schema, dropped when the test ends. Losing data is truncating that schema's tables.
 
 use std::time::Duration;
 
@@ -18,4 +18,17 @@ async fn setup(retention: Retention) -> TempStore {
     .await
 }
 
-resumable_sse_core::conformance_tests!(setup);
+/// What restoring an empty database does to a store, done to this store's schema only (the
+/// server holds other tests' schemas): its tables are truncated.
+async fn lose_data(store: TempStore) -> TempStore {
+    let schema = store.schema().quoted();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "TRUNCATE {schema}.events, {schema}.streams, {schema}.sessions"
+    )))
+    .execute(store.pool())
+    .await
+    .expect("TRUNCATE succeeds");
+    store
+}
+
+resumable_sse_core::conformance_tests!(setup, lose_data);
