@@ -50,7 +50,11 @@ pub type LiveFeed = Pin<Box<dyn Stream<Item = FeedItem> + Send + 'static>>;
 ///   positions at 1;
 /// - `read` reports `oldest` and `head` from the same snapshot as the events, so the caller can
 ///   tell "nothing new" from "trimmed away";
-/// - every append, from any node sharing the backend, shows up on every live feed.
+/// - every append, from any node sharing the backend, shows up on every live feed, once;
+///   [`FeedItem::Resync`] is for repairing lost notifications, not a way of delivering them;
+/// - a publisher id names at most one retained event of a stream, also when appends with it
+///   race; appending it again appends and announces nothing; once its event has been
+///   trimmed, the id is free again.
 ///
 /// # Writing a store
 ///

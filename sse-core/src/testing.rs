@@ -505,11 +505,22 @@ pub async fn buffer_retention_by_count<B: EventBuffer>(store: B) {
 pub async fn buffer_retention_by_age<B: EventBuffer>(store: B) {
     let stream = unique_stream("age");
     let events = (1..=3).map(|i| NewEvent::new(i.to_string())).collect();
+    let start = Instant::now();
     let appended = store
         .append_many(&stream, events)
         .await
         .expect("append_many succeeds");
     let epoch = appended[0].epoch;
+    let young = read(&store, &stream, 0, 100).await;
+    // Only meaningful while the events are surely younger than max_age: a stalled machine
+    // may take longer than that between the append and the read.
+    if start.elapsed() < AGE_RETENTION.max_age() / 2 {
+        assert_eq!(
+            young.events.len(),
+            3,
+            "events younger than max_age are retained"
+        );
+    }
 
     let page = eventually("events older than max_age are dropped", async || {
         let page = read(&store, &stream, 0, 100).await;
