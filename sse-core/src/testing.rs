@@ -81,6 +81,10 @@ pub const COUNT_RETENTION: Retention = Retention::new(3, Duration::from_secs(360
 /// The retention [`buffer_retention_by_age`] needs: 1000 events, 300 ms.
 pub const AGE_RETENTION: Retention = Retention::new(1000, Duration::from_millis(300));
 
+/// The retention [`buffer_readers_during_concurrent_appends`] needs: 50 events (fewer than it
+/// appends, so that trimming goes on while it reads), one hour.
+pub const READERS_RETENTION: Retention = Retention::new(50, Duration::from_secs(3600));
+
 /// The retention every other test is given: 1000 events, one hour (the default).
 pub const DEFAULT_RETENTION: Retention = Retention::new(1000, Duration::from_secs(3600));
 
@@ -1000,11 +1004,14 @@ where
     feed.until(&store, after.epoch, 1).await;
 }
 
-/// Readers running while several tasks append see the stream in commit order and each page
-/// as one snapshot: a reader that has seen position `n` finds `n + 1` next, never a later
-/// position first; `head` never goes back; and every page holds exactly the events between
-/// where it starts and its `head` (the suite reads with a limit above the stream's length),
-/// so `oldest` and `head` come from the same snapshot as the events.
+/// Readers running while several tasks append (and retention trims) see the stream in commit
+/// order and each page as one snapshot: a reader that has seen position `n` finds `n + 1`
+/// next (or, once `n + 1` is trimmed, `oldest`), never a later position first; `head` never
+/// goes back; and every page holds exactly the retained events between where it starts and
+/// its `head` (the suite reads with a limit above the stream's length), so `oldest` and
+/// `head` come from the same snapshot as the events.
+///
+/// The store must be built with [`READERS_RETENTION`].
 pub async fn buffer_readers_during_concurrent_appends<B: EventBuffer>(store: B) {
     const APPENDERS: usize = 3;
     const PER_APPENDER: usize = 40;
@@ -1098,8 +1105,13 @@ pub async fn buffer_readers_during_concurrent_appends<B: EventBuffer>(store: B) 
     for task in readers.into_iter().chain(appenders) {
         joined(task).await;
     }
-    let events = read_all(&*store, &stream, 0).await;
-    assert_eq!(events.len() as Position, TOTAL);
+    let retained = READERS_RETENTION.max_len() as Position;
+    let page = read(&*store, &stream, 0, LIMIT).await;
+    assert_eq!(
+        (page.oldest, page.head, page.events.len() as Position),
+        (TOTAL - retained + 1, TOTAL, retained),
+        "{stream}: the newest max_len events are retained"
+    );
 }
 
 /// The output of a spawned task; its panic, if it panicked, is raised again as it was, so
@@ -1576,7 +1588,7 @@ macro_rules! event_buffer_tests {
         $crate::__conformance_test!(
             $setup,
             buffer_readers_during_concurrent_appends,
-            DEFAULT_RETENTION
+            READERS_RETENTION
         );
         #[test]
         fn buffer_epoch_changes_when_data_is_lost() {
