@@ -58,10 +58,10 @@ pub use auth::{Authorize, Identity, Refusal, Target};
 pub use cors::{CorsOrigins, InvalidOrigin};
 pub use error::ApiError;
 pub use handler::{PublishState, events, healthz, publish, router};
-pub use layer::{SseLayer, SseService, future};
-pub use limits::Limits;
 /// CIDR networks, for [`Limits::trusted_proxy`] (re-exported from `ipnet`).
 pub use ipnet::IpNet;
+pub use layer::{SseLayer, SseService, future};
+pub use limits::Limits;
 pub use serve::{Serve, serve};
 pub use session::{InvalidSameSite, SameSite, Session, SessionRejection};
 #[cfg(feature = "memory")]

@@ -425,11 +425,7 @@ impl Limiter {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip().to_canonical())?;
-        Some(forwarded_client(
-            peer,
-            &self.limits.trusted,
-            &parts.headers,
-        ))
+        Some(forwarded_client(peer, &self.limits.trusted, &parts.headers))
     }
 
     /// A refusal for `reason`: counted, and with a delay that grows with the client's recent
@@ -466,7 +462,10 @@ impl Limiter {
             }
             Entry::Vacant(entry) => {
                 if !full {
-                    entry.insert(Strikes { count: 1, last: now });
+                    entry.insert(Strikes {
+                        count: 1,
+                        last: now,
+                    });
                 }
                 0
             }
@@ -611,7 +610,11 @@ fn forwarded_client(peer: IpAddr, trusted: &[IpNet], headers: &http::HeaderMap) 
     let hops: Vec<Option<IpAddr>> = if xff.iter().next().is_some() {
         right_most_hops(xff.iter(), ',', parse_xff_hop)
     } else {
-        right_most_hops(headers.get_all("forwarded").iter(), ',', parse_forwarded_hop)
+        right_most_hops(
+            headers.get_all("forwarded").iter(),
+            ',',
+            parse_forwarded_hop,
+        )
     };
     let mut client = peer;
     for hop in hops {
@@ -708,31 +711,58 @@ mod tests {
         // Not a trusted peer: the header is ignored.
         assert_eq!(forwarded_client(ip("9.9.9.9"), &trusted, &h), ip("9.9.9.9"));
         // Trusted: the right-most untrusted hop, never the client-written left part.
-        assert_eq!(forwarded_client(ip("10.0.0.1"), &trusted, &h), ip("1.2.3.4"));
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &trusted, &h),
+            ip("1.2.3.4")
+        );
         assert_eq!(forwarded_client(ip("::1"), &trusted, &h), ip("1.2.3.4"));
         // Several header lines are one list, in order.
         let h = headers(&[
             ("x-forwarded-for", b"6.6.6.6"),
             ("x-forwarded-for", b"[2001:db8::1]:443"),
         ]);
-        assert_eq!(forwarded_client(ip("10.0.0.1"), &trusted, &h), ip("2001:db8::1"));
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &trusted, &h),
+            ip("2001:db8::1")
+        );
         // Garbage, `unknown`, bytes that are not text: the nearest trusted proxy.
-        for bad in [&b"1.2.3.4, garbage"[..], b"unknown", b"\xff\xfe", b"", b",,,"] {
+        for bad in [
+            &b"1.2.3.4, garbage"[..],
+            b"unknown",
+            b"\xff\xfe",
+            b"",
+            b",,,",
+        ] {
             let h = headers(&[("x-forwarded-for", bad)]);
-            assert_eq!(forwarded_client(ip("10.0.0.1"), &trusted, &h), ip("10.0.0.1"));
+            assert_eq!(
+                forwarded_client(ip("10.0.0.1"), &trusted, &h),
+                ip("10.0.0.1")
+            );
         }
         let h = headers(&[("x-forwarded-for", b"1.2.3.4, nonsense, 10.0.0.7")]);
-        assert_eq!(forwarded_client(ip("10.0.0.1"), &trusted, &h), ip("10.0.0.7"));
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &trusted, &h),
+            ip("10.0.0.7")
+        );
         // Every hop trusted: the left-most.
         let h = headers(&[("x-forwarded-for", b"10.1.1.1, 10.0.0.2")]);
-        assert_eq!(forwarded_client(ip("10.0.0.1"), &trusted, &h), ip("10.1.1.1"));
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &trusted, &h),
+            ip("10.1.1.1")
+        );
         // IPv4-mapped IPv6 is the IPv4 address.
         let h = headers(&[("x-forwarded-for", b"::ffff:1.2.3.4")]);
-        assert_eq!(forwarded_client(ip("10.0.0.1"), &trusted, &h), ip("1.2.3.4"));
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &trusted, &h),
+            ip("1.2.3.4")
+        );
         // A very long header is read from the right, a bounded number of hops.
-        let long = format!("1.2.3.4, {}", "10.0.0.9, ".repeat(10_000));
+        let long = format!("1.2.3.4{}", ", 10.0.0.9".repeat(10_000));
         let h = headers(&[("x-forwarded-for", long.as_bytes())]);
-        assert_eq!(forwarded_client(ip("10.0.0.1"), &trusted, &h), ip("10.0.0.9"));
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &trusted, &h),
+            ip("10.0.0.9")
+        );
     }
 
     #[test]
@@ -747,10 +777,19 @@ mod tests {
             ip("2001:db8:cafe::17")
         );
         let h = headers(&[("forwarded", b"for=_hidden, for=10.0.0.3")]);
-        assert_eq!(forwarded_client(ip("10.0.0.1"), &trusted, &h), ip("10.0.0.3"));
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &trusted, &h),
+            ip("10.0.0.3")
+        );
         // X-Forwarded-For, when present, wins.
-        let h = headers(&[("forwarded", b"for=6.6.6.6"), ("x-forwarded-for", b"1.2.3.4")]);
-        assert_eq!(forwarded_client(ip("10.0.0.1"), &trusted, &h), ip("1.2.3.4"));
+        let h = headers(&[
+            ("forwarded", b"for=6.6.6.6"),
+            ("x-forwarded-for", b"1.2.3.4"),
+        ]);
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &trusted, &h),
+            ip("1.2.3.4")
+        );
     }
 
     #[tokio::test]
@@ -779,7 +818,10 @@ mod tests {
             })
             .collect();
         assert!(firsts.iter().all(|d| *d <= Duration::from_millis(1000)));
-        assert!(firsts.iter().any(|d| *d != firsts[0]), "no jitter: {firsts:?}");
+        assert!(
+            firsts.iter().any(|d| *d != firsts[0]),
+            "no jitter: {firsts:?}"
+        );
     }
 
     #[tokio::test]
@@ -794,7 +836,10 @@ mod tests {
         let a = Some(ip("1.1.1.1"));
         let first = limiter.admit(a).unwrap();
         let second = limiter.admit(a).unwrap();
-        assert_eq!(limiter.admit(a).unwrap_err().reason, "max_connections_per_ip");
+        assert_eq!(
+            limiter.admit(a).unwrap_err().reason,
+            "max_connections_per_ip"
+        );
         let mut third = limiter.admit(Some(ip("3.3.3.3"))).unwrap();
         assert_eq!(limiter.admit(None).unwrap_err().reason, "max_connections");
         drop(first);
@@ -803,7 +848,10 @@ mod tests {
         limiter.admit_session(&mut third, s, &alice).unwrap();
         let mut again = limiter.admit(a).unwrap();
         assert_eq!(
-            limiter.admit_session(&mut again, s, &Identity::anonymous()).unwrap_err().reason,
+            limiter
+                .admit_session(&mut again, s, &Identity::anonymous())
+                .unwrap_err()
+                .reason,
             "max_connections_per_session"
         );
         assert_eq!(
@@ -828,7 +876,10 @@ mod tests {
         assert!(limiter.check_publish(&alice, a).is_ok());
         assert!(limiter.check_publish(&alice, Some(ip("2.2.2.2"))).is_ok());
         let wait = limiter.check_publish(&alice, a).unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(500), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
         // Anonymous publishers are counted by address.
         assert!(limiter.check_publish(&Identity::anonymous(), a).is_ok());
         assert!(limiter.check_publish(&Identity::anonymous(), a).is_ok());
