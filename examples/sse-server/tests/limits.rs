@@ -1,0 +1,349 @@
+//! Limits on the real binary, as a separate process (the client sockets of these tests and the
+//! server's share no descriptor limit): a capped address among thousands of connections, a
+//! reconnect storm under a connect rate, and what the well-behaved clients see meanwhile.
+//!
+//! Clients are raw sockets bound to chosen loopback source addresses (127.0.0.1 is the
+//! abusive host; 127.0.0.2 and up are others: Linux's loopback answers all of 127/8). The
+//! figures are printed (`--no-capture` shows them); they are noisy on a busy machine.
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use resumable_sse_core::codec::{Item, Parser};
+use support::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinSet;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn source(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// The server's resident memory, from `/proc`.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+/// 5 000 connects from 127.0.0.1, 200 at a time: the admitted streams (held open) and the
+/// refusals' delays, sorted.
+async fn wave_of_5000(addr: SocketAddr) -> (Vec<Stream>, Vec<u64>) {
+    let gate = Arc::new(Semaphore::new(200));
+    let mut tasks = JoinSet::new();
+    for _ in 0..5000 {
+        let gate = gate.clone();
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await.unwrap();
+            open(addr, source(1)).await
+        });
+    }
+    let (mut held, mut retries) = (Vec::new(), Vec::new());
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome.unwrap().expect("every connect is answered") {
+            Outcome::Admitted(stream) => held.push(stream),
+            Outcome::Refused(reason, retry_ms) => {
+                assert_eq!(reason, "max_connections_per_ip");
+                retries.push(retry_ms);
+            }
+        }
+    }
+    assert_eq!(held.len(), 1000, "the cap");
+    assert_eq!(retries.len(), 4000);
+    retries.sort_unstable();
+    (held, retries)
+}
+
+/// An admitted event stream: the socket, its parser, and data read but not yet taken.
+struct Stream {
+    socket: TcpStream,
+    parser: Parser,
+    pending: std::collections::VecDeque<String>,
+}
+
+impl Stream {
+    /// The data of the next plain (`message`) event, or `None` when the connection ends.
+    async fn next_data(&mut self) -> Option<String> {
+        let mut buf = [0u8; 8192];
+        loop {
+            if let Some(data) = self.pending.pop_front() {
+                return Some(data);
+            }
+            let n = self.socket.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            for item in self.parser.feed(&buf[..n]) {
+                if let Item::Event(e) = item
+                    && e.event == "message"
+                {
+                    self.pending.push_back(e.data);
+                }
+            }
+        }
+    }
+}
+
+/// What an event-stream request got.
+enum Outcome {
+    Admitted(Stream),
+    /// `(reason, retry_ms)`, the response read to its end.
+    Refused(String, u64),
+}
+
+/// `GET /events?stream=news` from `from`, read up to the `connected` event or to the end of a
+/// refusal (whose form is checked: 200, `retry:` equal to `retry_ms`, then the end).
+async fn open(server: SocketAddr, from: IpAddr) -> std::io::Result<Outcome> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    let mut stream = socket.connect(server).await?;
+    stream
+        .write_all(
+            format!(
+                "GET /events?stream=news HTTP/1.1\r\nhost: {server}\r\naccept: text/event-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut received = Vec::with_capacity(1024);
+    let mut buf = [0u8; 4096];
+    let body_at = loop {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::other("no head in time"))??;
+        if n == 0 {
+            return Err(std::io::Error::other("closed before a head"));
+        }
+        received.extend_from_slice(&buf[..n]);
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&received[..body_at]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut parser = Parser::new();
+    let mut items: std::collections::VecDeque<Item> = parser.feed(&received[body_at..]).into();
+    let mut retry = None;
+    loop {
+        while let Some(item) = items.pop_front() {
+            match item {
+                Item::Retry(ms) => retry = Some(ms),
+                Item::Event(e) if e.event == "connected" => {
+                    let mut pending = std::collections::VecDeque::new();
+                    for item in items {
+                        if let Item::Event(e) = item
+                            && e.event == "message"
+                        {
+                            pending.push_back(e.data);
+                        }
+                    }
+                    return Ok(Outcome::Admitted(Stream {
+                        socket: stream,
+                        parser,
+                        pending,
+                    }));
+                }
+                Item::Event(e) if e.event == "refused" => {
+                    let data: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+                    let retry_ms = data["retry_ms"].as_u64().unwrap();
+                    assert_eq!(retry, Some(retry_ms), "retry hint and event agree");
+                    // The response ends: only the close (or a content length's end) follows.
+                    let rest = tokio::time::timeout(WAIT, stream.read(&mut buf))
+                        .await
+                        .map_err(|_| std::io::Error::other("a refusal left open"))??;
+                    assert_eq!(rest, 0, "nothing after the refused event");
+                    return Ok(Outcome::Refused(
+                        data["reason"].as_str().unwrap().to_owned(),
+                        retry_ms,
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::other("no first event in time"))??;
+        if n == 0 {
+            return Err(std::io::Error::other("closed before an event"));
+        }
+        items.extend(parser.feed(&buf[..n]));
+    }
+}
+
+async fn admitted(server: SocketAddr, from: IpAddr) -> Stream {
+    match open(server, from).await.expect("connect") {
+        Outcome::Admitted(stream) => stream,
+        Outcome::Refused(reason, _) => panic!("{from} refused: {reason}"),
+    }
+}
+
+/// Publishes `data` to `news` (from loopback: development mode lets it).
+async fn publish(http: &reqwest::Client, server: &Server, data: &str) {
+    let response = http
+        .post(server.url("/publish"))
+        .json(&serde_json::json!({"stream": "news", "data": data}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(response.status(), 200);
+}
+
+/// Waits until `done`, or panics with `what` after [`WAIT`].
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// 5 000 connections from one address with a cap of 1 000 per address: 1 000 are served, the
+/// rest answered 200 + retry and closed; a client on another address receives every event
+/// throughout; the places come back when they leave, and a second wave costs no more memory
+/// than the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_from_one_address_capped_at_a_thousand() {
+    let server = Server::start_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--max-connections-per-ip",
+        "1000",
+        "--heartbeat",
+        "5s",
+        // Every admitted connection makes a session, kept this long after it leaves.
+        "--session-ttl",
+        "1s",
+    ])
+    .unwrap_or_else(|err| panic!("{err}"));
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    let http = reqwest::Client::new();
+
+    // The other address's client, and a publisher ticking every 20 ms.
+    let mut other = admitted(addr, source(2)).await;
+    let received = Arc::new(Mutex::new(Vec::<(Instant, String)>::new()));
+    let reader = tokio::spawn({
+        let received = received.clone();
+        async move {
+            while let Some(data) = other.next_data().await {
+                received.lock().await.push((Instant::now(), data));
+            }
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let published = Arc::new(AtomicU64::new(0));
+    let publisher = tokio::spawn({
+        let (stop, published, http, url) = (
+            stop.clone(),
+            published.clone(),
+            http.clone(),
+            server.url("/publish"),
+        );
+        async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let response = http
+                    .post(&url)
+                    .json(&serde_json::json!({"stream": "news", "data": i.to_string()}))
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(response.status(), 200);
+                i += 1;
+                published.store(i, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let r = received.clone();
+    until("the other client's first event", || {
+        r.try_lock().is_ok_and(|r| !r.is_empty())
+    })
+    .await;
+    let baseline = rss_bytes(server.pid());
+
+    // Two waves: the second shows whether the first left anything behind (the allocator
+    // keeps freed memory for reuse, so RSS stays near its high-water mark in between).
+    let mut figures = Vec::new();
+    for wave in 1..=2 {
+        let started = Instant::now();
+        let (held, retries) = wave_of_5000(addr).await;
+        let took = started.elapsed();
+        let peak = rss_bytes(server.pid());
+        drop(held);
+        // The address gets its places back.
+        let deadline = Instant::now() + WAIT;
+        let mut again = Vec::new();
+        while again.len() < 1000 {
+            match open(addr, source(1)).await.unwrap() {
+                Outcome::Admitted(stream) => again.push(stream),
+                Outcome::Refused(..) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "wave {wave}: closed connections still count"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        drop(again);
+        let after = rss_bytes(server.pid());
+        eprintln!(
+            "wave {wave}: 5000 connects from one address (cap 1000) answered in {took:.2?}; \
+             refusal retry_ms min {} median {} max {}; server RSS with 1000 held {:.1} MB, \
+             after they left (and 1000 more came and went) {:.1} MB",
+            retries[0],
+            retries[retries.len() / 2],
+            retries[retries.len() - 1],
+            mb(peak),
+            mb(after),
+        );
+        figures.push((peak, after));
+    }
+    let (peak1, _) = figures[0];
+    let (peak2, after2) = figures[1];
+    eprintln!("server RSS baseline (one client) {:.1} MB", mb(baseline));
+    // Nothing kept per connection once it is gone (but their sessions, for a second): the
+    // second wave fits in the first's room.
+    let room = (peak1 - baseline) / 2;
+    assert!(
+        peak2 <= peak1 + room && after2 <= peak1 + room,
+        "memory grows wave after wave: baseline {baseline}, {figures:?}"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    publisher.await.unwrap();
+    let n = published.load(Ordering::Relaxed);
+    let r = received.clone();
+    until("every event at the other client", || {
+        r.try_lock().is_ok_and(|r| r.len() as u64 >= n)
+    })
+    .await;
+    let received = received.lock().await;
+    let datas: Vec<u64> = received.iter().map(|(_, d)| d.parse().unwrap()).collect();
+    assert_eq!(datas, (0..n).collect::<Vec<_>>(), "in order, none lost");
+    let gap = received
+        .windows(2)
+        .map(|w| w[1].0 - w[0].0)
+        .max()
+        .unwrap_or_default();
+    reader.abort();
+    eprintln!(
+        "the other address received all {n} events, in order; longest gap between two {gap:.0?} \
+         (one published every 20 ms)"
+    );
+}
