@@ -347,3 +347,158 @@ async fn five_thousand_from_one_address_capped_at_a_thousand() {
          (one published every 20 ms)"
     );
 }
+
+/// Latencies (µs) by phase, pushed by every subscriber for every event.
+type Samples = Arc<std::sync::Mutex<Vec<(u8, u64)>>>;
+
+/// Publishes `phase:µs-since-base` every 25 ms, at least `min` times and until `done`.
+async fn publish_phase(
+    http: &reqwest::Client,
+    server: &Server,
+    base: Instant,
+    phase: u8,
+    min: usize,
+    done: impl Fn() -> bool,
+) -> usize {
+    let mut n = 0;
+    while n < min || !done() {
+        let at = base.elapsed().as_micros();
+        publish(http, server, &format!("{phase}:{at}")).await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    n
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// A reconnect storm of 10 000 connects from one address under a connect rate of 100 per
+/// second per address: most are refused (200 + retry), and 1 000 well-behaved subscribers
+/// on other addresses receive every event; their delivery latency (p50, p99) is printed with
+/// and without the storm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_is_limited_and_subscribers_are_served() {
+    const RATE: u64 = 100;
+    let server = Server::start_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--connect-rate-per-ip",
+        "100",
+        "--heartbeat",
+        "5s",
+    ])
+    .unwrap_or_else(|err| panic!("{err}"));
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    let http = reqwest::Client::new();
+    let base = Instant::now();
+    let samples: Samples = Arc::default();
+
+    // 1 000 subscribers, 100 on each of 127.0.0.2 to 127.0.0.11 (the burst of each address).
+    let mut subscribers = JoinSet::new();
+    let mut opening = JoinSet::new();
+    for i in 0..1000 {
+        opening.spawn(admitted(addr, source(2 + (i / 100) as u8)));
+    }
+    while let Some(stream) = opening.join_next().await {
+        let mut stream = stream.unwrap();
+        let samples = samples.clone();
+        subscribers.spawn(async move {
+            while let Some(data) = stream.next_data().await {
+                let now = base.elapsed().as_micros() as u64;
+                let (phase, at) = data.split_once(':').unwrap();
+                let latency = now.saturating_sub(at.parse().unwrap());
+                samples
+                    .lock()
+                    .unwrap()
+                    .push((phase.parse().unwrap(), latency));
+            }
+        });
+    }
+
+    let quiet = publish_phase(&http, &server, base, 0, 40, || true).await;
+    let s = samples.clone();
+    until("every quiet event at every subscriber", || {
+        s.lock().unwrap().len() >= 1000 * quiet
+    })
+    .await;
+
+    // The storm: 10 000 connects from 127.0.0.1, started over one second, each closed as soon
+    // as it is answered.
+    let storm_done = Arc::new(AtomicBool::new(false));
+    let storm = tokio::spawn({
+        let storm_done = storm_done.clone();
+        async move {
+            let started = Instant::now();
+            let gate = Arc::new(Semaphore::new(1000));
+            let mut tasks = JoinSet::new();
+            for i in 0..10_000u64 {
+                let gate = gate.clone();
+                let at = started + Duration::from_micros(i * 100);
+                tasks.spawn(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    let _permit = gate.acquire_owned().await.unwrap();
+                    open(addr, source(1)).await
+                });
+            }
+            let (mut admitted, mut refused) = (0u64, 0u64);
+            while let Some(outcome) = tasks.join_next().await {
+                match outcome.unwrap().expect("every connect is answered") {
+                    Outcome::Admitted(_) => admitted += 1,
+                    Outcome::Refused(reason, _) => {
+                        assert_eq!(reason, "connect_rate_per_ip");
+                        refused += 1;
+                    }
+                }
+            }
+            storm_done.store(true, Ordering::Relaxed);
+            (admitted, refused, started.elapsed())
+        }
+    });
+    let stormy = publish_phase(&http, &server, base, 1, 40, || {
+        storm_done.load(Ordering::Relaxed)
+    })
+    .await;
+    let (admitted, refused, took) = storm.await.unwrap();
+    let s = samples.clone();
+    until("every storm event at every subscriber", || {
+        s.lock().unwrap().len() >= 1000 * (quiet + stormy)
+    })
+    .await;
+    subscribers.abort_all();
+
+    assert_eq!(admitted + refused, 10_000);
+    // The burst, then the rate (and a little for the clock's granularity).
+    let allowed = RATE + (RATE as f64 * took.as_secs_f64()).ceil() as u64 + 5;
+    assert!(admitted <= allowed, "{admitted} admitted in {took:?}");
+    let samples = samples.lock().unwrap();
+    let mut by_phase = [Vec::new(), Vec::new()];
+    for (phase, latency) in samples.iter() {
+        by_phase[usize::from(*phase)].push(*latency);
+    }
+    for phase in &mut by_phase {
+        phase.sort_unstable();
+    }
+    assert_eq!(
+        by_phase[0].len(),
+        1000 * quiet,
+        "each event once at each subscriber"
+    );
+    assert_eq!(
+        by_phase[1].len(),
+        1000 * stormy,
+        "each event once at each subscriber"
+    );
+    eprintln!(
+        "storm: 10000 connects from one address in {took:.2?} ({:.0}/s), {admitted} admitted, \
+         {refused} refused; 1000 subscribers' delivery latency, ms: without the storm p50 {:.1} \
+         p99 {:.1} ({quiet} events), during it p50 {:.1} p99 {:.1} ({stormy} events)",
+        10_000.0 / took.as_secs_f64(),
+        percentile(&by_phase[0], 0.5),
+        percentile(&by_phase[0], 0.99),
+        percentile(&by_phase[1], 0.5),
+        percentile(&by_phase[1], 0.99),
+    );
+}
