@@ -3,6 +3,9 @@
 //! 200 with a growing, jittered `retry:`, one `refused` event and the end of the response; a
 //! publish over its rate 429 with `Retry-After`, storing nothing.
 
+// Helpers panic on what a test would: a broken server.
+#![allow(clippy::unwrap_used)]
+
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;

@@ -110,10 +110,11 @@ async fn scenario(env: &Env) -> Result<()> {
     // Each attempt comes no sooner than the previous refusal asked (the browser's timer,
     // the page's clock; a few ms for the timer's granularity).
     for pair in refused.windows(2) {
-        let asked = pair[0]["retry_ms"].as_f64().unwrap_or(0.0);
-        let waited = pair[1]["at"].as_f64().unwrap_or(0.0) - pair[0]["at"].as_f64().unwrap_or(0.0);
+        let asked = pair[0]["retry_ms"].as_i64().unwrap_or(0);
+        let at = |r: &Value| r["at"].as_f64().unwrap_or(0.0).round() as i64;
+        let waited = at(&pair[1]) - at(&pair[0]);
         ensure!(
-            waited >= asked - 5.0,
+            waited >= asked - 5,
             "came back after {waited:.0} ms when asked to wait {asked} ms: {refused:?}"
         );
     }

@@ -6,6 +6,9 @@
 //! abusive host; 127.0.0.2 and up are others: Linux's loopback answers all of 127/8). The
 //! figures are printed (`--no-capture` shows them); they are noisy on a busy machine.
 
+// Helpers panic on what a test would: a broken server.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
