@@ -1,51 +1,4 @@
 //! [`Limits`]: connection caps and rate limits, and refusals that keep clients alive.
-//!
-//! Installed with [`SseLayer::with_limits`](crate::SseLayer::with_limits). The limits are
-//! checked by the [`events`](crate::events) endpoint (and [`publish`](crate::publish) of
-//! [`router`](crate::router)) for every request the layer passes, so both servers
-//! (`axum::serve` and [`serve`](crate::serve())) enforce them alike:
-//!
-//! - **connection caps**: in total, per client address, per session, per principal; an event
-//!   stream counts until its response ends (the count travels with the connection, whichever
-//!   server writes it);
-//! - **connect rates**: per client address and per session, in connects per second;
-//! - **publish rate**: per principal, or per client address for anonymous publishers.
-//!
-//! An event stream over a limit is answered `200` (any other status makes a browser's
-//! `EventSource` give up for good) with a `retry:` hint, one `refused` event
-//! (`{"reason": "max_connections_per_ip", "retry_ms": 5123}`) and the end of the response.
-//! The hint grows with each refusal of the same client address (doubling from
-//! [`refusal_retry`](Limits::refusal_retry)'s base up to its maximum, forgotten after twice
-//! the maximum without a refusal) and is jittered (uniform in the upper half of the current
-//! step), so a crowd refused together does not come back together. A publish over its rate is
-//! answered `429` with `Retry-After` and a JSON error, before anything is stored.
-//!
-//! The client address is the socket's peer ([`ConnectInfo<SocketAddr>`](axum::extract::ConnectInfo),
-//! which both servers provide), or, when the peer is a [trusted
-//! proxy](Limits::trusted_proxy), the right-most address of `X-Forwarded-For` (else of
-//! `Forwarded`) that is not itself a trusted proxy. Without `ConnectInfo` the limits per
-//! address do not apply.
-//!
-//! ```
-//! use std::num::NonZeroU32;
-//! use std::time::Duration;
-//! use axum::{Router, routing::get};
-//! use resumable_sse_axum::{Limits, SseLayer};
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let limits = Limits::new()
-//!     .max_connections(10_000)
-//!     .max_connections_per_ip(100)
-//!     .max_connections_per_session(8)
-//!     .connect_rate_per_ip(NonZeroU32::new(10).unwrap())
-//!     .publish_rate(NonZeroU32::new(100).unwrap())
-//!     .trusted_proxy("10.0.0.0/8".parse()?)
-//!     .refusal_retry(Duration::from_secs(5), Duration::from_secs(60));
-//! assert_eq!(limits.get_max_connections_per_ip(), Some(100));
-//! let hub = resumable_sse_axum::memory_hub(Default::default());
-//! let app: Router = resumable_sse_axum::router(SseLayer::new(hub).with_limits(limits));
-//! # Ok(()) }
-//! ```
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -81,15 +34,53 @@ pub(crate) fn count_refusal(reason: &'static str) {
     metrics::counter!("sse_refusals_total", "reason" => reason).increment(1);
 }
 
-/// Connection caps, rate limits and trusted proxies (see the [module docs](self)). Every
-/// limit is off until set.
+/// Connection caps, rate limits and trusted proxies; every limit is off until set.
+///
+/// Installed with [`SseLayer::with_limits`](crate::SseLayer::with_limits). The limits are
+/// checked by the [`events`](crate::events) endpoint (and [`publish`](crate::publish) of
+/// [`router`](crate::router)) for every request the layer passes, so both servers
+/// (`axum::serve` and [`serve`](crate::serve())) enforce them alike:
+///
+/// - **connection caps**: in total, per client address, per session, per principal; an event
+///   stream counts until its response ends (the count travels with the connection, whichever
+///   server writes it);
+/// - **connect rates**: per client address and per session, in connects per second;
+/// - **publish rate**: per principal, or per client address for anonymous publishers.
+///
+/// An event stream over a limit is answered `200` (any other status makes a browser's
+/// `EventSource` give up for good) with a `retry:` hint, one `refused` event
+/// (`{"reason": "max_connections_per_ip", "retry_ms": 5123}`) and the end of the response.
+/// The hint grows with each refusal of the same client address (doubling from
+/// [`refusal_retry`](Limits::refusal_retry)'s base up to its maximum, forgotten after twice
+/// the maximum without a refusal) and is jittered (uniform in the upper half of the current
+/// step), so a crowd refused together does not come back together. A publish over its rate is
+/// answered `429` with `Retry-After` and a JSON error, before anything is stored.
+///
+/// The client address is the socket's peer ([`ConnectInfo<SocketAddr>`](axum::extract::ConnectInfo),
+/// which both servers provide), or, when the peer is a [trusted
+/// proxy](Limits::trusted_proxy), the right-most address of `X-Forwarded-For` (else of
+/// `Forwarded`) that is not itself a trusted proxy. Without `ConnectInfo` the limits per
+/// address do not apply.
 ///
 /// ```
-/// use resumable_sse_axum::Limits;
+/// use std::num::NonZeroU32;
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use resumable_sse_axum::{Limits, SseLayer};
 ///
-/// let limits = Limits::new().max_connections_per_ip(2);
-/// assert_eq!(limits.get_max_connections_per_ip(), Some(2));
-/// assert_eq!(Limits::default().get_max_connections(), None);
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let limits = Limits::new()
+///     .max_connections(10_000)
+///     .max_connections_per_ip(100)
+///     .max_connections_per_session(8)
+///     .connect_rate_per_ip(NonZeroU32::new(10).unwrap())
+///     .publish_rate(NonZeroU32::new(100).unwrap())
+///     .trusted_proxy("10.0.0.0/8".parse()?)
+///     .refusal_retry(Duration::from_secs(5), Duration::from_secs(60));
+/// assert_eq!(limits.get_max_connections_per_ip(), Some(100));
+/// let hub = resumable_sse_axum::memory_hub(Default::default());
+/// let app: Router = resumable_sse_axum::router(SseLayer::new(hub).with_limits(limits));
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
 #[must_use]
