@@ -77,6 +77,8 @@ struct Stream {
     socket: TcpStream,
     parser: Parser,
     pending: std::collections::VecDeque<String>,
+    /// The response head.
+    head: String,
 }
 
 impl Stream {
@@ -112,13 +114,18 @@ enum Outcome {
 /// `GET /events?stream=news` from `from`, read up to the `connected` event or to the end of a
 /// refusal (whose form is checked: 200, `retry:` equal to `retry_ms`, then the end).
 async fn open(server: SocketAddr, from: IpAddr) -> std::io::Result<Outcome> {
+    open_with(server, from, "").await
+}
+
+/// [`open`] with more header lines (each ending in CRLF).
+async fn open_with(server: SocketAddr, from: IpAddr, headers: &str) -> std::io::Result<Outcome> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(from, 0))?;
     let mut stream = socket.connect(server).await?;
     stream
         .write_all(
             format!(
-                "GET /events?stream=news HTTP/1.1\r\nhost: {server}\r\naccept: text/event-stream\r\n\r\n"
+                "GET /events?stream=news HTTP/1.1\r\nhost: {server}\r\naccept: text/event-stream\r\n{headers}\r\n"
             )
             .as_bytes(),
         )
@@ -159,6 +166,7 @@ async fn open(server: SocketAddr, from: IpAddr) -> std::io::Result<Outcome> {
                         socket: stream,
                         parser,
                         pending,
+                        head,
                     }));
                 }
                 Item::Event(e) if e.event == "refused" => {
@@ -504,4 +512,102 @@ async fn a_reconnect_storm_is_limited_and_subscribers_are_served() {
         percentile(&by_phase[1], 0.5),
         percentile(&by_phase[1], 0.99),
     );
+}
+
+/// The limit flags of the binary: caps in total, per address and per session, forwarded
+/// addresses only from `--trusted-proxy`, and `--publish-rate` (429, nothing stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_flags_on_the_binary() {
+    let server = Server::start_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--max-connections",
+        "4",
+        "--max-connections-per-ip",
+        "1",
+        "--max-connections-per-session",
+        "1",
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--publish-rate",
+        "2",
+        "--refusal-retry",
+        "200ms",
+    ])
+    .unwrap_or_else(|err| panic!("{err}"));
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    let refused =
+        async |from: u8, headers: &str| match open_with(addr, source(from), headers).await.unwrap()
+        {
+            Outcome::Admitted(_) => panic!("admitted from {from} with {headers:?}"),
+            Outcome::Refused(reason, _) => reason,
+        };
+    let admitted =
+        async |from: u8, headers: &str| match open_with(addr, source(from), headers).await.unwrap()
+        {
+            Outcome::Admitted(stream) => stream,
+            Outcome::Refused(reason, _) => panic!("refused from {from} with {headers:?}: {reason}"),
+        };
+    // Behind the trusted proxy 127.0.0.1, the forwarded address is the client.
+    let mut a = admitted(1, "x-forwarded-for: 1.1.1.1\r\n").await;
+    assert_eq!(
+        refused(1, "x-forwarded-for: 1.1.1.1\r\n").await,
+        "max_connections_per_ip"
+    );
+    let _b = admitted(1, "x-forwarded-for: 6.6.6.6, 2.2.2.2\r\n").await;
+    // A's session, from elsewhere.
+    let token = a
+        .head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-sse-session: "))
+        .expect("a session token")
+        .trim()
+        .to_owned();
+    assert_eq!(
+        refused(5, &format!("x-sse-session: {token}\r\n")).await,
+        "max_connections_per_session"
+    );
+    // From a peer that is no trusted proxy, the header says nothing.
+    let _c = admitted(2, "x-forwarded-for: 3.3.3.3\r\n").await;
+    assert_eq!(
+        refused(2, "x-forwarded-for: 4.4.4.4\r\n").await,
+        "max_connections_per_ip"
+    );
+    let _d = admitted(3, "").await;
+    assert_eq!(refused(4, "").await, "max_connections");
+
+    // Two publishes a second from loopback; the third is refused and stores nothing.
+    let http = reqwest::Client::new();
+    let post = async |data: &str| {
+        http.post(server.url("/publish"))
+            .json(&serde_json::json!({"stream": "news", "data": data}))
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(post("one").await.status(), 200);
+    assert_eq!(post("two").await.status(), 200);
+    let response = post("refused").await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    let deadline = Instant::now() + WAIT;
+    while post("three").await.status() == 429 {
+        assert!(
+            Instant::now() < deadline,
+            "the publish rate never allowed again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("three") {
+        seen.push(
+            tokio::time::timeout(WAIT, a.next_data())
+                .await
+                .expect("an event in time")
+                .expect("the stream open"),
+        );
+    }
+    assert_eq!(seen, ["one", "two", "three"], "nothing of the 429 stored");
 }
