@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::auth::{Authorize, Target};
+use crate::limits::{Admission, Limiter};
 use crate::session::{SessionRejection, SessionSlot};
 use crate::{ApiError, SseLayer};
 
@@ -41,7 +42,15 @@ use crate::{ApiError, SseLayer};
 /// ```
 pub async fn events(parts: Parts) -> Response {
     match open_events(&parts).await {
-        Ok((hub, connection)) => crate::response::event_stream(&hub, connection),
+        Ok((hub, connection, admission)) => {
+            // The count of the connection against the caps ends with it, whichever server
+            // writes it.
+            let connection = match admission {
+                Some(admission) => connection.hold(admission),
+                None => connection,
+            };
+            crate::response::event_stream(&hub, connection)
+        }
         Err(response) => response,
     }
 }
@@ -49,12 +58,23 @@ pub async fn events(parts: Parts) -> Response {
 /// The SSE endpoint's logic: the streams and cursor from the request, the authorization hook, then the
 /// connection; or the response to answer instead (4xx, or a backoff). The session is written
 /// to the store (if new) only once the request is known to be served.
-async fn open_events(parts: &Parts) -> Result<(Hub, Connection), Response> {
+async fn open_events(parts: &Parts) -> Result<(Hub, Connection, Option<Admission>), Response> {
     let Some(slot) = parts.extensions.get::<SessionSlot>() else {
         return Err(SessionRejection::missing_layer().into_response());
     };
     let shared = slot.shared();
     let hub = &shared.hub;
+    // The limits on addresses come before anything else: a storm of connects costs no
+    // token verification nor store access.
+    let limiter = parts.extensions.get::<Arc<Limiter>>();
+    let mut admission = match limiter {
+        Some(limiter) => Some(
+            limiter
+                .admit(limiter.client_addr(parts))
+                .map_err(|refused| crate::response::refused(hub, refused))?,
+        ),
+        None => None,
+    };
     // Who is asking comes first: a request without valid credentials (where they are
     // required) learns nothing else.
     let identity = slot
@@ -98,6 +118,11 @@ async fn open_events(parts: &Parts) -> Result<(Hub, Connection), Response> {
             .await
             .map_err(IntoResponse::into_response)?;
     }
+    if let (Some(limiter), Some(admission)) = (limiter, admission.as_mut()) {
+        limiter
+            .admit_session(admission, session.id(), &identity)
+            .map_err(|refused| crate::response::refused(hub, refused))?;
+    }
     let session = slot
         .session(parts)
         .await
@@ -116,7 +141,7 @@ async fn open_events(parts: &Parts) -> Result<(Hub, Connection), Response> {
         request = request.expires_at(at);
     }
     match hub.connect(request).await {
-        Ok(connection) => Ok((hub.clone(), connection)),
+        Ok(connection) => Ok((hub.clone(), connection, admission)),
         Err(err) if err.is_client_error() => Err(ApiError::from(err).into_response()),
         Err(err) => {
             tracing::warn!(error = %err, "could not open a connection; asking the client to retry later");
@@ -182,6 +207,7 @@ pub struct PublishState {
     hub: Hub,
     default_stream: StreamName,
     authorize: Arc<dyn Authorize>,
+    limits: Option<Arc<Limiter>>,
 }
 
 impl fmt::Debug for PublishState {
@@ -200,7 +226,8 @@ impl fmt::Debug for PublishState {
 /// `200 {"stream", "position", "epoch", "id", "duplicate"}` once the store has the event, 400
 /// with a JSON error for bad input (invalid stream name, CR/LF/NUL in `event` or `id`, bad
 /// JSON), 404 for an unknown session, 413 for an oversized body, 415 for a body not sent as
-/// `Content-Type: application/json`, 503 when the store is down.
+/// `Content-Type: application/json`, 429 with `Retry-After` over the layer's
+/// [publish rate](crate::Limits::publish_rate) (nothing stored), 503 when the store is down.
 pub async fn publish(State(state): State<PublishState>, request: Request) -> Response {
     match publish_inner(&state, request).await {
         Ok(response) => response,
@@ -215,6 +242,13 @@ async fn publish_inner(state: &PublishState, request: Request) -> Result<Respons
         Ok(identity) => identity,
         Err(refusal) => return Ok(refusal.into_response()),
     };
+    // Before the body is read: a publisher over its rate costs nothing more, and nothing of
+    // its request is stored.
+    if let Some(limiter) = &state.limits
+        && let Err(wait) = limiter.check_publish(&identity, limiter.client_addr(&parts))
+    {
+        return Ok(rate_limited(wait));
+    }
     if !is_json(&parts.headers) {
         // A cross-site form or `text/plain` post needs no CORS preflight: refusing every
         // other content type keeps pages on other origins from publishing unasked.
@@ -320,6 +354,22 @@ async fn publish_inner(state: &PublishState, request: Request) -> Result<Respons
     .into_response())
 }
 
+/// `429 Too Many Requests` with `Retry-After` (whole seconds, rounded up) and a JSON error.
+fn rate_limited(wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = secs.max(1);
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many publishes: retry in {secs} s"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+    response
+}
+
 /// `GET /healthz`: 200 when the store answers, 503 with a JSON error otherwise.
 pub async fn healthz(State(state): State<PublishState>) -> Response {
     match state.hub.buffer().ping().await {
@@ -349,6 +399,7 @@ pub fn router(layer: SseLayer) -> Router {
         hub: layer.hub().clone(),
         default_stream: layer.default_stream().clone(),
         authorize: layer.shared.authorize.clone(),
+        limits: layer.limits.clone(),
     };
     Router::new()
         .route("/events", get(events).layer(layer))

@@ -14,6 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::auth::{AllowAll, Authorize};
+use crate::limits::{Limiter, Limits};
 use crate::session::{SameSite, Session, SessionSlot, Shared};
 
 impl Shared {
@@ -84,6 +85,7 @@ impl Shared {
 #[derive(Clone, Debug)]
 pub struct SseLayer {
     pub(crate) shared: Arc<Shared>,
+    pub(crate) limits: Option<Arc<Limiter>>,
 }
 
 impl SseLayer {
@@ -101,6 +103,7 @@ impl SseLayer {
                 authorize: Arc::new(AllowAll),
                 default_stream: StreamName::new("broadcast").expect("valid name"),
             }),
+            limits: None,
         }
     }
 
@@ -237,6 +240,29 @@ impl SseLayer {
     pub fn with_default_stream(self, stream: StreamName) -> Self {
         self.map(|s| s.default_stream = stream)
     }
+
+    /// Sets connection caps and rate limits (default: none). Event streams over a limit are
+    /// answered `200` with a growing, jittered `retry:` and a `refused` event, publishes of
+    /// [`router`](crate::router) over their rate `429` with `Retry-After`; see [`Limits`].
+    ///
+    /// ```
+    /// use resumable_sse_axum::{Limits, SseLayer};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let hub = resumable_sse_axum::memory_hub(Default::default());
+    /// let layer = SseLayer::new(hub).with_limits(Limits::new().max_connections_per_ip(100));
+    /// assert_eq!(layer.limits().and_then(Limits::get_max_connections_per_ip), Some(100));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(Limiter::new(limits));
+        self
+    }
+
+    /// The limits, if set.
+    pub fn limits(&self) -> Option<&Limits> {
+        self.limits.as_deref().map(Limiter::limits)
+    }
 }
 
 impl<S> Layer<S> for SseLayer {
@@ -245,6 +271,7 @@ impl<S> Layer<S> for SseLayer {
         SseService {
             inner,
             shared: self.shared.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -254,6 +281,7 @@ impl<S> Layer<S> for SseLayer {
 pub struct SseService<S> {
     inner: S,
     shared: Arc<Shared>,
+    limits: Option<Arc<Limiter>>,
 }
 
 impl<S> SseService<S> {
@@ -293,10 +321,15 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
+        let limits = self.limits.clone();
         future::ResponseFuture::new(async move {
             let (mut parts, body) = request.into_parts();
             let slot = SessionSlot::new(shared.clone(), &parts);
             parts.extensions.insert(slot.clone());
+            if let Some(limits) = limits {
+                // Checked by the events endpoint, so only event streams are counted.
+                parts.extensions.insert(limits);
+            }
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
             if let Some(session) = slot.used() {
                 for (name, value) in shared.session_headers(session) {

@@ -7,6 +7,8 @@
 //!   handler; its rejection names the missing layer;
 //! - [`Authorize`]: who may subscribe to and publish on which stream (async; RFC 6750
 //!   refusals; an expiry ends the streams it opened);
+//! - [`Limits`]: connection caps and rate limits, refused with a `200` and a growing
+//!   `retry:` hint that keeps browsers' `EventSource` coming back (`429` for publishes);
 //! - [`events`]: the SSE endpoint (`Last-Event-ID` header, `lastEventId` query fallback, the
 //!   authorization hook, the session's private stream);
 //! - [`router`]: the whole reference HTTP contract (`/events`, `/publish`, `/healthz`);
@@ -43,6 +45,7 @@ mod cors;
 mod error;
 mod handler;
 mod layer;
+mod limits;
 mod response;
 mod serve;
 mod session;
@@ -55,7 +58,10 @@ pub use auth::{Authorize, Identity, Refusal, Target};
 pub use cors::{CorsOrigins, InvalidOrigin};
 pub use error::ApiError;
 pub use handler::{PublishState, events, healthz, publish, router};
+/// CIDR networks, for [`Limits::trusted_proxy`] (re-exported from `ipnet`).
+pub use ipnet::IpNet;
 pub use layer::{SseLayer, SseService, future};
+pub use limits::Limits;
 pub use serve::{Serve, serve};
 pub use session::{InvalidSameSite, SameSite, Session, SessionRejection};
 #[cfg(feature = "memory")]

@@ -21,6 +21,8 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue};
 use resumable_sse_core::{Connection, Frame, Hub};
 
+use crate::limits::Refused;
+
 /// How long a client told to back off waits at least before reconnecting.
 const BACKOFF: Duration = Duration::from_secs(5);
 
@@ -57,6 +59,20 @@ pub(crate) fn backoff(hub: &Hub) -> Response {
     let retry = hub.config().retry.max(BACKOFF);
     hub.transport()
         .write_frame(&mut body, &Frame::Close { retry: Some(retry) });
+    with_stream_headers(hub, Body::from(body.freeze()))
+}
+
+/// A `200` answer refusing an event stream over a limit: `retry:` with the delay, one
+/// `refused` event (`{"reason": …, "retry_ms": …}`, no id: the client keeps its cursor),
+/// and the end of the response.
+pub(crate) fn refused(hub: &Hub, refused: Refused) -> Response {
+    let retry_ms = u64::try_from(refused.retry.as_millis()).unwrap_or(u64::MAX);
+    let retry = Duration::from_millis(retry_ms);
+    let data = serde_json::json!({"reason": refused.reason, "retry_ms": retry_ms}).to_string();
+    let mut body = BytesMut::new();
+    let transport = hub.transport();
+    transport.write_frame(&mut body, &Frame::Retry(retry));
+    transport.write_frame(&mut body, &Frame::Refused { data: &data });
     with_stream_headers(hub, Body::from(body.freeze()))
 }
 

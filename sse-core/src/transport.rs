@@ -40,6 +40,26 @@ pub enum Frame<'a> {
         /// JSON object text.
         data: &'a str,
     },
+    /// The server refuses the request (a connection cap, a rate limit, overload): JSON with
+    /// `reason` and `retry_ms`, the delay the client should wait. Carries no id, so the
+    /// client keeps its cursor and resumes from it when it comes back. Written after a
+    /// [`Frame::Retry`] with the same delay, as the only event of the response.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use resumable_sse_core::{Frame, SseTransport, Transport};
+    /// use std::time::Duration;
+    ///
+    /// let mut out = BytesMut::new();
+    /// let sse = SseTransport::default();
+    /// sse.write_frame(&mut out, &Frame::Retry(Duration::from_millis(5000)));
+    /// sse.write_frame(&mut out, &Frame::Refused { data: r#"{"retry_ms":5000}"# });
+    /// assert_eq!(&out[..], b"retry: 5000\nevent: refused\ndata: {\"retry_ms\":5000}\n\n");
+    /// ```
+    Refused {
+        /// JSON object text.
+        data: &'a str,
+    },
     /// The server ends the response; `retry` asks the client to wait that long before
     /// reconnecting (server-driven backoff).
     Close {
@@ -212,6 +232,11 @@ impl Transport for SseTransport {
             }
             Frame::Ended { data } => {
                 let _ = codec::write_field(out, "event", "ended");
+                codec::write_data(out, data);
+                codec::write_end(out);
+            }
+            Frame::Refused { data } => {
+                let _ = codec::write_field(out, "event", "refused");
                 codec::write_data(out, data);
                 codec::write_end(out);
             }

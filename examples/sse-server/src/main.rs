@@ -21,12 +21,18 @@
 //! the `sse_token` cookie; `--public-streams PATTERN` are readable without one. Without any
 //! key the server is in development mode: every stream public, publishing from loopback only,
 //! and it refuses to listen beyond loopback unless `--insecure`.
+//!
+//! Limits (docs/limits.md): `--max-connections`, `--max-connections-per-ip`,
+//! `--max-connections-per-session`, `--max-connections-per-principal`,
+//! `--connect-rate-per-ip`, `--connect-rate-per-session`, `--publish-rate`, and
+//! `--trusted-proxy CIDR` behind a proxy. Off on loopback unless given; on by default beyond.
 
 mod assets;
 mod auth;
 mod pattern;
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,7 +40,7 @@ use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
 use clap::Parser;
-use resumable_sse_axum::{CorsOrigins, SameSite, SseLayer};
+use resumable_sse_axum::{CorsOrigins, IpNet, Limits, SameSite, SseLayer};
 use resumable_sse_core::{Config, Hub, Retention, TokenKeys};
 
 use crate::auth::{Development, Secret, Settings, Tokens};
@@ -121,6 +127,99 @@ struct Args {
     /// Listen beyond loopback without any key (development mode: every stream public).
     #[arg(long, env = "SSE_INSECURE")]
     insecure: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Connection caps and rate limits (docs/limits.md). Each is off with `0`. Unset, they are
+/// off when listening on loopback (the clients are local: development, tests, benchmarks)
+/// and [`PUBLIC_DEFAULTS`] beyond it.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Limits (0: off; unset: off on loopback, a default beyond it)")]
+struct LimitArgs {
+    /// Open event streams in total [beyond loopback: off].
+    #[arg(long, value_name = "N", env = "SSE_MAX_CONNECTIONS")]
+    max_connections: Option<u32>,
+    /// Open event streams per client address [beyond loopback: 256].
+    #[arg(long, value_name = "N", env = "SSE_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<u32>,
+    /// Open event streams per session [beyond loopback: 16].
+    #[arg(long, value_name = "N", env = "SSE_MAX_CONNECTIONS_PER_SESSION")]
+    max_connections_per_session: Option<u32>,
+    /// Open event streams per authenticated principal (JWT `sub`) [beyond loopback: off].
+    #[arg(long, value_name = "N", env = "SSE_MAX_CONNECTIONS_PER_PRINCIPAL")]
+    max_connections_per_principal: Option<u32>,
+    /// Event-stream connects per second per client address (bursts of as many)
+    /// [beyond loopback: 20].
+    #[arg(long, value_name = "N", env = "SSE_CONNECT_RATE_PER_IP")]
+    connect_rate_per_ip: Option<u32>,
+    /// Event-stream connects per second per session [beyond loopback: off].
+    #[arg(long, value_name = "N", env = "SSE_CONNECT_RATE_PER_SESSION")]
+    connect_rate_per_session: Option<u32>,
+    /// Publishes per second per principal, or per client address for anonymous publishers
+    /// [beyond loopback: 100].
+    #[arg(long, value_name = "N", env = "SSE_PUBLISH_RATE")]
+    publish_rate: Option<u32>,
+    /// A proxy network (`10.0.0.0/8`, `::1/128`) trusted to name the client in
+    /// `X-Forwarded-For` (else `Forwarded`); repeatable. Behind a proxy, set it: otherwise
+    /// every client has the proxy's address, and shares its limits.
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "CIDR",
+        env = "SSE_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<IpNet>,
+    /// The delay a refused event stream is first asked to wait (`retry:`); it doubles with
+    /// each refusal of the same address, up to --refusal-retry-max, jittered.
+    #[arg(long, env = "SSE_REFUSAL_RETRY", default_value = "5s", value_parser = humantime::parse_duration)]
+    refusal_retry: Duration,
+    /// The longest delay a refused event stream is asked to wait.
+    #[arg(long, env = "SSE_REFUSAL_RETRY_MAX", default_value = "60s", value_parser = humantime::parse_duration)]
+    refusal_retry_max: Duration,
+}
+
+/// The limits of a server listening beyond loopback, unless set otherwise: in order,
+/// total, per address, per session, per principal, connects per second per address and per
+/// session, publishes per second. Generous for one person's browsers and scripts; an address
+/// shared by many people (a NAT, a proxy not declared with --trusted-proxy) needs more.
+const PUBLIC_DEFAULTS: [u32; 7] = [0, 256, 16, 0, 20, 0, 100];
+
+impl LimitArgs {
+    /// The limits these flags ask for on a server listening on `listen`.
+    fn limits(&self, listen: SocketAddr) -> Limits {
+        let local = listen.ip().to_canonical().is_loopback();
+        let pick = |set: Option<u32>, i: usize| {
+            let n = set.unwrap_or(if local { 0 } else { PUBLIC_DEFAULTS[i] });
+            (n > 0).then_some(n)
+        };
+        let mut limits = Limits::new().refusal_retry(self.refusal_retry, self.refusal_retry_max);
+        if let Some(n) = pick(self.max_connections, 0) {
+            limits = limits.max_connections(n);
+        }
+        if let Some(n) = pick(self.max_connections_per_ip, 1) {
+            limits = limits.max_connections_per_ip(n);
+        }
+        if let Some(n) = pick(self.max_connections_per_session, 2) {
+            limits = limits.max_connections_per_session(n);
+        }
+        if let Some(n) = pick(self.max_connections_per_principal, 3) {
+            limits = limits.max_connections_per_principal(n);
+        }
+        if let Some(n) = pick(self.connect_rate_per_ip, 4).and_then(NonZeroU32::new) {
+            limits = limits.connect_rate_per_ip(n);
+        }
+        if let Some(n) = pick(self.connect_rate_per_session, 5).and_then(NonZeroU32::new) {
+            limits = limits.connect_rate_per_session(n);
+        }
+        if let Some(n) = pick(self.publish_rate, 6).and_then(NonZeroU32::new) {
+            limits = limits.publish_rate(n);
+        }
+        for network in &self.trusted_proxies {
+            limits = limits.trusted_proxy(*network);
+        }
+        limits
+    }
 }
 
 /// The authorization the arguments ask for: [`Tokens`] with a key, else development mode,
@@ -219,9 +318,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
              resume exactly); --cookie-same-site none keeps it for --cors-origin pages"
         );
     }
+    let limits = args.limits.limits(addr);
+    tracing::info!(
+        max_connections = ?limits.get_max_connections(),
+        per_ip = ?limits.get_max_connections_per_ip(),
+        per_session = ?limits.get_max_connections_per_session(),
+        per_principal = ?limits.get_max_connections_per_principal(),
+        connect_rate_per_ip = ?limits.get_connect_rate_per_ip(),
+        connect_rate_per_session = ?limits.get_connect_rate_per_session(),
+        publish_rate = ?limits.get_publish_rate(),
+        trusted_proxies = ?limits.get_trusted_proxies(),
+        "limits (None: off)"
+    );
     let layer = SseLayer::new(hub)
         .with_same_site(args.cookie_same_site)
-        .with_secure_cookie(args.cookie_secure);
+        .with_secure_cookie(args.cookie_secure)
+        .with_limits(limits);
     let layer = match tokens {
         Some(tokens) => {
             tracing::info!(
@@ -291,6 +403,38 @@ async fn shutdown_signal() {
 mod tests {
     use super::*;
     use resumable_sse_axum::testing::{TestServer, connect, publish};
+
+    #[test]
+    fn limits_are_off_on_loopback_and_on_beyond_unless_set() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["sse-server"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).unwrap().limits
+        };
+        let loopback: SocketAddr = "127.0.0.1:3000".parse().unwrap();
+        let public: SocketAddr = "0.0.0.0:3000".parse().unwrap();
+        let local = args(&[]).limits(loopback);
+        assert_eq!(local.get_max_connections_per_ip(), None);
+        assert_eq!(local.get_publish_rate(), None);
+        let beyond = args(&[]).limits(public);
+        assert_eq!(beyond.get_max_connections_per_ip(), Some(256));
+        assert_eq!(beyond.get_max_connections_per_session(), Some(16));
+        assert_eq!(beyond.get_connect_rate_per_ip(), NonZeroU32::new(20));
+        assert_eq!(beyond.get_publish_rate(), NonZeroU32::new(100));
+        assert_eq!(beyond.get_max_connections(), None);
+        let set = args(&[
+            "--max-connections-per-ip=0",
+            "--max-connections=5",
+            "--trusted-proxy=10.0.0.0/8,::1/128",
+            "--refusal-retry=1s",
+        ])
+        .limits(public);
+        assert_eq!(set.get_max_connections_per_ip(), None);
+        assert_eq!(set.get_max_connections(), Some(5));
+        assert_eq!(set.get_trusted_proxies().len(), 2);
+        assert_eq!(set.get_refusal_retry().0, Duration::from_secs(1));
+        assert!(Args::try_parse_from(["sse-server", "--trusted-proxy=10.0.0.0/33"]).is_err());
+    }
 
     #[tokio::test]
     async fn serves_the_demo_and_the_contract() {

@@ -155,6 +155,51 @@ impl Connection {
     pub fn info(&self) -> &ConnectedInfo {
         &self.info
     }
+
+    /// Keeps `value` alive as long as the connection: it is dropped when the connection is
+    /// (the client went away, the server closed it), whichever server writes it. Used for
+    /// the guards that count open connections against a limit.
+    ///
+    /// ```
+    /// # use resumable_sse_core::{ConnectRequest, Hub, StreamName};
+    /// # use std::sync::Arc;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> resumable_sse_core::Result<()> {
+    /// # let store = Arc::new(resumable_sse_store_memory::MemoryStore::default());
+    /// # let hub = Hub::builder(store.clone(), store).build();
+    /// let guard = Arc::new(());
+    /// let connection = hub
+    ///     .connect(ConnectRequest::new(vec![StreamName::new("news")?]))
+    ///     .await?
+    ///     .hold(guard.clone());
+    /// assert_eq!(Arc::strong_count(&guard), 2);
+    /// drop(connection);
+    /// assert_eq!(Arc::strong_count(&guard), 1);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn hold<T: Send + 'static>(mut self, value: T) -> Self {
+        self.inner = Box::pin(Holding {
+            inner: self.inner,
+            _value: value,
+        });
+        self
+    }
+}
+
+/// A stream that keeps a value alive with it.
+struct Holding<T> {
+    inner: Pin<Box<dyn Stream<Item = Bytes> + Send>>,
+    _value: T,
+}
+
+// The inner stream is boxed and the value never pinned: moving `Holding` is fine.
+impl<T> Unpin for Holding<T> {}
+
+impl<T> Stream for Holding<T> {
+    type Item = Bytes;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        self.inner.as_mut().poll_next(cx)
+    }
 }
 
 impl Stream for Connection {

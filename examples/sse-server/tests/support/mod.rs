@@ -191,6 +191,16 @@ impl Server {
             .env_remove("SSE_CORS_ORIGINS")
             .env_remove("SSE_COOKIE_SAME_SITE")
             .env_remove("SSE_COOKIE_SECURE")
+            .env_remove("SSE_MAX_CONNECTIONS")
+            .env_remove("SSE_MAX_CONNECTIONS_PER_IP")
+            .env_remove("SSE_MAX_CONNECTIONS_PER_SESSION")
+            .env_remove("SSE_MAX_CONNECTIONS_PER_PRINCIPAL")
+            .env_remove("SSE_CONNECT_RATE_PER_IP")
+            .env_remove("SSE_CONNECT_RATE_PER_SESSION")
+            .env_remove("SSE_PUBLISH_RATE")
+            .env_remove("SSE_TRUSTED_PROXIES")
+            .env_remove("SSE_REFUSAL_RETRY")
+            .env_remove("SSE_REFUSAL_RETRY_MAX")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         command
@@ -204,6 +214,11 @@ impl Server {
 
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
