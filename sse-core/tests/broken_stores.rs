@@ -414,6 +414,11 @@ impl Sequenced {
     fn commit(&self, stream: &StreamName, event: Event) {
         let mut logs = self.logs.lock();
         let log = logs.entry(stream.clone()).or_default();
+        self.commit_into(log, stream, event);
+    }
+
+    /// Stores and announces `event` in `log`, whose lock the caller holds.
+    fn commit_into(&self, log: &mut Counted, stream: &StreamName, event: Event) {
         let _ = self.feed.send(Notification {
             stream: stream.clone(),
             epoch: self.epoch,
@@ -455,8 +460,11 @@ impl EventBuffer for Sequenced {
             log.taken += 1;
             let position = log.taken;
             if !self.out_of_order {
-                drop(logs);
-                self.commit(
+                // Committed under the lock that took the position and checked the id: a
+                // racing append with the same id finds this event, and positions commit
+                // in order. (Releasing the lock first let a racer store a second event.)
+                self.commit_into(
+                    log,
                     stream,
                     event.into_event(stream.clone(), position, SystemTime::now()),
                 );
