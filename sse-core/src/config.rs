@@ -63,6 +63,13 @@ pub struct Config {
     pub max_streams: usize,
     /// What follows a `reset` (default [`ResetPolicy::ReplayRetained`]).
     pub reset_policy: ResetPolicy,
+    /// How long a connection without `Last-Event-ID` (a plain page reload) waits for the
+    /// other connections of its session in this process to close, so that it resumes from
+    /// the cursor the last of them reached rather than an older one or the head (default
+    /// 500 ms). A reload's old connection is usually gone well within it; a session with
+    /// another tab open waits the whole bound, then resumes from the newest cursor known.
+    /// Zero turns the wait off. See docs/protocol.md, "Page reloads".
+    pub reload_wait: Duration,
 }
 
 impl Default for Config {
@@ -77,6 +84,7 @@ impl Default for Config {
             max_event_bytes: 256 * 1024,
             max_streams: 32,
             reset_policy: ResetPolicy::ReplayRetained,
+            reload_wait: Duration::from_millis(500),
         }
     }
 }
@@ -142,6 +150,22 @@ impl Config {
     #[must_use]
     pub fn with_reset_policy(mut self, reset_policy: ResetPolicy) -> Self {
         self.reset_policy = reset_policy;
+        self
+    }
+
+    /// Sets [`Config::reload_wait`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resumable_sse_core::Config;
+    ///
+    /// assert_eq!(Config::default().reload_wait, Duration::from_millis(500));
+    /// let config = Config::default().with_reload_wait(Duration::ZERO);
+    /// assert_eq!(config.reload_wait, Duration::ZERO);
+    /// ```
+    #[must_use]
+    pub fn with_reload_wait(mut self, reload_wait: Duration) -> Self {
+        self.reload_wait = reload_wait;
         self
     }
 }

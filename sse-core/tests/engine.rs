@@ -1354,3 +1354,111 @@ impl<H: Hooks> EventBuffer for Hooked<H> {
         self.hooks.live_feed(&self.store)
     }
 }
+
+/// A plain reload (the session's token, no `Last-Event-ID`) that arrives while the session's
+/// previous connection is still open waits for it to close and resumes from where it got,
+/// not from an older recorded cursor nor the head (`Config::reload_wait`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_before_the_old_connection_closes_resumes_where_it_got() {
+    let (_store, hub) = new_hub();
+    let news = stream("news");
+    let session = hub.resolve_session(None, None).await.expect("a session");
+    let request = ConnectRequest::new(vec![news.clone()]).session(session.context());
+    let mut old = Client::connect(&hub, request).await;
+    old.connected().await;
+    for n in 1..=3 {
+        publish(&hub, &news, &format!("e{n}")).await;
+    }
+    assert_eq!(old.data(3).await, ["e1", "e2", "e3"]);
+    // Published, but never written to the old page: the new one must get them.
+    publish(&hub, &news, "e4").await;
+    publish(&hub, &news, "e5").await;
+
+    let again = hub
+        .resolve_session(Some(&session.token), None)
+        .await
+        .expect("the session resolves");
+    assert!(again.record.cursor.is_none(), "nothing recorded yet");
+    let request = ConnectRequest::new(vec![news.clone()]).session(again.context());
+    let reload = tokio::spawn({
+        let hub = hub.clone();
+        async move { Client::connect(&hub, request).await }
+    });
+    // The old connection goes while the new one waits (or before it asks: either way).
+    tokio::task::yield_now().await;
+    drop(old);
+    let mut new = timeout(WAIT, reload)
+        .await
+        .expect("the reload connects")
+        .expect("the task ends");
+    let (_, data) = new.connected().await;
+    assert_eq!(info_of(&data), info(true, 2, false), "{data}");
+    assert_eq!(new.data(2).await, ["e4", "e5"]);
+}
+
+/// A session with another connection that stays open (a second tab) waits
+/// `Config::reload_wait` at most, then starts from what it knows.
+#[tokio::test(start_paused = true)]
+async fn a_reload_waits_at_most_reload_wait() {
+    let store = MemoryStore::default();
+    let wait = Duration::from_millis(300);
+    let hub = hub_over(&store, Config::default().with_reload_wait(wait));
+    let news = stream("news");
+    let session = hub.resolve_session(None, None).await.expect("a session");
+    let request = ConnectRequest::new(vec![news.clone()]).session(session.context());
+    let mut first = Client::connect(&hub, request).await;
+    first.connected().await;
+    let started = Instant::now();
+    let request = ConnectRequest::new(vec![news.clone()]).session(session.context());
+    let mut second = Client::connect(&hub, request).await;
+    assert_eq!(started.elapsed(), wait, "paused time: exactly the bound");
+    let (_, data) = second.connected().await;
+    assert_eq!(info_of(&data), info(false, 0, false), "{data}");
+
+    // With the wait off, no wait at all.
+    let hub = hub_over(&store, Config::default().with_reload_wait(Duration::ZERO));
+    let session = hub.resolve_session(None, None).await.expect("a session");
+    let request = ConnectRequest::new(vec![news.clone()]).session(session.context());
+    let _first = Client::connect(&hub, request).await;
+    let started = Instant::now();
+    let request = ConnectRequest::new(vec![news.clone()]).session(session.context());
+    Client::connect(&hub, request).await;
+    assert_eq!(started.elapsed(), Duration::ZERO);
+}
+
+/// `Hub::drain` ends every connection with the retry hint and returns once each response
+/// was read to its end and dropped; one that nobody reads is counted at the bound.
+#[tokio::test(start_paused = true)]
+async fn drain_waits_for_every_connection_to_end() {
+    let (_store, hub) = new_hub();
+    let news = stream("news");
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let mut client = Client::connect(&hub, ConnectRequest::new(vec![news.clone()])).await;
+        client.connected().await;
+        readers.push(tokio::spawn(async move {
+            let mut items = Vec::new();
+            while let Some(item) = client.item().await {
+                items.push(item);
+            }
+            items
+        }));
+    }
+    let stuck = hub
+        .connect(ConnectRequest::new(vec![news.clone()]))
+        .await
+        .expect("connect succeeds");
+    let bound = Duration::from_secs(5);
+    let started = Instant::now();
+    assert_eq!(hub.drain(bound).await, 1, "the unread connection is left");
+    assert_eq!(started.elapsed(), bound);
+    for reader in readers {
+        let items = reader.await.expect("the reader ends");
+        assert!(
+            matches!(items.last(), Some(Item::Retry(_))),
+            "the response ends with the retry hint: {items:?}"
+        );
+    }
+    drop(stuck);
+    assert_eq!(hub.drain(bound).await, 0);
+}

@@ -57,6 +57,17 @@ pub(super) fn check(
     }
 }
 
+/// Whether cursor `a` is at or after `b` in every stream (same epochs, positions no lower).
+/// A cursor recorded by another instance of a multi-instance deployment can be further than
+/// the one a connection here reached.
+fn covers(a: &Cursor, b: &Cursor) -> bool {
+    a.entries().len() == b.entries().len()
+        && a.entries()
+            .iter()
+            .zip(b.entries())
+            .all(|((ea, pa), (eb, pb))| ea == eb && pa >= pb)
+}
+
 /// Whether the session `old` was sent private messages after `entry`, the position its
 /// client's cursor reached in that session's stream, or whether that cannot be ruled out.
 /// Only the stream's head is read (and, when the stream does not exist, whether the session
@@ -128,16 +139,22 @@ pub(super) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
             Ok(cursor) => Start::Resume(cursor),
             Err(_) => Start::Reset(ResetReason::InvalidId),
         },
-        (None, Some(s)) => match s
-            .cursor
-            .as_deref()
-            .map(|c| Cursor::decode(c, &names[..public]))
-        {
-            Some(Ok(cursor)) if cursor.session().is_some_and(|r| r.is(&s.id)) => {
-                Start::Resume(cursor)
+        // A plain reload: the session's cursor, once its other connections here are closed
+        // (`Hub::settle`), whichever of the stored one and the one they reached is further.
+        (None, Some(s)) => {
+            let reached = hub.settle(&s.id).await;
+            let usable = |c: Option<&str>| {
+                c.and_then(|c| Cursor::decode(c, &names[..public]).ok())
+                    .filter(|cursor| cursor.session().is_some_and(|r| r.is(&s.id)))
+            };
+            match (usable(reached.as_deref()), usable(s.cursor.as_deref())) {
+                (Some(reached), Some(stored)) if !covers(&reached, &stored) => {
+                    Start::Resume(stored)
+                }
+                (Some(cursor), _) | (None, Some(cursor)) => Start::Resume(cursor),
+                (None, None) => Start::Fresh,
             }
-            _ => Start::Fresh,
-        },
+        }
         (None, None) => Start::Fresh,
     };
 

@@ -89,6 +89,7 @@ impl HubBuilder {
             closing: AtomicBool::new(false),
             live_sessions: Mutex::new(HashMap::new()),
             closed: Mutex::new(keeper::ClosedCursors::default()),
+            unregistered: tokio::sync::Notify::new(),
         });
         keeper::spawn(&inner, tick, keepalive);
         tokio::spawn(feed::run(Arc::downgrade(&inner), rx, feed));

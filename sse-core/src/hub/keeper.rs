@@ -2,9 +2,12 @@
 //! and closing reach them, the keep-alive of their sessions, and the cursors they reached
 //! when they closed.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use super::{Hub, Inner};
 use crate::SessionId;
@@ -16,11 +19,38 @@ const TOUCH_BATCH: usize = 1000;
 /// Cursors of closed connections recorded per store request.
 const CURSOR_BATCH: usize = 1000;
 
+/// How long the cursor a closed connection reached is kept in memory, besides being
+/// recorded in the session store: longer than a reload's gap between the session's load (in
+/// the session layer) and the connection's open plus the store write, so that a reload never
+/// resumes from a cursor the store had not been given yet when its session was loaded.
+const RECENT_CURSORS_KEPT: Duration = Duration::from_secs(5);
+
 /// Cursors of closed connections waiting to be recorded, and whether a task records them.
 #[derive(Default)]
 pub(super) struct ClosedCursors {
     waiting: Vec<(SessionId, String)>,
     recording: bool,
+    /// The last cursor each session's closed connections reached, for
+    /// [`RECENT_CURSORS_KEPT`]; `expiry` holds when each was added, oldest first.
+    recent: HashMap<SessionId, (Instant, String)>,
+    expiry: VecDeque<(Instant, SessionId)>,
+}
+
+impl ClosedCursors {
+    fn remember(&mut self, id: SessionId, cursor: &str) {
+        let now = Instant::now();
+        while let Some((at, old)) = self.expiry.front().copied() {
+            if now.duration_since(at) < RECENT_CURSORS_KEPT {
+                break;
+            }
+            self.expiry.pop_front();
+            if self.recent.get(&old).is_some_and(|(t, _)| *t == at) {
+                self.recent.remove(&old);
+            }
+        }
+        self.recent.insert(id, (now, cursor.to_owned()));
+        self.expiry.push_back((now, id));
+    }
 }
 
 /// A connection's registration with the hub; dropping it unregisters.
@@ -45,6 +75,7 @@ impl Drop for Registration {
                 }
             }
         }
+        hub.unregistered.notify_waiters();
     }
 }
 
@@ -73,6 +104,9 @@ impl Hub {
     pub(crate) fn record_cursor(&self, id: SessionId, cursor: String) {
         let start = {
             let mut closed = self.inner.closed.lock();
+            if !self.inner.config.reload_wait.is_zero() {
+                closed.remember(id, &cursor);
+            }
             closed.waiting.push((id, cursor));
             !std::mem::replace(&mut closed.recording, true)
         };
@@ -88,6 +122,85 @@ impl Hub {
                 let mut closed = self.inner.closed.lock();
                 closed.waiting.clear();
                 closed.recording = false;
+            }
+        }
+    }
+
+    /// For a connection of session `id` that brought no `Last-Event-ID` (a plain reload):
+    /// waits, at most [`Config::reload_wait`](crate::Config::reload_wait), until no other
+    /// connection of the session is open in this process, then returns the cursor the last
+    /// of them reached, if one closed within the last few seconds.
+    ///
+    /// A reloaded page's new request often arrives before the server has seen the old
+    /// connection go: without the wait it would resume from the cursor recorded before (or,
+    /// with none, at the head) and miss what the old connection delivered since.
+    pub(crate) async fn settle(&self, id: &SessionId) -> Option<String> {
+        let wait = self.inner.config.reload_wait;
+        if wait.is_zero() {
+            return None;
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let unregistered = self.inner.unregistered.notified();
+            tokio::pin!(unregistered);
+            // Enabled before the check, so an unregistration between the check and the wait
+            // still wakes it.
+            unregistered.as_mut().enable();
+            if self.is_closing() || !self.inner.live_sessions.lock().contains_key(id) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, unregistered).await.is_err() {
+                tracing::debug!(session = %id, "another connection of the session stayed open");
+                break;
+            }
+        }
+        let closed = self.inner.closed.lock();
+        closed.recent.get(id).map(|(_, cursor)| cursor.clone())
+    }
+
+    /// Ends every open connection like [`Hub::close_connections`], then waits, at most
+    /// `bound`, until each has written its last frame and its response body was dropped (the
+    /// server finished writing it or lost the client). Returns how many were still open at
+    /// the bound: zero when every client got the retry hint and the end of its response.
+    ///
+    /// Call it on graceful shutdown, before the process exits.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use futures_util::StreamExt;
+    /// use resumable_sse_core::{ConnectRequest, Hub, StreamName};
+    /// use resumable_sse_store_memory::MemoryStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> resumable_sse_core::Result<()> {
+    /// let store = Arc::new(MemoryStore::default());
+    /// let hub = Hub::builder(store.clone(), store).build();
+    /// let connection = hub
+    ///     .connect(ConnectRequest::new(vec![StreamName::new("news")?]))
+    ///     .await?;
+    /// // The server writes the response until its end, then drops it.
+    /// let writer = tokio::spawn(async move {
+    ///     let chunks: Vec<_> = connection.collect().await;
+    ///     String::from_utf8(chunks.concat()).unwrap()
+    /// });
+    /// assert_eq!(hub.drain(Duration::from_secs(5)).await, 0);
+    /// let written = writer.await.unwrap();
+    /// assert!(written.ends_with("retry: 2000\n\n"), "{written}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn drain(&self, bound: Duration) -> usize {
+        self.close_connections();
+        let deadline = Instant::now() + bound;
+        loop {
+            let unregistered = self.inner.unregistered.notified();
+            tokio::pin!(unregistered);
+            unregistered.as_mut().enable();
+            let open = self.inner.connections.lock().len();
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, unregistered).await.is_err() {
+                return self.inner.connections.lock().len();
             }
         }
     }

@@ -110,6 +110,9 @@ struct Inner {
     live_sessions: Mutex<HashMap<SessionId, usize>>,
     /// Cursors of closed connections waiting to be recorded, and whether a task records them.
     closed: Mutex<keeper::ClosedCursors>,
+    /// Raised whenever a connection unregisters: [`Hub::drain`] and the reload wait
+    /// ([`Config::reload_wait`]) wait on it.
+    unregistered: tokio::sync::Notify,
 }
 
 impl Hub {
