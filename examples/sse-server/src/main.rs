@@ -29,6 +29,7 @@
 
 mod assets;
 mod auth;
+mod lifecycle;
 mod pattern;
 
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ use resumable_sse_axum::{CorsOrigins, IpNet, Limits, SameSite, SseLayer};
 use resumable_sse_core::{Config, Hub, Retention, TokenKeys};
 
 use crate::auth::{Development, Secret, Settings, Tokens};
+use crate::lifecycle::LifecycleArgs;
 use crate::pattern::Pattern;
 
 /// Resumable Server-Sent Events: the reference server.
@@ -129,6 +131,8 @@ struct Args {
     insecure: bool,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    lifecycle: LifecycleArgs,
 }
 
 /// Connection caps and rate limits (docs/limits.md). Each is off with `0`. Unset, they are
@@ -285,6 +289,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_session_ttl(args.session_ttl)
         .with_heartbeat(args.heartbeat)
         .with_retry(args.retry);
+    let config = args.lifecycle.config(config);
     let mut builder = Hub::builder(stores.buffer, stores.sessions).config(config);
     if let Some(secret) = &args.secret {
         builder = builder.keys(TokenKeys::new(secret.split(',').map(str::trim))?);
@@ -360,15 +365,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // per idle connection); the router answers every request, as with `axum::serve`.
     resumable_sse_axum::serve(listener, app(layer, origins))
         .streams_on(streams.handle().clone())
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // SSE responses never finish by themselves: end them with a retry hint so
-            // clients reconnect (elsewhere, or here once we are back).
-            shutdown_hub.close_connections();
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await?;
-    // A moment for the streams to write their closing retry hint, then stop them.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SSE responses never finish by themselves: end them with a retry hint so clients
+    // reconnect (elsewhere, or here once we are back), and wait until they are written.
+    args.lifecycle.drain(&shutdown_hub).await;
     streams.shutdown_background();
     Ok(())
 }

@@ -201,6 +201,8 @@ impl Server {
             .env_remove("SSE_TRUSTED_PROXIES")
             .env_remove("SSE_REFUSAL_RETRY")
             .env_remove("SSE_REFUSAL_RETRY_MAX")
+            .env_remove("SSE_RELOAD_WAIT")
+            .env_remove("SSE_SHUTDOWN_GRACE")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         command
@@ -214,6 +216,31 @@ impl Server {
 
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends SIGTERM (a graceful shutdown) and waits, at most `within`, for the process to
+    /// exit; its exit status.
+    pub(crate) fn terminate(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .ctx("cannot run kill")?;
+        if !sent.success() {
+            return Err(format!("kill -TERM failed: {sent}"));
+        }
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().ctx("cannot wait for sse-server")? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "sse-server did not exit within {within:?} of SIGTERM; its output:\n{}",
+                    tail(&self.log, 50)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The process id.
