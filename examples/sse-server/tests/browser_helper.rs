@@ -13,13 +13,11 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::Result;
-use support::browser::{Env, NO_BFCACHE, header, request_line, run, run_with, within};
+use support::browser::{Env, NO_BFCACHE, Publisher, header, request_line, run, run_with};
 
 /// Reads the demo page's figures (`window.demo`) and its log's classes.
 const DEMO: &str = r##"
@@ -417,7 +415,7 @@ window.marker = "kept";
 return null;
 "#;
     env.browser.execute(keep).await?;
-    let publisher = Publisher::start(env, "plain-flow");
+    let publisher = Publisher::start(env, "plain-flow", Duration::from_millis(25));
     for _ in 0..RELOADS {
         env.wait("the page to process a few events", DEMO, |p| {
             p["marker"] == "kept" && received(p).len() >= 5
@@ -495,7 +493,7 @@ async fn saved_id_reloads(env: &Env, mode: &str, stream: &str) -> Result<()> {
     })
     .await?;
 
-    let publisher = Publisher::start(env, stream);
+    let publisher = Publisher::start(env, stream, Duration::from_millis(25));
     for load in 1..=RELOADS as u64 {
         env.wait(
             &format!("page load {load} to process a few events"),
@@ -660,53 +658,4 @@ async fn frozen(env: &Env) -> Result<()> {
         step.elapsed()
     );
     Ok(())
-}
-
-/// Publishes `r1`, `r2`, … on a stream every 25 ms until stopped.
-struct Publisher {
-    published: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Result<()>>,
-}
-
-impl Publisher {
-    fn start(env: &Env, stream: &str) -> Self {
-        let published = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (count, stopped) = (published.clone(), stop.clone());
-        let http = env.http.clone();
-        let url = env.server.url("/publish");
-        let stream = stream.to_owned();
-        let task = tokio::spawn(async move {
-            let mut n = 0;
-            while !stopped.load(SeqCst) {
-                n += 1;
-                let body = json!({ "stream": stream, "data": format!("r{n}") });
-                let ok = http
-                    .post(&url)
-                    .json(&body)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
-                ensure!(ok, "publishing r{n} failed");
-                count.store(n, SeqCst);
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            Ok(())
-        });
-        Publisher {
-            published,
-            stop,
-            task,
-        }
-    }
-
-    /// Stops publishing; how many events were published.
-    async fn stop(self) -> Result<usize> {
-        self.stop.store(true, SeqCst);
-        within("the publisher to stop", self.task)
-            .await?
-            .map_err(|e| format!("publisher: {e}"))??;
-        Ok(self.published.load(SeqCst))
-    }
 }

@@ -2,6 +2,8 @@
 //! `sse-server`, with the waits and the failure report the browser tests share.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -226,4 +228,53 @@ pub(crate) fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 /// The request line of a request head.
 pub(crate) fn request_line(head: &str) -> &str {
     head.lines().next().unwrap_or("")
+}
+
+/// Publishes `r1`, `r2`, … on a stream every `every` until stopped.
+pub(crate) struct Publisher {
+    published: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Publisher {
+    pub(crate) fn start(env: &Env, stream: &str, every: Duration) -> Self {
+        let published = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, stopped) = (published.clone(), stop.clone());
+        let http = env.http.clone();
+        let url = env.server.url("/publish");
+        let stream = stream.to_owned();
+        let task = tokio::spawn(async move {
+            let mut n = 0;
+            while !stopped.load(SeqCst) {
+                n += 1;
+                let body = json!({ "stream": stream, "data": format!("r{n}") });
+                let ok = http
+                    .post(&url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                ensure!(ok, "publishing r{n} failed");
+                count.store(n, SeqCst);
+                tokio::time::sleep(every).await;
+            }
+            Ok(())
+        });
+        Publisher {
+            published,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops publishing; how many events were published.
+    pub(crate) async fn stop(self) -> Result<usize> {
+        self.stop.store(true, SeqCst);
+        within("the publisher to stop", self.task)
+            .await?
+            .map_err(|e| format!("publisher: {e}"))??;
+        Ok(self.published.load(SeqCst))
+    }
 }
