@@ -106,7 +106,10 @@ async fn while_the_store_is_down_streams_back_off_and_healthz_answers_503() {
             "{name}: a JSON error: {body}"
         );
         let mut stream = connect(&server.url("/events?stream=news"), &[]).await;
-        assert_eq!(stream.status, 200, "{name}: never a status browsers give up on");
+        assert_eq!(
+            stream.status, 200,
+            "{name}: never a status browsers give up on"
+        );
         assert_eq!(
             stream.headers["content-type"], "text/event-stream",
             "{name}"
@@ -164,7 +167,9 @@ async fn stream_headers_and_the_session_cookie() {
         let cookie = header("set-cookie");
         let mut attributes: Vec<&str> = cookie.split("; ").collect();
         let pair = attributes.remove(0);
-        let token = pair.strip_prefix("sse_session=").expect("the session cookie");
+        let token = pair
+            .strip_prefix("sse_session=")
+            .expect("the session cookie");
         attributes.sort_unstable();
         assert_eq!(
             attributes,
@@ -300,9 +305,12 @@ async fn a_reload_while_the_old_stream_closes_resumes_where_it_got() {
         let (mut old, _) = open(&server, "/events?stream=news", &[]).await;
         let token = old.token().expect("a token");
         for n in 1..=3 {
-            hub.publish(&news, resumable_sse_core::NewEvent::new(format!("{name} {n}")))
-                .await
-                .expect("publish");
+            hub.publish(
+                &news,
+                resumable_sse_core::NewEvent::new(format!("{name} {n}")),
+            )
+            .await
+            .expect("publish");
         }
         for n in 1..=3 {
             let event = old.next_event(WAIT).await.expect("an event");
@@ -323,9 +331,12 @@ async fn a_reload_while_the_old_stream_closes_resumes_where_it_got() {
             (&Value::Bool(true), &Value::Bool(false)),
             "{name}: resumed from the old stream's cursor, not started at the head: {info}"
         );
-        hub.publish(&news, resumable_sse_core::NewEvent::new(format!("{name} 4")))
-            .await
-            .expect("publish");
+        hub.publish(
+            &news,
+            resumable_sse_core::NewEvent::new(format!("{name} 4")),
+        )
+        .await
+        .expect("publish");
         let event = new.next_event(WAIT).await.expect("an event");
         assert_eq!(
             event.data,
@@ -334,4 +345,3 @@ async fn a_reload_while_the_old_stream_closes_resumes_where_it_got() {
         );
     }
 }
-

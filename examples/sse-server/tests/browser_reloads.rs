@@ -130,12 +130,16 @@ async fn reload_rapidly(env: &Env, url: &str, stream: &str) -> Result<(Vec<Load>
     env.browser.execute(KEEP).await?;
     let publisher = Publisher::start(env, stream, EVERY);
     for load in 1..=RELOADS {
-        env.wait(&format!("page load {load} to process a few events"), DEMO, |p| {
-            p["marker"] == "kept"
-                && p["received"]
-                    .as_array()
-                    .is_some_and(|r| r.len() >= BEFORE_RELOAD)
-        })
+        env.wait(
+            &format!("page load {load} to process a few events"),
+            DEMO,
+            |p| {
+                p["marker"] == "kept"
+                    && p["received"]
+                        .as_array()
+                        .is_some_and(|r| r.len() >= BEFORE_RELOAD)
+            },
+        )
         .await?;
         env.browser.refresh().await?;
         env.wait("the new page", DEMO, |p| p["marker"].is_null())

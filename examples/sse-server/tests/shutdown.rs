@@ -26,9 +26,8 @@ struct RawStream {
 impl RawStream {
     async fn open(addr: &str, path: &str) -> RawStream {
         let mut socket = TcpStream::connect(addr).await.expect("connect");
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n"
-        );
+        let request =
+            format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n");
         socket
             .write_all(request.as_bytes())
             .await
@@ -71,7 +70,10 @@ impl RawStream {
             .expect("a response head");
         let head = String::from_utf8_lossy(&text[..split]).into_owned();
         let mut rest = &text[split + 4..];
-        if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        if !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             return (head, rest.to_vec(), self.closed);
         }
         let mut body = Vec::new();

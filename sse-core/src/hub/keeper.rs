@@ -149,7 +149,10 @@ impl Hub {
             if self.is_closing() || !self.inner.live_sessions.lock().contains_key(id) {
                 break;
             }
-            if tokio::time::timeout_at(deadline, unregistered).await.is_err() {
+            if tokio::time::timeout_at(deadline, unregistered)
+                .await
+                .is_err()
+            {
                 tracing::debug!(session = %id, "another connection of the session stayed open");
                 break;
             }
@@ -199,7 +202,10 @@ impl Hub {
             if open == 0 {
                 return 0;
             }
-            if tokio::time::timeout_at(deadline, unregistered).await.is_err() {
+            if tokio::time::timeout_at(deadline, unregistered)
+                .await
+                .is_err()
+            {
                 return self.inner.connections.lock().len();
             }
         }

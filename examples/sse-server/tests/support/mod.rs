@@ -67,8 +67,14 @@ impl Tools {
 pub(crate) type Log = Arc<Mutex<Vec<String>>>;
 
 /// Reads `stream` line by line on a thread until it ends: every line goes to `log`, and the
-/// first line for which `pick` returns something is sent on `found`.
-fn drain<R, T>(stream: R, log: Log, pick: fn(&str) -> Option<T>, found: Option<mpsc::Sender<T>>)
+/// first line for which `pick` returns something is sent on `found`. The thread ends when the
+/// stream does.
+fn drain<R, T>(
+    stream: R,
+    log: Log,
+    pick: fn(&str) -> Option<T>,
+    found: Option<mpsc::Sender<T>>,
+) -> std::thread::JoinHandle<()>
 where
     R: Read + Send + 'static,
     T: Send + 'static,
@@ -86,7 +92,7 @@ where
                 log.push(line);
             }
         }
-    });
+    })
 }
 
 /// The last `n` lines of `log`, for the failure report.
@@ -103,7 +109,7 @@ fn spawn_and_wait<T: Send + 'static>(
     what: &str,
     pick: fn(&str) -> Option<T>,
     timeout: Duration,
-) -> Result<(Child, T, Log)> {
+) -> Result<(Child, T, Log, Vec<std::thread::JoinHandle<()>>)> {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -111,15 +117,16 @@ fn spawn_and_wait<T: Send + 'static>(
         .spawn()
         .ctx(&format!("cannot start {what}"))?;
     let log = Log::default();
+    let mut readers = Vec::new();
     let (sender, receiver) = mpsc::channel();
     if let Some(stdout) = child.stdout.take() {
-        drain(stdout, log.clone(), pick, Some(sender.clone()));
+        readers.push(drain(stdout, log.clone(), pick, Some(sender.clone())));
     }
     if let Some(stderr) = child.stderr.take() {
-        drain(stderr, log.clone(), pick, Some(sender));
+        readers.push(drain(stderr, log.clone(), pick, Some(sender)));
     }
     match receiver.recv_timeout(timeout) {
-        Ok(value) => Ok((child, value, log)),
+        Ok(value) => Ok((child, value, log, readers)),
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
@@ -138,6 +145,8 @@ pub(crate) struct Server {
     /// `127.0.0.1:PORT`.
     pub(crate) addr: String,
     pub(crate) log: Log,
+    /// The threads reading its output.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -164,9 +173,14 @@ impl Server {
                 .strip_prefix("listening on http://")
                 .map(str::to_owned)
         };
-        let (child, addr, log) =
+        let (child, addr, log, readers) =
             spawn_and_wait(command, "sse-server", pick, Duration::from_secs(30))?;
-        Ok(Server { child, addr, log })
+        Ok(Server {
+            child,
+            addr,
+            log,
+            readers,
+        })
     }
 
     /// The binary, its settings cleared from the environment (they take their defaults),
@@ -208,10 +222,14 @@ impl Server {
         command
     }
 
-    /// Stops the server now (SIGKILL: a crash, not a graceful shutdown).
+    /// Stops the server now (SIGKILL: a crash, not a graceful shutdown). Returns once its
+    /// output was read to the end: `log` then holds every line it wrote.
     pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for reader in std::mem::take(&mut self.readers) {
+            let _ = reader.join();
+        }
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -274,7 +292,7 @@ impl ChromeDriver {
             let rest = line.split("started successfully on port ").nth(1)?;
             rest.trim_end_matches('.').trim().parse::<u16>().ok()
         };
-        let (child, port, log) =
+        let (child, port, log, _) =
             spawn_and_wait(command, "chromedriver", pick, Duration::from_secs(30))?;
         Ok(ChromeDriver {
             child,
