@@ -113,8 +113,9 @@ impl<F> Serve<F> {
     }
 
     /// Stops accepting connections when `signal` completes. Open SSE responses are not waited
-    /// for (they never end on their own): call [`Hub::close_connections`](resumable_sse_core::Hub::close_connections)
-    /// to end them with a retry hint.
+    /// for (they never end on their own): once this returns, call
+    /// [`Hub::drain`](resumable_sse_core::Hub::drain) to end them with a retry hint and wait
+    /// until they are written, before the runtime stops.
     pub fn with_graceful_shutdown<G: Future<Output = ()> + Send + 'static>(
         self,
         signal: G,

@@ -221,7 +221,8 @@ impl Hub {
 
     /// Ends every open connection (now and in the future) with the retry hint, so clients
     /// reconnect, to another instance or to this one once it is back. Call it on graceful
-    /// shutdown: SSE responses never finish on their own.
+    /// shutdown: SSE responses never finish on their own. [`Hub::drain`] does it and also
+    /// waits until they are written.
     pub fn close_connections(&self) {
         self.inner.closing.store(true, Ordering::Release);
         self.inner.raise_connections();
