@@ -12,7 +12,8 @@
 //!   principal and to an anonymous request, and an anonymous session presented after a login
 //!   gets a new session bound to that principal;
 //! - a plain reload (the token, no `Last-Event-ID`) that arrives while its session's old
-//!   stream is still open resumes where that stream got (`Config::reload_wait`).
+//!   stream is still open resumes where that stream got (`Config::reload_wait`);
+//! - the rows of the status table no other test covers, and the publish answer's fields.
 
 use std::time::Duration;
 
@@ -342,6 +343,91 @@ async fn a_reload_while_the_old_stream_closes_resumes_where_it_got() {
             event.data,
             format!("{name} 4"),
             "{name}: nothing the old stream got is sent again, nothing is missed"
+        );
+    }
+}
+
+/// `POST /publish` with a raw body and content type: the status and JSON answer.
+async fn post(server: &TestServer, content_type: &str, body: String) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(server.url("/publish"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The rows of docs/protocol.md's status table and the publish answer that no other test
+/// covers: stream count, `event` and `id` bounds, bad JSON, missing `data`, a content type
+/// other than JSON, and the answer's fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_table_and_the_publish_answer() {
+    for (name, server) in both(|| memory_app(Config::default())).await {
+        let json_error = |what: &str, (status, body): &(u16, Value), expected: u16| {
+            assert_eq!(*status, expected, "{name}, {what}: {body}");
+            assert!(
+                body["error"].as_str().is_some_and(|e| !e.is_empty())
+                    && body["message"].as_str().is_some(),
+                "{name}, {what}: a JSON error: {body}"
+            );
+        };
+        let streams = |n: usize| {
+            let query: Vec<String> = (0..n).map(|i| format!("stream=s{i}")).collect();
+            format!("/events?{}", query.join("&"))
+        };
+        let (status, body) = get_json(&server.url(&streams(33))).await;
+        json_error("33 streams", &(status, body), 400);
+        let (stream, _) = open(&server, &streams(32), &[]).await;
+        drop(stream);
+
+        let publish = |body: Value| post(&server, "application/json", body.to_string());
+        for field in ["event", "id"] {
+            for (bad, what) in [(String::new(), "empty"), ("e".repeat(257), "257 bytes")] {
+                let mut body = serde_json::json!({"stream": "news", "data": "x"});
+                body[field] = Value::String(bad);
+                json_error(&format!("{field} {what}"), &publish(body).await, 400);
+            }
+            let mut body = serde_json::json!({"stream": "news", "data": "x"});
+            body[field] = Value::String("e".repeat(256));
+            assert_eq!(publish(body).await.0, 200, "{name}: {field} of 256 bytes");
+        }
+        let bad_json = post(&server, "application/json", "{\"stream\": ".into()).await;
+        json_error("bad JSON", &bad_json, 400);
+        let no_data = publish(serde_json::json!({"stream": "news"})).await;
+        json_error("no data", &no_data, 400);
+        let text = post(&server, "text/plain", r#"{"data": "x"}"#.into()).await;
+        json_error("text/plain", &text, 415);
+
+        let (status, first) = publish(serde_json::json!(
+            {"stream": "answers", "id": "order-17", "data": "x"}
+        ))
+        .await;
+        assert_eq!(status, 200, "{name}: {first}");
+        let epoch = first["epoch"].as_str().expect("an epoch");
+        let position = first["position"].as_u64().expect("a position");
+        assert_eq!(first["stream"], "answers", "{name}: {first}");
+        assert_eq!(first["duplicate"], false, "{name}: {first}");
+        assert!(
+            epoch.len() == 16 && epoch.chars().all(|c| c.is_ascii_hexdigit()),
+            "{name}: {first}"
+        );
+        assert_eq!(
+            first["id"],
+            format!("{epoch}-{position}"),
+            "{name}: {first}"
+        );
+        let (status, again) = publish(serde_json::json!(
+            {"stream": "answers", "id": "order-17", "data": "y"}
+        ))
+        .await;
+        assert_eq!(status, 200, "{name}: {again}");
+        assert_eq!(
+            (&again["position"], &again["duplicate"]),
+            (&first["position"], &Value::Bool(true)),
+            "{name}: a retained publisher id appends nothing: {again}"
         );
     }
 }
