@@ -152,3 +152,45 @@ async fn sigterm_ends_every_stream_with_retry_and_exits_zero() {
         support::tail(&server.log, 30)
     );
 }
+
+/// A client that stopped reading, its socket full, cannot be written its last bytes: the
+/// process waits `--shutdown-grace` for it, says so, and still exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_holds_shutdown_up_only_for_the_grace() {
+    let mut server = Server::start_with(&["--listen", "127.0.0.1:0", "--shutdown-grace", "300ms"])
+        .unwrap_or_else(|err| panic!("{err}"));
+    let deadline = Instant::now() + WAIT;
+    let mut stalled = RawStream::open(&server.addr, "/events?stream=flood").await;
+    let connected = stalled
+        .read_until(deadline, |raw| {
+            raw.windows(16).any(|w| w == b"event: connected")
+        })
+        .await;
+    assert!(connected, "the client was not connected");
+    // Far more than the socket buffers hold, never read.
+    let http = reqwest::Client::new();
+    let data = "x".repeat(200_000);
+    for _ in 0..100 {
+        let answer = http
+            .post(server.url("/publish"))
+            .json(&serde_json::json!({"stream": "flood", "data": data}))
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(answer.status(), 200);
+    }
+    let (status, server) = tokio::task::spawn_blocking(move || {
+        let status = server.terminate(WAIT);
+        (status, server)
+    })
+    .await
+    .expect("the waiting thread ends");
+    let status = status.unwrap_or_else(|err| panic!("{err}"));
+    let log = support::tail(&server.log, 30);
+    assert!(status.success(), "exit status {status}; output:\n{log}");
+    assert!(
+        log.contains("still open at the end of the shutdown grace"),
+        "{log}"
+    );
+    drop(stalled);
+}
