@@ -252,10 +252,7 @@ mod tests {
 
     fn app() -> axum::Router {
         axum::Router::new()
-            .route(
-                "/",
-                axum::routing::post(|body: String| async move { body }),
-            )
+            .route("/", axum::routing::post(|body: String| async move { body }))
             .layer(BodyTimeoutLayer::new(Duration::from_secs(5)))
     }
 

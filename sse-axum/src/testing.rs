@@ -74,8 +74,7 @@ impl TestServer {
             crate::Serve<std::future::Pending<()>>,
         ) -> crate::Serve<std::future::Pending<()>>,
     ) -> Self {
-        Self::on_free_port(|listener| configure(crate::serve(listener, router)).into_future())
-            .await
+        Self::on_free_port(|listener| configure(crate::serve(listener, router)).into_future()).await
     }
 
     async fn on_free_port<F, S>(serve: S) -> Self

@@ -93,10 +93,16 @@ async fn a_head_that_never_ends_is_dropped_at_the_head_timeout() {
     for (name, server) in servers(4096).await {
         let mut socket = TcpStream::connect(server.addr).await.unwrap();
         let started = Instant::now();
-        socket.write_all(b"GET /events HTTP/1.1\r\nho").await.unwrap();
+        socket
+            .write_all(b"GET /events HTTP/1.1\r\nho")
+            .await
+            .unwrap();
         let answer = read_to_close(&mut socket).await;
         assert!(answer.is_empty(), "{name}: {answer:?}");
-        assert!(started.elapsed() >= TIMEOUT, "{name}: not before the timeout");
+        assert!(
+            started.elapsed() >= TIMEOUT,
+            "{name}: not before the timeout"
+        );
     }
 }
 
@@ -137,7 +143,10 @@ async fn a_publish_body_that_does_not_come_is_answered_408() {
             .unwrap();
         let answer = read_to_close(&mut socket).await;
         assert!(answer.starts_with("HTTP/1.1 408"), "{name}: {answer:?}");
-        assert!(answer.contains("\"error\":\"body_timeout\""), "{name}: {answer}");
+        assert!(
+            answer.contains("\"error\":\"body_timeout\""),
+            "{name}: {answer}"
+        );
     }
 }
 

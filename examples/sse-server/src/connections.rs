@@ -27,11 +27,21 @@ pub(crate) struct ConnectionArgs {
     body_timeout: Duration,
     /// Connections waiting for a request head at once; one more drops the one waiting
     /// longest.
-    #[arg(long, value_name = "N", env = "SSE_MAX_PENDING_HEADS", default_value_t = 4096)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "SSE_MAX_PENDING_HEADS",
+        default_value_t = 4096
+    )]
     max_pending_heads: usize,
     /// File descriptors kept for health checks and publishes: within this many of the
     /// process's limit, the connections waiting longest for a request head are dropped.
-    #[arg(long, value_name = "N", env = "SSE_DESCRIPTOR_RESERVE", default_value_t = 16)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "SSE_DESCRIPTOR_RESERVE",
+        default_value_t = 16
+    )]
     descriptor_reserve: usize,
     /// Write event streams outside hyper (`false`: every request through hyper, for
     /// comparison).

@@ -308,7 +308,10 @@ impl RateLog {
     fn record(&mut self, log: impl FnOnce(u64)) {
         self.count += 1;
         let now = Instant::now();
-        if self.last.is_none_or(|last| now.duration_since(last) >= LOG_EVERY) {
+        if self
+            .last
+            .is_none_or(|last| now.duration_since(last) >= LOG_EVERY)
+        {
             log(self.count);
             self.last = Some(now);
             self.count = 0;
@@ -377,7 +380,11 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(30));
         conn.done();
         conn.idle();
-        assert_eq!(admission.waiting(), 0, "a finished connection never waits again");
+        assert_eq!(
+            admission.waiting(),
+            0,
+            "a finished connection never waits again"
+        );
     }
 
     #[tokio::test(start_paused = true)]

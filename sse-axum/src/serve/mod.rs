@@ -390,7 +390,7 @@ async fn connection(
         Ok(Head::Other)
     };
     let mut request = match read {
-        Ok(Head::Take(request)) => request,
+        Ok(Head::Take(request)) => *request,
         Ok(Head::Other) => {
             let io = Rewind {
                 prefix: head.freeze(),
@@ -455,7 +455,13 @@ async fn connection(
 
 /// Serves a connection with hyper (every request the fast path does not take), under the
 /// head, keep-alive and body timeouts.
-async fn serve_with_hyper(io: Rewind, peer: SocketAddr, router: Router, shared: &Shared, conn: Conn) {
+async fn serve_with_hyper(
+    io: Rewind,
+    peer: SocketAddr,
+    router: Router,
+    shared: &Shared,
+    conn: Conn,
+) {
     let conn = Arc::new(conn);
     let io = TokioIo::new(Watched {
         inner: io,

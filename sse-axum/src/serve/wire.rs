@@ -25,7 +25,7 @@ const MAX_HEADERS: usize = 48;
 #[derive(Debug)]
 pub(super) enum Head {
     /// A request the fast path takes.
-    Take(Request<Body>),
+    Take(Box<Request<Body>>),
     /// Anything else: hyper gets it with the bytes read.
     Other,
     /// No complete head within [`MAX_HEAD`] bytes.
@@ -71,7 +71,9 @@ pub(super) async fn read_head(
                     builder = builder.header(header.name, header.value);
                 }
                 // A name or value `http` refuses: hyper answers it.
-                return Ok(builder.body(Body::empty()).map_or(Head::Other, Head::Take));
+                return Ok(builder
+                    .body(Body::empty())
+                    .map_or(Head::Other, |r| Head::Take(Box::new(r))));
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
             Ok(httparse::Status::Partial) => return Ok(Head::TooLarge),
