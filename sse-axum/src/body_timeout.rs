@@ -95,28 +95,46 @@ pub struct BodyTimeout<S> {
 }
 
 impl<S> BodyTimeout<S> {
-    /// Wraps `inner`.
+    /// Wraps `inner` (what [`BodyTimeoutLayer`] does).
     ///
     /// ```
     /// # use std::time::Duration;
     /// let service = resumable_sse_axum::BodyTimeout::new(axum::Router::<()>::new(), Duration::from_secs(5));
-    /// let _router: &axum::Router = service.get_ref();
+    /// # let _ = service;
     /// ```
     pub fn new(inner: S, timeout: Duration) -> Self {
         BodyTimeout { inner, timeout }
     }
 
     /// The wrapped service.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let service = resumable_sse_axum::BodyTimeout::new(axum::Router::<()>::new(), Duration::from_secs(5));
+    /// let _router: &axum::Router = service.get_ref();
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 
     /// The wrapped service, mutably.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let mut service = resumable_sse_axum::BodyTimeout::new(axum::Router::<()>::new(), Duration::from_secs(5));
+    /// let _router: &mut axum::Router = service.get_mut();
+    /// ```
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
 
     /// The wrapped service, unwrapped.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let service = resumable_sse_axum::BodyTimeout::new(axum::Router::<()>::new(), Duration::from_secs(5));
+    /// let _router: axum::Router = service.into_inner();
+    /// ```
     pub fn into_inner(self) -> S {
         self.inner
     }
@@ -180,6 +198,7 @@ where
         if !this.expired.load(Ordering::Acquire) {
             return Poll::Ready(Ok(response));
         }
+        metrics::counter!("sse_connections_dropped_total", "reason" => "body_timeout").increment(1);
         // Whatever the handler made of the cut body (a 400, a 413), the truth is a timeout.
         let mut response = ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -248,6 +267,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
     use tower::ServiceExt;
 
     fn app() -> axum::Router {
@@ -286,6 +306,4 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["error"], "body_timeout");
     }
-
-    use futures_util::StreamExt;
 }

@@ -80,6 +80,18 @@ pub(super) enum Dropped {
     Shed,
 }
 
+impl Dropped {
+    /// Counts it in `sse_connections_dropped_total{reason}` (`head_timeout`, `shed`).
+    pub(super) fn count(self) -> Self {
+        let reason = match self {
+            Dropped::TimedOut => "head_timeout",
+            Dropped::Shed => "shed",
+        };
+        metrics::counter!("sse_connections_dropped_total", "reason" => reason).increment(1);
+        self
+    }
+}
+
 impl Admission {
     pub(super) fn new(settings: Settings) -> Self {
         Admission {
@@ -214,6 +226,10 @@ impl Conn {
 
     /// Completes when the connection must be dropped: its deadline passed, or it was shed.
     pub(super) async fn dropped(&self) -> Dropped {
+        self.wait_dropped().await.count()
+    }
+
+    async fn wait_dropped(&self) -> Dropped {
         loop {
             if self.entry.shed.load(Ordering::Acquire) {
                 return Dropped::Shed;

@@ -237,6 +237,15 @@ impl<F> Serve<F> {
     /// How long a connection is kept alive after a response for its next request to start
     /// (default [`DEFAULT_KEEP_ALIVE_TIMEOUT`](Self::DEFAULT_KEEP_ALIVE_TIMEOUT)). Event
     /// streams are not idle: they are never timed out.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # #[tokio::main] async fn main() -> std::io::Result<()> {
+    /// # let app = resumable_sse_axum::router(resumable_sse_axum::SseLayer::new(resumable_sse_axum::memory_hub(Default::default())));
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// resumable_sse_axum::serve(listener, app).keep_alive_timeout(Duration::from_secs(60)).await
+    /// # }
+    /// ```
     pub fn keep_alive_timeout(mut self, timeout: Duration) -> Self {
         self.options.admission.keep_alive_timeout = timeout;
         self
@@ -246,6 +255,15 @@ impl<F> Serve<F> {
     /// [`DEFAULT_BODY_TIMEOUT`](Self::DEFAULT_BODY_TIMEOUT)); `None`: no limit. A late body
     /// is answered `408` with a JSON error ([`BodyTimeoutLayer`](crate::BodyTimeoutLayer),
     /// which `axum::serve` users add themselves).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # #[tokio::main] async fn main() -> std::io::Result<()> {
+    /// # let app = resumable_sse_axum::router(resumable_sse_axum::SseLayer::new(resumable_sse_axum::memory_hub(Default::default())));
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// resumable_sse_axum::serve(listener, app).body_timeout(None).await
+    /// # }
+    /// ```
     pub fn body_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.options.body_timeout = timeout;
         self
@@ -276,6 +294,15 @@ impl<F> Serve<F> {
     /// (`RLIMIT_NOFILE`, read on Linux), or an accept fails for want of descriptors, the
     /// connections waiting longest for a request head are dropped, so health checks and
     /// publishes still get in. `0`: act only when accepts fail.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # #[tokio::main] async fn main() -> std::io::Result<()> {
+    /// # let app = resumable_sse_axum::router(resumable_sse_axum::SseLayer::new(resumable_sse_axum::memory_hub(Default::default())));
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// resumable_sse_axum::serve(listener, app).descriptor_reserve(64).await
+    /// # }
+    /// ```
     pub fn descriptor_reserve(mut self, n: usize) -> Self {
         self.options.admission.descriptor_reserve = n;
         self
