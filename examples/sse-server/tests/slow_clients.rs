@@ -132,12 +132,17 @@ impl Subscriber {
 
 /// Publishes `data` to the stream `slow`: the status and how long it took.
 async fn publish(server: SocketAddr, data: &str) -> (u16, Duration) {
+    publish_as(server, data, "").await
+}
+
+/// [`publish`] with more header lines (each ending in CRLF).
+async fn publish_as(server: SocketAddr, data: &str, headers: &str) -> (u16, Duration) {
     let started = Instant::now();
     let mut socket = TcpStream::connect(server).await.unwrap();
     let body = serde_json::json!({"stream": "slow", "data": data}).to_string();
     let request = format!(
         "POST /publish HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+         content-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
         body.len()
     );
     socket.write_all(request.as_bytes()).await.unwrap();
@@ -388,9 +393,31 @@ fn open_descriptors(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// An HS256 key for the server, and a JWT it accepts for publishing to `slow`.
+const KEY: &str = "slow-clients-hs256-secret-0123456789abcdef";
+
+fn publisher_token() -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 3600;
+    let claims = serde_json::json!({
+        "sub": "publisher",
+        "exp": exp,
+        "sse": {"subscribe": [], "publish": ["slow"]},
+    });
+    let key = jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()).expect("an HS256 key");
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &key,
+    )
+    .expect("mint a token")
+}
+
 /// A server limited to 1 024 open files, and one host opening 1 200 connections that never
 /// send a request (half of them after one request, kept alive): `/healthz` and a publish
-/// still answer within 100 ms, and the log says so in a few lines, not one per failure. On
+/// authorised by a JWT still answer within 100 ms, and the log says so in a few lines, not one per failure. On
 /// both paths, with the default reserve and with none (then only failed accepts make room).
 #[tokio::test(flavor = "current_thread")]
 async fn connections_up_to_the_descriptor_limit() {
@@ -411,6 +438,8 @@ async fn up_to_the_descriptor_limit(fast_path: bool, reserve: &str) {
             "600s",
             "--descriptor-reserve",
             reserve,
+            "--jwt-key",
+            KEY,
             &fast,
         ],
         1024,
@@ -442,13 +471,14 @@ async fn up_to_the_descriptor_limit(fast_path: bool, reserve: &str) {
         held.extend(joined.unwrap());
     }
     let peak = open_descriptors(server.pid());
+    let authorization = format!("authorization: Bearer {}\r\n", publisher_token());
     let (mut health, mut publishes) = (Vec::new(), Vec::new());
     for i in 0..20 {
         let (code, took) = healthz(addr).await;
         assert_eq!(code, 200);
         health.push(took);
-        let (code, took) = publish(addr, &format!("under pressure {i}")).await;
-        assert_eq!(code, 200);
+        let (code, took) = publish_as(addr, &format!("under pressure {i}"), &authorization).await;
+        assert_eq!(code, 200, "an authorised publish");
         publishes.push(took);
     }
     health.sort();
