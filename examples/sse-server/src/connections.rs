@@ -87,10 +87,14 @@ mod tests {
 
     #[test]
     fn defaults_and_flags() {
+        // The flags' defaults are the library's.
+        type S = Serve<()>;
         let args = Args::try_parse_from(["x"]).unwrap().connections;
-        assert_eq!(args.head_timeout, Duration::from_secs(10));
-        assert_eq!(args.keep_alive_timeout, Duration::from_secs(30));
-        assert_eq!(args.max_pending_heads, 4096);
+        assert_eq!(args.head_timeout, S::DEFAULT_HEAD_TIMEOUT);
+        assert_eq!(args.keep_alive_timeout, S::DEFAULT_KEEP_ALIVE_TIMEOUT);
+        assert_eq!(args.body_timeout, S::DEFAULT_BODY_TIMEOUT);
+        assert_eq!(args.max_pending_heads, S::DEFAULT_MAX_PENDING_HEADS);
+        assert_eq!(args.descriptor_reserve, S::DEFAULT_DESCRIPTOR_RESERVE);
         assert!(args.fast_path);
         let args = Args::try_parse_from(["x", "--head-timeout=2s", "--fast-path=false"])
             .unwrap()
