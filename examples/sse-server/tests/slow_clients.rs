@@ -28,7 +28,27 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// Slow connections of each kind.
 const SLOW: usize = 1000;
 
+/// Raises this process's soft limit on open files to its hard limit (`prlimit` on our own
+/// pid), for the thousands of client sockets; the server, started after, inherits it. Many
+/// systems start processes with a soft limit of 1 024.
+fn raise_nofile() {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let hard = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .expect("the open files limit")
+        .to_owned();
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={hard}:{hard}"))
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success(), "prlimit failed");
+}
+
 fn start(fast_path: bool, extra: &[&str]) -> Server {
+    raise_nofile();
     let fast = format!("--fast-path={fast_path}");
     let mut args = vec![
         "--listen",
@@ -427,6 +447,7 @@ async fn connections_up_to_the_descriptor_limit() {
 }
 
 async fn up_to_the_descriptor_limit(fast_path: bool, reserve: &str) {
+    raise_nofile();
     let fast = format!("--fast-path={fast_path}");
     let server = Server::start_with_nofile(
         &[
