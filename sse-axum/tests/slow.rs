@@ -171,3 +171,41 @@ async fn over_the_bound_the_connection_waiting_longest_is_dropped() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{name}: {answer:?}");
     }
 }
+
+#[tokio::test]
+async fn bytes_after_an_event_stream_request_close_it() {
+    for (name, server) in servers(4096).await {
+        let mut socket = TcpStream::connect(server.addr).await.unwrap();
+        socket
+            .write_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("event: connected") {
+            let n = tokio::time::timeout(WAIT, socket.read(&mut buf))
+                .await
+                .expect("the stream starts")
+                .unwrap();
+            assert!(n > 0, "{name}: closed before the stream started");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        // No deadline for an event stream: it is not waiting for anything. Past the
+        // timeouts, it still delivers.
+        tokio::time::sleep(TIMEOUT * 2).await;
+        let (status, _) =
+            resumable_sse_axum::testing::publish(&server, serde_json::json!({"data": "still"}))
+                .await;
+        assert_eq!(status, 200, "{name}");
+        while !String::from_utf8_lossy(&seen).contains("data: still") {
+            let n = tokio::time::timeout(WAIT, socket.read(&mut buf))
+                .await
+                .expect("the event")
+                .unwrap();
+            assert!(n > 0, "{name}: closed while streaming");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        socket.write_all(b"x").await.unwrap();
+        read_to_close(&mut socket).await;
+    }
+}

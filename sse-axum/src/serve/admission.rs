@@ -66,6 +66,8 @@ enum Phase {
 #[derive(Debug)]
 struct Entry {
     phase: Mutex<(Phase, Option<u64>)>,
+    /// Answering with an event stream: the client has nothing more to send.
+    streaming: AtomicBool,
     changed: Notify,
     shed: AtomicBool,
     kill: Notify,
@@ -109,6 +111,7 @@ impl Admission {
     pub(super) fn admit(self: &Arc<Self>, fd: Option<u64>) -> Conn {
         let entry = Arc::new(Entry {
             phase: Mutex::new((Phase::Busy, None)),
+            streaming: AtomicBool::new(false),
             changed: Notify::new(),
             shed: AtomicBool::new(false),
             kill: Notify::new(),
@@ -206,6 +209,18 @@ impl Conn {
     pub(super) fn idle(&self) {
         let deadline = Instant::now() + self.admission.settings.keep_alive_timeout;
         self.wait(Phase::Idle(deadline));
+    }
+
+    /// The request is answered with an event stream, which lasts as long as the connection:
+    /// any byte the client sends from now on is a protocol violation.
+    pub(super) fn streaming(&self) {
+        self.busy();
+        self.entry.streaming.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection carries an event stream (see [`streaming`](Self::streaming)).
+    pub(super) fn is_streaming(&self) -> bool {
+        self.entry.streaming.load(Ordering::Acquire)
     }
 
     /// The connection is served to its end (or upgraded to another protocol).

@@ -512,6 +512,12 @@ async fn serve_with_hyper(
                     router.call(request).await
                 }
             };
+            if let Ok(response) = &response
+                && response.status() == StatusCode::OK
+                && response.extensions().get::<Takeover>().is_some()
+            {
+                idle_after.0.streaming();
+            }
             // The connection waits for its next request once this response is written (its
             // body dropped by hyper).
             response.map(|response| response.map(|body| Body::new(Tracked { body, idle_after })))
@@ -588,6 +594,16 @@ impl tokio::io::AsyncRead for Watched {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
+            // As on the fast path (`write_events`): an event stream's client never sends
+            // anything more, and hyper would keep what it sent in its buffer for as long as
+            // the stream lasts. The error ends the connection.
+            if self.conn.is_streaming() {
+                tracing::debug!("bytes after an event-stream request: closing");
+                return std::task::Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "bytes after an event-stream request",
+                )));
+            }
             self.conn.bytes_arrived();
         }
         polled
