@@ -15,7 +15,8 @@
 //! - [`BodyTimeoutLayer`]: request bodies must arrive within a timeout (`408` otherwise);
 //! - [`serve`]: an HTTP/1.1 server that runs every request through the router (with all its
 //!   middleware) and writes the event streams it answers outside hyper, so an idle
-//!   connection keeps none of hyper's buffers (figures in docs/benchmarks.md);
+//!   connection keeps none of hyper's buffers (figures in docs/benchmarks.md), with head,
+//!   keep-alive and body timeouts and a descriptor reserve against slow and hostile clients;
 //! - backends by Cargo feature: `memory` (default); [`open_store`] picks one by URL.
 //!
 //! ```no_run

@@ -66,6 +66,14 @@ use wire::{Framing, Head, Rewind};
 /// ```
 ///
 /// The events path is `/events` unless set with [`Serve::events_path`].
+///
+/// Slow and hostile connections are bounded on both paths (docs/limits.md): a request head
+/// must arrive within [`Serve::head_timeout`], a kept-alive connection's next request start
+/// within [`Serve::keep_alive_timeout`], a request body within [`Serve::body_timeout`] (`408`);
+/// heads over 16 KiB are answered `431`; at most [`Serve::max_pending_heads`] connections wait
+/// for a head, and near the descriptor limit ([`Serve::descriptor_reserve`]) the ones waiting
+/// longest are dropped, so health checks and publishes still get in. An event stream whose
+/// client sends anything is closed.
 pub fn serve(listener: TcpListener, router: Router) -> Serve<std::future::Pending<()>> {
     Serve {
         listener,
