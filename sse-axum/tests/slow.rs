@@ -209,3 +209,21 @@ async fn bytes_after_an_event_stream_request_close_it() {
         read_to_close(&mut socket).await;
     }
 }
+
+/// With `axum::serve`, `BodyTimeoutLayer` gives the same `408`.
+#[tokio::test]
+async fn axum_serve_with_the_body_timeout_layer_answers_408() {
+    let app = app().layer(resumable_sse_axum::BodyTimeoutLayer::new(TIMEOUT));
+    let server = TestServer::start(app).await;
+    let mut socket = TcpStream::connect(server.addr).await.unwrap();
+    socket
+        .write_all(
+            b"POST /publish HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              content-length: 100\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut socket).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("\"error\":\"body_timeout\""), "{answer}");
+}
