@@ -12,9 +12,11 @@
 //! - [`events`]: the SSE endpoint (`Last-Event-ID` header, `lastEventId` query fallback, the
 //!   authorization hook, the session's private stream);
 //! - [`router`]: the whole reference HTTP contract (`/events`, `/publish`, `/healthz`);
+//! - [`BodyTimeoutLayer`]: request bodies must arrive within a timeout (`408` otherwise);
 //! - [`serve`]: an HTTP/1.1 server that runs every request through the router (with all its
 //!   middleware) and writes the event streams it answers outside hyper, so an idle
-//!   connection keeps none of hyper's buffers (figures in docs/benchmarks.md);
+//!   connection keeps none of hyper's buffers (figures in docs/benchmarks.md), with head,
+//!   keep-alive and body timeouts and a descriptor reserve against slow and hostile clients;
 //! - backends by Cargo feature: `memory` (default); [`open_store`] picks one by URL.
 //!
 //! ```no_run
@@ -40,6 +42,7 @@
 //! ```
 
 mod auth;
+pub mod body_timeout;
 #[cfg(feature = "cors")]
 mod cors;
 mod error;
@@ -54,6 +57,7 @@ mod store;
 pub mod testing;
 
 pub use auth::{Authorize, Identity, Refusal, Target};
+pub use body_timeout::{BodyTimeout, BodyTimeoutLayer};
 #[cfg(feature = "cors")]
 pub use cors::{CorsOrigins, InvalidOrigin};
 pub use error::ApiError;

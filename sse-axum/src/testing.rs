@@ -55,6 +55,28 @@ impl TestServer {
         Self::on_free_port(|listener| crate::serve(listener, router).into_future()).await
     }
 
+    /// Serves `router` on a fresh port with [`serve`](crate::serve()) as `configure` sets it
+    /// up (timeouts, bounds, the fast path on or off).
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() {
+    /// # let router = axum::Router::new();
+    /// use std::time::Duration;
+    /// let server = resumable_sse_axum::testing::TestServer::start_configured(router, |serve| {
+    ///     serve.head_timeout(Duration::from_millis(500)).fast_path(false)
+    /// })
+    /// .await;
+    /// # }
+    /// ```
+    pub async fn start_configured(
+        router: Router,
+        configure: impl FnOnce(
+            crate::Serve<std::future::Pending<()>>,
+        ) -> crate::Serve<std::future::Pending<()>>,
+    ) -> Self {
+        Self::on_free_port(|listener| configure(crate::serve(listener, router)).into_future()).await
+    }
+
     async fn on_free_port<F, S>(serve: S) -> Self
     where
         S: FnOnce(tokio::net::TcpListener) -> F,

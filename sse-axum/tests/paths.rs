@@ -115,6 +115,8 @@ async fn status_line(server: &TestServer, request: &[u8]) -> String {
 #[tokio::test]
 async fn malformed_and_unusual_heads_get_the_same_status_on_both_paths() {
     let auth = "authorization: Bearer ok\r\n";
+    // (A head over 16 KiB is not among them: `serve` refuses it with 431 where `axum::serve`
+    // takes up to about 400 KB; tests/slow.rs.)
     let cases: Vec<(&str, String)> = vec![
         (
             "conflicting content-length",
@@ -153,13 +155,6 @@ async fn malformed_and_unusual_heads_get_the_same_status_on_both_paths() {
         (
             "invalid stream name",
             format!("GET /events?stream=a%20b HTTP/1.1\r\nhost: x\r\n{auth}\r\n"),
-        ),
-        (
-            "a head too large",
-            format!(
-                "GET /events HTTP/1.1\r\nhost: x\r\n{auth}x-big: {}\r\n\r\n",
-                "a".repeat(20_000)
-            ),
         ),
         (
             "no credentials",

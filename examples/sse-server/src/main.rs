@@ -26,9 +26,12 @@
 //! `--max-connections-per-session`, `--max-connections-per-principal`,
 //! `--connect-rate-per-ip`, `--connect-rate-per-session`, `--publish-rate`, and
 //! `--trusted-proxy CIDR` behind a proxy. Off on loopback unless given; on by default beyond.
+//! Slow and hostile connections: `--head-timeout`, `--keep-alive-timeout`, `--body-timeout`,
+//! `--max-pending-heads`, `--descriptor-reserve` (connections.rs).
 
 mod assets;
 mod auth;
+mod connections;
 mod lifecycle;
 mod pattern;
 
@@ -133,6 +136,8 @@ struct Args {
     limits: LimitArgs,
     #[command(flatten)]
     lifecycle: LifecycleArgs,
+    #[command(flatten)]
+    connections: connections::ConnectionArgs,
 }
 
 /// Connection caps and rate limits (docs/limits.md). Each is off with `0`. Unset, they are
@@ -308,7 +313,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         builder.build()
     };
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let listener = connections::listen(args.listen)?;
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find the port.
     println!("listening on http://{addr}");
@@ -363,7 +368,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // `resumable_sse_axum::serve` writes event streams outside hyper (a fraction of the memory
     // per idle connection); the router answers every request, as with `axum::serve`.
-    resumable_sse_axum::serve(listener, app(layer, origins))
+    let serve = resumable_sse_axum::serve(listener, app(layer, origins));
+    args.connections
+        .apply(serve)
         .streams_on(streams.handle().clone())
         .with_graceful_shutdown(shutdown_signal())
         .await?;

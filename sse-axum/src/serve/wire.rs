@@ -15,21 +15,33 @@ use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Largest request head read by the fast path (longer ones go to hyper, which answers 431).
+/// Largest request head: longer ones are answered 431 (by the fast path with a JSON error, by
+/// hyper, whose read buffer it bounds, without).
 pub(super) const MAX_HEAD: usize = 16 * 1024;
 /// Most header lines in a request head the fast path takes (more: hyper's).
 const MAX_HEADERS: usize = 48;
 
+/// What [`read_head`] found.
+#[derive(Debug)]
+pub(super) enum Head {
+    /// A request the fast path takes.
+    Take(Box<Request<Body>>),
+    /// Anything else: hyper gets it with the bytes read.
+    Other,
+    /// No complete head within [`MAX_HEAD`] bytes.
+    TooLarge,
+}
+
 /// Reads until a complete request head. Returns the request when the fast path takes it: a
 /// plain HTTP/1.1 `GET` of `path` with nothing after its head (no body: no `Content-Length`,
-/// no `Transfer-Encoding`, no pipelined request). `None` for anything else, which hyper gets
-/// with the bytes read, so every request the fast path does not take, malformed ones
-/// included, is answered exactly as `axum::serve` answers it.
+/// no `Transfer-Encoding`, no pipelined request). [`Head::Other`] for anything else, which
+/// hyper gets with the bytes read, so every request the fast path does not take, malformed
+/// ones included, is answered exactly as `axum::serve` answers it.
 pub(super) async fn read_head(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     path: &str,
-) -> io::Result<Option<Request<Body>>> {
+) -> io::Result<Head> {
     loop {
         if stream.read_buf(buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -49,7 +61,7 @@ pub(super) async fn read_head(
                             || h.name.eq_ignore_ascii_case(TRANSFER_ENCODING.as_str())
                     });
                 if !takes {
-                    return Ok(None);
+                    return Ok(Head::Other);
                 }
                 let mut builder = Request::builder()
                     .method(Method::GET)
@@ -59,10 +71,14 @@ pub(super) async fn read_head(
                     builder = builder.header(header.name, header.value);
                 }
                 // A name or value `http` refuses: hyper answers it.
-                return Ok(builder.body(Body::empty()).ok());
+                return Ok(builder
+                    .body(Body::empty())
+                    .map_or(Head::Other, |r| Head::Take(Box::new(r))));
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
-            _ => return Ok(None),
+            Ok(httparse::Status::Partial) => return Ok(Head::TooLarge),
+            // Too many header lines for the fast path, or malformed: hyper answers it.
+            Err(_) => return Ok(Head::Other),
         }
     }
 }

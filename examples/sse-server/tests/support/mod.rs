@@ -183,6 +183,37 @@ impl Server {
         })
     }
 
+    /// [`start_with`](Self::start_with) under a limit of `nofile` open files (through
+    /// `prlimit`, which runs the binary in its own process: the pid is the server's).
+    pub(crate) fn start_with_nofile(args: &[&str], nofile: u64) -> Result<Self> {
+        let server = Self::command();
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(server.get_program())
+            .args(args);
+        for (name, value) in server.get_envs() {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        let pick = |line: &str| {
+            line.trim()
+                .strip_prefix("listening on http://")
+                .map(str::to_owned)
+        };
+        let (child, addr, log, readers) =
+            spawn_and_wait(command, "sse-server", pick, Duration::from_secs(30))?;
+        Ok(Server {
+            child,
+            addr,
+            log,
+            readers,
+        })
+    }
+
     /// The binary, its settings cleared from the environment (they take their defaults),
     /// logging at `info` without colours.
     pub(crate) fn command() -> Command {
@@ -217,6 +248,12 @@ impl Server {
             .env_remove("SSE_REFUSAL_RETRY_MAX")
             .env_remove("SSE_RELOAD_WAIT")
             .env_remove("SSE_SHUTDOWN_GRACE")
+            .env_remove("SSE_HEAD_TIMEOUT")
+            .env_remove("SSE_KEEP_ALIVE_TIMEOUT")
+            .env_remove("SSE_BODY_TIMEOUT")
+            .env_remove("SSE_MAX_PENDING_HEADS")
+            .env_remove("SSE_DESCRIPTOR_RESERVE")
+            .env_remove("SSE_FAST_PATH")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         command
