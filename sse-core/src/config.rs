@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::BreakerConfig;
+
 /// What to do when continuity is lost (cursor behind retention, epoch changed, unusable id).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -63,6 +65,11 @@ pub struct Config {
     pub max_streams: usize,
     /// What follows a `reset` (default [`ResetPolicy::ReplayRetained`]).
     pub reset_policy: ResetPolicy,
+    /// The store circuit breaker (default [`BreakerConfig::default`]: open after 5
+    /// consecutive store failures, probe every second). While it is open, publishes and
+    /// connection opens fail at once with [`Error::Unavailable`](crate::Error::Unavailable)
+    /// (see [`Hub::store_failing`](crate::Hub::store_failing)).
+    pub breaker: BreakerConfig,
 }
 
 impl Default for Config {
@@ -77,6 +84,7 @@ impl Default for Config {
             max_event_bytes: 256 * 1024,
             max_streams: 32,
             reset_policy: ResetPolicy::ReplayRetained,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -142,6 +150,18 @@ impl Config {
     #[must_use]
     pub fn with_reset_policy(mut self, reset_policy: ResetPolicy) -> Self {
         self.reset_policy = reset_policy;
+        self
+    }
+
+    /// Sets [`Config::breaker`].
+    ///
+    /// ```
+    /// use resumable_sse_core::{BreakerConfig, Config};
+    /// assert!(Config::default().with_breaker(BreakerConfig::off()).breaker.is_off());
+    /// ```
+    #[must_use]
+    pub fn with_breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
         self
     }
 }

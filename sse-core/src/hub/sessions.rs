@@ -123,7 +123,7 @@ impl Hub {
                         "the session belongs to another principal".into(),
                     ));
                 }
-                match inner.sessions.load(&claims.session).await? {
+                match self.guarded(inner.sessions.load(&claims.session)).await? {
                     Some(record) if record.principal.as_deref() == principal => {
                         let token = self.sign(&record);
                         return Ok(ResolvedSession {
@@ -164,7 +164,8 @@ impl Hub {
     /// The session store's errors.
     pub async fn store_session(&self, session: &ResolvedSession) -> Result<()> {
         if session.is_new() {
-            self.inner.sessions.create(&session.record).await?;
+            self.guarded(self.inner.sessions.create(&session.record))
+                .await?;
             tracing::debug!(session = %session.record.id, status = ?session.status, "created a session");
         }
         Ok(())
