@@ -26,9 +26,12 @@
 //! `--max-connections-per-session`, `--max-connections-per-principal`,
 //! `--connect-rate-per-ip`, `--connect-rate-per-session`, `--publish-rate`, and
 //! `--trusted-proxy CIDR` behind a proxy. Off on loopback unless given; on by default beyond.
+//! While the store is failing, `--breaker-failures N` consecutive failures open the circuit
+//! breaker (requests refused at once), probed every `--breaker-probe`.
 
 mod assets;
 mod auth;
+mod breaker;
 mod pattern;
 
 use std::net::SocketAddr;
@@ -129,6 +132,8 @@ struct Args {
     insecure: bool,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    breaker: breaker::BreakerArgs,
 }
 
 /// Connection caps and rate limits (docs/limits.md). Each is off with `0`. Unset, they are
@@ -284,7 +289,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::default()
         .with_session_ttl(args.session_ttl)
         .with_heartbeat(args.heartbeat)
-        .with_retry(args.retry);
+        .with_retry(args.retry)
+        .with_breaker(args.breaker.breaker());
     let mut builder = Hub::builder(stores.buffer, stores.sessions).config(config);
     if let Some(secret) = &args.secret {
         builder = builder.keys(TokenKeys::new(secret.split(',').map(str::trim))?);
