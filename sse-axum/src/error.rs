@@ -82,7 +82,13 @@ impl From<resumable_sse_core::Error> for ApiError {
             // Server-side errors keep their source chain in the log, not in the response.
             tracing::error!(error = ?err, "request failed");
         }
-        ApiError::new(status, code, err.to_string())
+        let message = if err.is_circuit_open() {
+            // Say why the answer came at once: the store was not asked.
+            format!("{err}: {}", resumable_sse_core::CircuitOpen)
+        } else {
+            err.to_string()
+        };
+        ApiError::new(status, code, message)
     }
 }
 
