@@ -243,9 +243,10 @@ pub async fn publish(State(state): State<PublishState>, request: Request) -> Res
             let probe = state.hub.config().breaker.probe;
             let secs = probe.as_secs() + u64::from(probe.subsec_nanos() > 0);
             let mut response = err.into_response();
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs.max(1)));
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(secs.max(1)),
+            );
             response
         }
         Err(err) => err.into_response(),

@@ -38,7 +38,10 @@ mod tests {
 
     #[test]
     fn defaults_and_flags() {
-        let default = Flags::try_parse_from(["sse-server"]).unwrap().breaker.breaker();
+        let default = Flags::try_parse_from(["sse-server"])
+            .unwrap()
+            .breaker
+            .breaker();
         assert_eq!(default, BreakerConfig::default());
         let set = Flags::try_parse_from([
             "sse-server",
@@ -49,10 +52,12 @@ mod tests {
         .breaker
         .breaker();
         assert_eq!(set, BreakerConfig::new(2, Duration::from_millis(250)));
-        assert!(Flags::try_parse_from(["sse-server", "--breaker-failures=0"])
-            .unwrap()
-            .breaker
-            .breaker()
-            .is_off());
+        assert!(
+            Flags::try_parse_from(["sse-server", "--breaker-failures=0"])
+                .unwrap()
+                .breaker
+                .breaker()
+                .is_off()
+        );
     }
 }

@@ -620,10 +620,13 @@ async fn breaker_fails_fast_while_redis_is_down_and_nothing_is_lost() {
 
     redis.kill();
     let http = reqwest::Client::new();
-    let failed = breaker::until_open(&http, &server, &news, WAIT).await;
+    let (failed, slowest) = breaker::until_open(&http, &server, &news, WAIT).await;
     assert!(failed >= 3, "opened after {failed} failures, not 3");
     let (p50, max) = breaker::fast_refusals(&http, &server, &news, 200).await;
-    eprintln!("redis down, breaker open: 200 publishes, p50 {p50:?}, max {max:?}");
+    eprintln!(
+        "redis down: {failed} publishes failed by the store (slowest {slowest:?}); \
+         breaker open: 200 publishes, p50 {p50:?}, max {max:?}"
+    );
     breaker::stream_is_refused(&server, &news, None).await;
     breaker::stream_is_refused(&server, &news, Some(&token)).await;
     let opened = server
@@ -633,7 +636,12 @@ async fn breaker_fails_fast_while_redis_is_down_and_nothing_is_lost() {
         .iter()
         .filter(|l| l.contains("circuit open"))
         .count();
-    assert_eq!(opened, 1, "the opening is logged once:\n{}", tail(&server.log, 40));
+    assert_eq!(
+        opened,
+        1,
+        "the opening is logged once:\n{}",
+        tail(&server.log, 40)
+    );
     // The connected client is kept: heartbeats, nothing else.
     let mut heartbeats = 0;
     while heartbeats < 2 {
@@ -647,7 +655,11 @@ async fn breaker_fails_fast_while_redis_is_down_and_nothing_is_lost() {
     redis.restart();
     publish_when_back(&server, &news, "e2").await;
     publish_ok(&server, &news, "e3").await;
-    assert_eq!(live.messages(2).await, ["e2", "e3"], "nothing lost, no reset");
+    assert_eq!(
+        live.messages(2).await,
+        ["e2", "e3"],
+        "nothing lost, no reset"
+    );
     let mut back = Client::open(&server, &news, Some(&token), Some(&last_id)).await;
     assert_eq!(back.session, session, "the session is back");
     assert_eq!(back.info["reset"], false, "{}", back.info);

@@ -136,7 +136,10 @@ impl Breaker {
         }
         match outcome {
             Err(err) if err.is_unavailable() && !err.is_circuit_open() => {
-                let failures = self.failures.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+                let failures = self
+                    .failures
+                    .fetch_add(1, Ordering::AcqRel)
+                    .saturating_add(1);
                 if failures >= self.config.failures && !self.open.swap(true, Ordering::AcqRel) {
                     tracing::warn!(
                         failures,

@@ -45,25 +45,27 @@ fn refused_by_breaker(answer: &Value) -> bool {
 
 /// Publishes (with the store down) until the breaker answers, failing after `wait`; every
 /// answer must be a 503 `store_unavailable` with `Retry-After`. Returns how many publishes
-/// the store failed before the breaker opened.
+/// the store failed before the breaker opened, and the slowest of them.
 pub(crate) async fn until_open(
     client: &reqwest::Client,
     server: &Server,
     stream: &str,
     wait: Duration,
-) -> usize {
+) -> (usize, Duration) {
     let deadline = Instant::now() + wait;
     let mut failed = 0;
+    let mut slowest = Duration::ZERO;
     loop {
-        let (status, retry_after, answer, _) =
+        let (status, retry_after, answer, took) =
             timed_publish(client, server, stream, "refused").await;
         assert_eq!(status, 503, "publishing with the store down: {answer}");
         assert_eq!(answer["error"], "store_unavailable", "{answer}");
         assert!(retry_after.is_some(), "a 503 has Retry-After: {answer}");
         if refused_by_breaker(&answer) {
-            return failed;
+            return (failed, slowest);
         }
         failed += 1;
+        slowest = slowest.max(took);
         assert!(
             Instant::now() < deadline,
             "the breaker did not open after {failed} failed publishes"
@@ -85,8 +87,15 @@ pub(crate) async fn fast_refusals(
             timed_publish(client, server, stream, &format!("refused {i}")).await;
         assert_eq!(status, 503, "{answer}");
         assert!(refused_by_breaker(&answer), "the breaker answers: {answer}");
-        assert_eq!(retry_after.as_deref(), Some("1"), "the probe interval, rounded up");
-        assert!(took < FAST, "publish {i} took {took:?} with the breaker open");
+        assert_eq!(
+            retry_after.as_deref(),
+            Some("1"),
+            "the probe interval, rounded up"
+        );
+        assert!(
+            took < FAST,
+            "publish {i} took {took:?} with the breaker open"
+        );
         latencies.push(took);
     }
     latencies.sort();
@@ -120,7 +129,10 @@ pub(crate) async fn stream_is_refused(server: &Server, stream: &str, token: Opti
     let retry = retry.expect("a retry: field");
     assert!(retry >= 5000, "retry: {retry}");
     let refused = refused.expect("a refused event");
-    assert!(refused.last_event_id.is_empty(), "no id: the client keeps its cursor");
+    assert!(
+        refused.last_event_id.is_empty(),
+        "no id: the client keeps its cursor"
+    );
     let data: Value = serde_json::from_str(&refused.data).expect("JSON");
     assert_eq!(data["reason"], "store_unavailable", "{data}");
     assert_eq!(data["retry_ms"], json!(retry), "{data}");
