@@ -11,6 +11,9 @@
 //! Cases: 2 048 in all by default, `PROPTEST_CASES` (per property) for a longer campaign
 //! (docs/testing.md).
 
+// A property that fails panics with the case, as a test should.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use bytes::BytesMut;

@@ -9,6 +9,9 @@
 //! Cases: 512 per property by default, `PROPTEST_CASES` for a longer campaign
 //! (docs/testing.md).
 
+// A property that fails panics with the case, as a test should.
+#![allow(clippy::unwrap_used)]
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use proptest::prelude::*;

@@ -11,6 +11,9 @@
 //! Cases: 512 per property by default, `PROPTEST_CASES` for a longer campaign
 //! (docs/testing.md).
 
+// A property that fails panics with the case, as a test should.
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proptest::prelude::*;
