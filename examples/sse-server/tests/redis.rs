@@ -668,3 +668,76 @@ async fn breaker_fails_fast_while_redis_is_down_and_nothing_is_lost() {
     assert_eq!(live.messages(1).await, ["e4"]);
     assert_eq!(back.messages(1).await, ["e4"]);
 }
+
+/// The breaker on a Redis that hangs rather than refuses (`CLIENT PAUSE`: every command waits):
+/// without the breaker each request would wait for the store's timeout (3 s by default); the
+/// three that open it do, every one after it is answered within 100 ms. Once the pause ends,
+/// a probe closes the breaker and the connected client gets what is published next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_fails_fast_while_redis_hangs() {
+    use support::breaker;
+    let redis = PrivateRedis::start(false);
+    let server = start_server(
+        "127.0.0.1:0",
+        &redis.url(),
+        &[
+            "--heartbeat",
+            "300ms",
+            "--breaker-failures",
+            "3",
+            "--breaker-probe",
+            "200ms",
+        ],
+    );
+    let _logs = Logs(vec![("sse-server", server.log.clone())]);
+    let news = unique("news");
+    let mut live = Client::open(&server, &news, None, None).await;
+    publish_ok(&server, &news, "e1").await;
+    assert_eq!(live.messages(1).await, ["e1"]);
+
+    let pause = Duration::from_secs(8);
+    let paused_at = Instant::now();
+    command(
+        redis.port(),
+        &["CLIENT", "PAUSE", &pause.as_millis().to_string(), "ALL"],
+    )
+    .expect("CLIENT PAUSE");
+    let http = reqwest::Client::new();
+    // Three at once, to three streams: each waits for the store's timeout.
+    let waits: Vec<_> = (0..3)
+        .map(|i| {
+            let (http, url) = (http.clone(), server.url("/publish"));
+            let stream = format!("{news}-{i}");
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let response = http
+                    .post(url)
+                    .json(&json!({"stream": stream, "data": "hangs"}))
+                    .send()
+                    .await
+                    .expect("/publish answers");
+                (response.status().as_u16(), started.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for wait in waits {
+        let (status, took) = wait.await.expect("no panic");
+        assert_eq!(status, 503, "a publish to a hung Redis");
+        slowest = slowest.max(took);
+    }
+    let (p50, max) = breaker::fast_refusals(&http, &server, &news, 100).await;
+    eprintln!(
+        "redis hung: 3 publishes waited for the store's timeout (slowest {slowest:?}); \
+         breaker open: 100 publishes, p50 {p50:?}, max {max:?}"
+    );
+    breaker::stream_is_refused(&server, &news, None).await;
+    assert!(
+        paused_at.elapsed() < pause,
+        "the test ran past the pause ({:?}): make the pause longer",
+        paused_at.elapsed()
+    );
+
+    publish_when_back(&server, &news, "e2").await;
+    assert_eq!(live.messages(1).await, ["e2"], "nothing lost, no reset");
+}
