@@ -77,9 +77,9 @@ impl HubBuilder {
         // Two ticks per heartbeat interval: see `State::poll_next` in the connection module.
         let tick = (config.heartbeat / 2).max(Duration::from_millis(5));
         let keepalive = (config.session_ttl / 2).max(Duration::from_millis(10));
-        let breaker = Breaker::new(config.breaker);
+        let breaker = Arc::new(Breaker::new(config.breaker));
         let inner = Arc::new(Inner {
-            appender: Appender::new(self.buffer.clone()),
+            appender: Appender::new(self.buffer.clone(), breaker.clone()),
             buffer: self.buffer,
             sessions: self.sessions,
             transport: self.transport,

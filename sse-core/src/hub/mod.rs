@@ -30,6 +30,7 @@ use parking_lot::Mutex;
 use slab::Slab;
 use tokio::sync::mpsc;
 
+pub(crate) use breaker::Breaker;
 pub use breaker::{BreakerConfig, CircuitOpen};
 pub use builder::HubBuilder;
 pub(crate) use keeper::Registration;
@@ -115,8 +116,8 @@ struct Inner {
     live_sessions: Mutex<HashMap<SessionId, usize>>,
     /// Cursors of closed connections waiting to be recorded, and whether a task records them.
     closed: Mutex<keeper::ClosedCursors>,
-    /// The store circuit breaker.
-    breaker: breaker::Breaker,
+    /// The store circuit breaker (shared with the appender, which reports its writes).
+    breaker: Arc<Breaker>,
 }
 
 impl Hub {
@@ -159,8 +160,9 @@ impl Hub {
             ));
         }
         self.check_size(&event)?;
-        self.guarded(self.inner.appender.append(stream, event))
-            .await
+        // The appender tells the breaker how its store writes went.
+        self.inner.breaker.check()?;
+        self.inner.appender.append(stream, event).await
     }
 
     /// Publishes waiting, right now, for a write to their stream to finish so that they can be
@@ -210,13 +212,14 @@ impl Hub {
     /// [`Hub::publish`].
     pub async fn send_to_session(&self, session: &SessionId, event: NewEvent) -> Result<Appended> {
         self.check_size(&event)?;
-        self.guarded(async {
-            if self.inner.sessions.load(session).await?.is_none() {
-                return Err(Error::NotFound(format!("session {session}")));
-            }
-            self.inner.appender.append(&session.stream(), event).await
-        })
-        .await
+        if self
+            .guarded(self.inner.sessions.load(session))
+            .await?
+            .is_none()
+        {
+            return Err(Error::NotFound(format!("session {session}")));
+        }
+        self.inner.appender.append(&session.stream(), event).await
     }
 
     /// Whether the store circuit breaker is open: the store failed
