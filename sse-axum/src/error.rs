@@ -75,11 +75,20 @@ impl From<resumable_sse_core::Error> for ApiError {
             E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         };
-        if !err.is_client_error() {
+        if err.is_circuit_open() {
+            // The breaker logged its opening once; a line per refused request would flood.
+            tracing::debug!("request refused: the store circuit breaker is open");
+        } else if !err.is_client_error() {
             // Server-side errors keep their source chain in the log, not in the response.
             tracing::error!(error = ?err, "request failed");
         }
-        ApiError::new(status, code, err.to_string())
+        let message = if err.is_circuit_open() {
+            // Say why the answer came at once: the store was not asked.
+            format!("{err}: {}", resumable_sse_core::CircuitOpen)
+        } else {
+            err.to_string()
+        };
+        ApiError::new(status, code, message)
     }
 }
 

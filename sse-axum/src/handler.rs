@@ -27,7 +27,9 @@ use crate::{ApiError, SseLayer};
 /// cannot set headers, or else the session's recorded cursor. The session's private stream is
 /// always included. Invalid names answer 400 with a JSON error, requests the
 /// [`Authorize`] hook refuses 401 or 403 (RFC 6750), before any byte of the stream; a store
-/// outage answers 200 with a retry hint (server-driven backoff).
+/// outage (or the hub's open [circuit breaker](resumable_sse_core::BreakerConfig)) answers 200
+/// with a `retry:` hint and one `refused` event with reason `store_unavailable`
+/// (server-driven backoff).
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -144,7 +146,10 @@ async fn open_events(parts: &Parts) -> Result<(Hub, Connection, Option<Admission
         Ok(connection) => Ok((hub.clone(), connection, admission)),
         Err(err) if err.is_client_error() => Err(ApiError::from(err).into_response()),
         Err(err) => {
-            tracing::warn!(error = %err, "could not open a connection; asking the client to retry later");
+            // While the breaker is open this is every request: it logged its opening once.
+            if !err.is_circuit_open() {
+                tracing::warn!(error = %err, "could not open a connection; asking the client to retry later");
+            }
             Err(crate::response::backoff(hub))
         }
     }
@@ -227,10 +232,23 @@ impl fmt::Debug for PublishState {
 /// with a JSON error for bad input (invalid stream name, CR/LF/NUL in `event` or `id`, bad
 /// JSON), 404 for an unknown session, 413 for an oversized body, 415 for a body not sent as
 /// `Content-Type: application/json`, 429 with `Retry-After` over the layer's
-/// [publish rate](crate::Limits::publish_rate) (nothing stored), 503 when the store is down.
+/// [publish rate](crate::Limits::publish_rate) (nothing stored), 503 with `Retry-After` when
+/// the store is down (at once, without asking it, while the hub's
+/// [circuit breaker](resumable_sse_core::BreakerConfig) is open).
 pub async fn publish(State(state): State<PublishState>, request: Request) -> Response {
     match publish_inner(&state, request).await {
         Ok(response) => response,
+        Err(err) if err.status() == StatusCode::SERVICE_UNAVAILABLE => {
+            // The store is down: come back once the breaker's next probe may have found it.
+            let probe = state.hub.config().breaker.probe;
+            let secs = probe.as_secs() + u64::from(probe.subsec_nanos() > 0);
+            let mut response = err.into_response();
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(secs.max(1)),
+            );
+            response
+        }
         Err(err) => err.into_response(),
     }
 }

@@ -52,15 +52,28 @@ pub(crate) fn event_stream(hub: &Hub, connection: Connection) -> Response {
     response
 }
 
-/// A `200` answer that asks an `EventSource` to come back later: browsers treat any other
-/// status as fatal, so overload and store outages answer this instead of a 5xx.
+/// A `200` answer to an event-stream request during a store outage, which asks an
+/// `EventSource` to come back later (browsers treat any other status as fatal): a `refused`
+/// answer with reason `store_unavailable` and a delay of at least [`BACKOFF`], the configured
+/// retry and the breaker's probe interval, jittered up to half as much again so that the
+/// clients of a failed store do not all come back at once.
 pub(crate) fn backoff(hub: &Hub) -> Response {
-    let mut body = BytesMut::new();
-    let retry = hub.config().retry.max(BACKOFF);
-    hub.transport()
-        .write_frame(&mut body, &Frame::Close { retry: Some(retry) });
-    with_stream_headers(hub, Body::from(body.freeze()))
+    let config = hub.config();
+    let base = config.retry.max(BACKOFF).max(config.breaker.probe);
+    let half = u64::try_from((base / 2).as_millis()).unwrap_or(u64::MAX);
+    let retry = base + Duration::from_millis(rand::random_range(0..=half));
+    crate::limits::count_refusal(STORE_UNAVAILABLE);
+    refused(
+        hub,
+        Refused {
+            reason: STORE_UNAVAILABLE,
+            retry,
+        },
+    )
 }
+
+/// The `refused` reason of a store outage.
+const STORE_UNAVAILABLE: &str = "store_unavailable";
 
 /// A `200` answer refusing an event stream over a limit: `retry:` with the delay, one
 /// `refused` event (`{"reason": …, "retry_ms": …}`, no id: the client keeps its cursor),

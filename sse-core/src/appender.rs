@@ -13,6 +13,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use crate::hub::Breaker;
 use crate::{Appended, Error, EventBuffer, NewEvent, Result, StreamName};
 
 /// At most this many events, or this many bytes of data (and at least one event), per batch.
@@ -27,15 +28,19 @@ struct Queued {
 
 pub(crate) struct Appender {
     buffer: Arc<dyn EventBuffer>,
+    /// Told the outcome of every store write: once per write, however many publishes it
+    /// carried, so one failed batch counts as one failure.
+    breaker: Arc<Breaker>,
     /// Streams with a write in flight, and what waits for the next one. A stream without an
     /// entry has no writer: the next publish writes itself.
     pending: Mutex<HashMap<StreamName, Vec<Queued>>>,
 }
 
 impl Appender {
-    pub(crate) fn new(buffer: Arc<dyn EventBuffer>) -> Arc<Self> {
+    pub(crate) fn new(buffer: Arc<dyn EventBuffer>, breaker: Arc<Breaker>) -> Arc<Self> {
         Arc::new(Appender {
             buffer,
+            breaker,
             pending: Mutex::new(HashMap::new()),
         })
     }
@@ -74,7 +79,9 @@ impl Appender {
                     appender: self,
                     stream,
                 };
-                self.buffer.append(stream, event).await
+                let outcome = self.buffer.append(stream, event).await;
+                self.breaker.record(&outcome);
+                outcome
             }
             Turn::Wait(answer) => answer.await.unwrap_or_else(|_| {
                 Err(Error::unavailable(
@@ -143,7 +150,9 @@ impl Appender {
             let (events, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|q| (q.event, q.reply)).unzip();
             let count = events.len();
-            match self.buffer.append_many(&stream, events).await {
+            let outcome = self.buffer.append_many(&stream, events).await;
+            self.breaker.record(&outcome);
+            match outcome {
                 Ok(appended) if appended.len() == count => {
                     for (reply, appended) in replies.into_iter().zip(appended) {
                         let _ = reply.send(Ok(appended));

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::BreakerConfig;
+
 /// What to do when continuity is lost (cursor behind retention, epoch changed, unusable id).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -70,6 +72,11 @@ pub struct Config {
     /// another tab open waits the whole bound, then resumes from the newest cursor known.
     /// Zero turns the wait off. See docs/protocol.md, "Page reloads".
     pub reload_wait: Duration,
+    /// The store circuit breaker (default [`BreakerConfig::default`]: open after 5
+    /// consecutive store failures, probe every second). While it is open, publishes and
+    /// connection opens fail at once with [`Error::Unavailable`](crate::Error::Unavailable)
+    /// (see [`Hub::store_failing`](crate::Hub::store_failing)).
+    pub breaker: BreakerConfig,
 }
 
 impl Default for Config {
@@ -85,6 +92,7 @@ impl Default for Config {
             max_streams: 32,
             reset_policy: ResetPolicy::ReplayRetained,
             reload_wait: Duration::from_millis(500),
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -166,6 +174,18 @@ impl Config {
     #[must_use]
     pub fn with_reload_wait(mut self, reload_wait: Duration) -> Self {
         self.reload_wait = reload_wait;
+        self
+    }
+
+    /// Sets [`Config::breaker`].
+    ///
+    /// ```
+    /// use resumable_sse_core::{BreakerConfig, Config};
+    /// assert!(Config::default().with_breaker(BreakerConfig::off()).breaker.is_off());
+    /// ```
+    #[must_use]
+    pub fn with_breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
         self
     }
 }

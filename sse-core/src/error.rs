@@ -58,6 +58,33 @@ impl Error {
         Error::Store(err.into())
     }
 
+    /// `true` when the store could not be reached ([`Error::Unavailable`]), whether it was
+    /// asked or the [circuit breaker](crate::BreakerConfig) refused at once.
+    ///
+    /// ```
+    /// use resumable_sse_core::Error;
+    /// assert!(Error::unavailable(std::io::Error::other("refused")).is_unavailable());
+    /// assert!(!Error::store(std::io::Error::other("bad reply")).is_unavailable());
+    /// ```
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+
+    /// `true` when the store was not asked because the [circuit breaker](crate::BreakerConfig)
+    /// is open: an [`Error::Unavailable`] whose source is [`CircuitOpen`](crate::CircuitOpen).
+    ///
+    /// ```
+    /// use resumable_sse_core::{CircuitOpen, Error};
+    /// assert!(Error::unavailable(CircuitOpen).is_circuit_open());
+    /// assert!(!Error::unavailable(std::io::Error::other("refused")).is_circuit_open());
+    /// ```
+    pub fn is_circuit_open(&self) -> bool {
+        match self {
+            Error::Unavailable(source) => source.is::<crate::CircuitOpen>(),
+            _ => false,
+        }
+    }
+
     /// `true` when the caller sent something invalid (a 4xx in HTTP terms).
     pub fn is_client_error(&self) -> bool {
         matches!(

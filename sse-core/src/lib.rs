@@ -94,7 +94,9 @@ pub use buffer::{EventBuffer, FeedItem, LiveFeed, Notification};
 pub use config::{Config, ResetPolicy};
 pub use connection::{ConnectRequest, ConnectedInfo, Connection, ResetReason};
 pub use error::{BoxError, Error, Result};
-pub use hub::{Hub, HubBuilder, ResolvedSession, SessionContext, SessionStatus};
+pub use hub::{
+    BreakerConfig, CircuitOpen, Hub, HubBuilder, ResolvedSession, SessionContext, SessionStatus,
+};
 pub use session::{ParseSessionIdError, SessionId, SessionRecord, SessionStore};
 pub use token::{KeyError, TokenClaims, TokenError, TokenKeys};
 pub use transport::{Frame, SseTransport, Transport};

@@ -46,7 +46,6 @@ use crate::types::{from_unix_ms, unix_ms};
 type HmacSha256 = Hmac<Sha256>;
 
 const VERSION: u8 = 1;
-const MAX_PRINCIPAL_LEN: usize = 512;
 const MAX_TOKEN_LEN: usize = 1024;
 
 /// What a token asserts.
@@ -94,6 +93,27 @@ impl TokenKeys {
     /// assert!(TokenKeys::new([[7u8; TokenKeys::MIN_KEY_LEN]]).is_ok());
     /// ```
     pub const MIN_KEY_LEN: usize = 32;
+
+    /// Longest principal, in bytes, a token can be bound to: a token signed for a longer one
+    /// never verifies, so [`Hub::find_session`](crate::Hub::find_session) refuses such
+    /// principals with an error rather than starting a new session on every connection.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use resumable_sse_core::{SessionId, TokenClaims, TokenKeys};
+    ///
+    /// let keys = TokenKeys::random();
+    /// let claims = |len| TokenClaims {
+    ///     session: SessionId::random(),
+    ///     expires_at: SystemTime::now() + Duration::from_secs(60),
+    ///     principal: Some("p".repeat(len)),
+    /// };
+    /// let fits = keys.sign(&claims(TokenKeys::MAX_PRINCIPAL_LEN));
+    /// assert!(keys.verify(&fits, SystemTime::now()).is_ok());
+    /// let too_long = keys.sign(&claims(TokenKeys::MAX_PRINCIPAL_LEN + 1));
+    /// assert!(keys.verify(&too_long, SystemTime::now()).is_err());
+    /// ```
+    pub const MAX_PRINCIPAL_LEN: usize = 512;
 }
 
 impl fmt::Debug for TokenKeys {
@@ -138,7 +158,9 @@ impl TokenKeys {
         }
     }
 
-    /// Signs `claims` with the first key.
+    /// Signs `claims` with the first key. A principal longer than
+    /// [`TokenKeys::MAX_PRINCIPAL_LEN`] bytes gives a token that never verifies, and an empty
+    /// one verifies as no principal.
     pub fn sign(&self, claims: &TokenClaims) -> String {
         let mut payload = Vec::with_capacity(25 + claims.principal.as_ref().map_or(0, String::len));
         payload.push(VERSION);
@@ -181,7 +203,10 @@ impl TokenKeys {
         if !genuine {
             return Err(TokenError::Invalid);
         }
-        if payload.len() < 25 || payload[0] != VERSION || payload.len() > 25 + MAX_PRINCIPAL_LEN {
+        if payload.len() < 25
+            || payload[0] != VERSION
+            || payload.len() > 25 + Self::MAX_PRINCIPAL_LEN
+        {
             return Err(TokenError::Invalid);
         }
         let mut id = [0u8; 16];

@@ -28,9 +28,12 @@
 //! `--trusted-proxy CIDR` behind a proxy. Off on loopback unless given; on by default beyond.
 //! Slow and hostile connections: `--head-timeout`, `--keep-alive-timeout`, `--body-timeout`,
 //! `--max-pending-heads`, `--descriptor-reserve` (connections.rs).
+//! While the store is failing, `--breaker-failures N` consecutive failures open the circuit
+//! breaker (requests refused at once), probed every `--breaker-probe`.
 
 mod assets;
 mod auth;
+mod breaker;
 mod connections;
 mod lifecycle;
 mod pattern;
@@ -138,6 +141,8 @@ struct Args {
     lifecycle: LifecycleArgs,
     #[command(flatten)]
     connections: connections::ConnectionArgs,
+    #[command(flatten)]
+    breaker: breaker::BreakerArgs,
 }
 
 /// Connection caps and rate limits (docs/limits.md). Each is off with `0`. Unset, they are
@@ -293,7 +298,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::default()
         .with_session_ttl(args.session_ttl)
         .with_heartbeat(args.heartbeat)
-        .with_retry(args.retry);
+        .with_retry(args.retry)
+        .with_breaker(args.breaker.breaker());
     let config = args.lifecycle.config(config);
     let mut builder = Hub::builder(stores.buffer, stores.sessions).config(config);
     if let Some(secret) = &args.secret {

@@ -432,3 +432,87 @@ async fn a_postgres_restart_loses_nothing() {
         "the server logs the live feed's outage and recovery:\n{log}"
     );
 }
+
+/// The store circuit breaker on PostgreSQL (a private cluster stopped, then started): once
+/// the breaker is open every publish is a 503 with `Retry-After` within 100 ms, event streams
+/// get 200 with a `retry:` and a `refused` event, and a connected client stays connected. Once
+/// PostgreSQL is back, publishing resumes and nothing is lost: the connected client gets every
+/// event, a client that was away resumes without a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_fails_fast_while_postgres_is_down_and_nothing_is_lost() {
+    use support::breaker;
+    let cluster = Cluster::init();
+    cluster.start();
+    let server = start(
+        &cluster.url(),
+        &[
+            "--heartbeat",
+            "500ms",
+            "--breaker-failures",
+            "3",
+            "--breaker-probe",
+            "200ms",
+        ],
+    );
+    let mut live = Client::open(&server, "/events?stream=news", None, None).await;
+    let mut away = Client::open(&server, "/events?stream=news", None, None).await;
+    publish_ok(&server, "news", "e1").await;
+    assert_eq!(live.messages(1).await, ["e1"]);
+    assert_eq!(away.messages(1).await, ["e1"]);
+    let (away_token, away_id) = (away.token.clone(), away.last_id.clone());
+    drop(away);
+
+    cluster.stop();
+    let http = reqwest::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .expect("a client");
+    let (failed, slowest) = breaker::until_open(&http, &server, "news", WAIT * 2).await;
+    assert!(failed >= 3, "opened after {failed} failures, not 3");
+    let (p50, max) = breaker::fast_refusals(&http, &server, "news", 200).await;
+    eprintln!(
+        "postgres down: {failed} publishes failed by the store (slowest {slowest:?}); \
+         breaker open: 200 publishes, p50 {p50:?}, max {max:?}"
+    );
+    breaker::stream_is_refused(&server, "news", None).await;
+    breaker::stream_is_refused(&server, "news", Some(&away_token)).await;
+    let heartbeats = stays_connected(&mut live, Duration::from_secs(1)).await;
+    assert!(
+        heartbeats >= 1,
+        "{heartbeats} heartbeats while PostgreSQL is down"
+    );
+
+    cluster.start();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, answer) = publish(&server, json!({"stream": "news", "data": "e2"})).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{answer}");
+        assert!(
+            Instant::now() < deadline,
+            "publishing still fails {WAIT:?} after PostgreSQL is back: {answer}\n{}",
+            tail(&server.log, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publish_ok(&server, "news", "e3").await;
+    assert_eq!(
+        live.messages(2).await,
+        ["e2", "e3"],
+        "nothing lost, no reset"
+    );
+    let mut back = Client::open(
+        &server,
+        "/events?stream=news",
+        Some(&away_token),
+        Some(&away_id),
+    )
+    .await;
+    assert_eq!(back.info["reset"], false, "{}", back.info);
+    assert_eq!(back.messages(2).await, ["e2", "e3"]);
+    publish_ok(&server, "news", "e4").await;
+    assert_eq!(live.messages(1).await, ["e4"]);
+    assert_eq!(back.messages(1).await, ["e4"]);
+}

@@ -586,3 +586,158 @@ async fn key_prefixes_separate_deployments() {
         assert_eq!(len, 1, "{key}");
     }
 }
+
+/// The store circuit breaker on Redis (killed, then restarted with its AOF): once the breaker
+/// is open every publish is a 503 with `Retry-After` within 100 ms, an event stream (new, or
+/// a session resuming) gets 200 with a `retry:` and a `refused` event, and a connected client
+/// stays connected. Once Redis is back, publishing resumes, the connected client gets every
+/// event published since, and a client that was away resumes without a reset: nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_fails_fast_while_redis_is_down_and_nothing_is_lost() {
+    use support::breaker;
+    let mut redis = PrivateRedis::start(true);
+    let server = start_server(
+        "127.0.0.1:0",
+        &redis.url(),
+        &[
+            "--heartbeat",
+            "300ms",
+            "--breaker-failures",
+            "3",
+            "--breaker-probe",
+            "200ms",
+        ],
+    );
+    let _logs = Logs(vec![("sse-server", server.log.clone())]);
+    let news = unique("news");
+    let mut live = Client::open(&server, &news, None, None).await;
+    let mut away = Client::open(&server, &news, None, None).await;
+    publish_ok(&server, &news, "e1").await;
+    assert_eq!(live.messages(1).await, ["e1"]);
+    assert_eq!(away.messages(1).await, ["e1"]);
+    let (last_id, token, session) = (away.id.clone(), away.token.clone(), away.session.clone());
+    drop(away);
+
+    redis.kill();
+    let http = reqwest::Client::new();
+    let (failed, slowest) = breaker::until_open(&http, &server, &news, WAIT).await;
+    assert!(failed >= 3, "opened after {failed} failures, not 3");
+    let (p50, max) = breaker::fast_refusals(&http, &server, &news, 200).await;
+    eprintln!(
+        "redis down: {failed} publishes failed by the store (slowest {slowest:?}); \
+         breaker open: 200 publishes, p50 {p50:?}, max {max:?}"
+    );
+    breaker::stream_is_refused(&server, &news, None).await;
+    breaker::stream_is_refused(&server, &news, Some(&token)).await;
+    let opened = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("circuit open"))
+        .count();
+    assert_eq!(
+        opened,
+        1,
+        "the opening is logged once:\n{}",
+        tail(&server.log, 40)
+    );
+    // The connected client is kept: heartbeats, nothing else.
+    let mut heartbeats = 0;
+    while heartbeats < 2 {
+        match live.stream.next_item(WAIT).await {
+            Some(Item::Comment(_) | Item::Retry(_)) => heartbeats += 1,
+            Some(Item::Event(event)) => panic!("an event while Redis is down: {event:?}"),
+            None => panic!("the client was disconnected"),
+        }
+    }
+
+    redis.restart();
+    publish_when_back(&server, &news, "e2").await;
+    publish_ok(&server, &news, "e3").await;
+    assert_eq!(
+        live.messages(2).await,
+        ["e2", "e3"],
+        "nothing lost, no reset"
+    );
+    let mut back = Client::open(&server, &news, Some(&token), Some(&last_id)).await;
+    assert_eq!(back.session, session, "the session is back");
+    assert_eq!(back.info["reset"], false, "{}", back.info);
+    assert_eq!(back.messages(2).await, ["e2", "e3"]);
+    publish_ok(&server, &news, "e4").await;
+    assert_eq!(live.messages(1).await, ["e4"]);
+    assert_eq!(back.messages(1).await, ["e4"]);
+}
+
+/// The breaker on a Redis that hangs rather than refuses (`CLIENT PAUSE`: every command waits):
+/// without the breaker each request would wait for the store's timeout (3 s by default); the
+/// three that open it do, every one after it is answered within 100 ms. Once the pause ends,
+/// a probe closes the breaker and the connected client gets what is published next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_fails_fast_while_redis_hangs() {
+    use support::breaker;
+    let redis = PrivateRedis::start(false);
+    let server = start_server(
+        "127.0.0.1:0",
+        &redis.url(),
+        &[
+            "--heartbeat",
+            "300ms",
+            "--breaker-failures",
+            "3",
+            "--breaker-probe",
+            "200ms",
+        ],
+    );
+    let _logs = Logs(vec![("sse-server", server.log.clone())]);
+    let news = unique("news");
+    let mut live = Client::open(&server, &news, None, None).await;
+    publish_ok(&server, &news, "e1").await;
+    assert_eq!(live.messages(1).await, ["e1"]);
+
+    let pause = Duration::from_secs(8);
+    let paused_at = Instant::now();
+    command(
+        redis.port(),
+        &["CLIENT", "PAUSE", &pause.as_millis().to_string(), "ALL"],
+    )
+    .expect("CLIENT PAUSE");
+    let http = reqwest::Client::new();
+    // Three at once, to three streams: each waits for the store's timeout.
+    let waits: Vec<_> = (0..3)
+        .map(|i| {
+            let (http, url) = (http.clone(), server.url("/publish"));
+            let stream = format!("{news}-{i}");
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let response = http
+                    .post(url)
+                    .json(&json!({"stream": stream, "data": "hangs"}))
+                    .send()
+                    .await
+                    .expect("/publish answers");
+                (response.status().as_u16(), started.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for wait in waits {
+        let (status, took) = wait.await.expect("no panic");
+        assert_eq!(status, 503, "a publish to a hung Redis");
+        slowest = slowest.max(took);
+    }
+    let (p50, max) = breaker::fast_refusals(&http, &server, &news, 100).await;
+    eprintln!(
+        "redis hung: 3 publishes waited for the store's timeout (slowest {slowest:?}); \
+         breaker open: 100 publishes, p50 {p50:?}, max {max:?}"
+    );
+    breaker::stream_is_refused(&server, &news, None).await;
+    assert!(
+        paused_at.elapsed() < pause,
+        "the test ran past the pause ({:?}): make the pause longer",
+        paused_at.elapsed()
+    );
+
+    publish_when_back(&server, &news, "e2").await;
+    assert_eq!(live.messages(1).await, ["e2"], "nothing lost, no reset");
+}

@@ -37,8 +37,8 @@ pub(super) enum Head {
 /// no `Transfer-Encoding`, no pipelined request). [`Head::Other`] for anything else, which
 /// hyper gets with the bytes read, so every request the fast path does not take, malformed
 /// ones included, is answered exactly as `axum::serve` answers it.
-pub(super) async fn read_head(
-    stream: &mut TcpStream,
+pub(super) async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     path: &str,
 ) -> io::Result<Head> {
@@ -220,7 +220,151 @@ impl AsyncWrite for Rewind {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt as _;
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Gives its bytes in pieces cut at `cuts`, then the end of the stream.
+    struct Pieces {
+        bytes: Vec<u8>,
+        cuts: Vec<usize>,
+        at: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = &mut *self;
+            let next = this
+                .cuts
+                .iter()
+                .copied()
+                .filter(|&c| c > this.at)
+                .min()
+                .unwrap_or(this.bytes.len())
+                .min(this.bytes.len())
+                .min(this.at + buf.remaining());
+            buf.put_slice(&this.bytes[this.at..next]);
+            this.at = next;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// `read_head` over `bytes` in pieces: it never waits (the reader never does).
+    fn read(bytes: &[u8], cuts: &[usize]) -> io::Result<Head> {
+        let mut reader = Pieces {
+            bytes: bytes.to_vec(),
+            cuts: cuts.to_vec(),
+            at: 0,
+        };
+        let mut buf = BytesMut::new();
+        read_head(&mut reader, &mut buf, "/events")
+            .now_or_never()
+            .expect("a reader that never waits")
+    }
+
+    fn cases(n: u32) -> ProptestConfig {
+        ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(n),
+        )
+    }
+
+    /// A header the fast path may see: a token name (none that frames a body) and a value
+    /// of visible ASCII, spaces and tabs inside.
+    fn header() -> impl Strategy<Value = (String, String)> {
+        (
+            "[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,20}",
+            "[!-~]([ \t!-~]{0,40}[!-~])?|",
+        )
+            .prop_filter("no body framing", |(name, _)| {
+                !name.eq_ignore_ascii_case("content-length")
+                    && !name.eq_ignore_ascii_case("transfer-encoding")
+            })
+    }
+
+    proptest! {
+        #![proptest_config(cases(512))]
+
+        #[test]
+        fn any_bytes_never_panic(
+            // Past MAX_HEAD (16 KiB) at times.
+            bytes in prop_oneof![
+                4 => proptest::collection::vec(any::<u8>(), 0..2000),
+                1 => proptest::collection::vec(any::<u8>(), 16_000..17_000),
+            ],
+            cuts in proptest::collection::vec(0usize..20_000, 0..8),
+        ) {
+            let _ = read(&bytes, &cuts);
+        }
+
+        #[test]
+        fn head_like_bytes_never_panic(
+            lines in proptest::collection::vec("[ -~\t]{0,60}|\\PC{0,20}", 0..30),
+            ends in proptest::collection::vec(prop_oneof![Just("\r\n"), Just("\n"), Just("\r")], 30),
+            cuts in proptest::collection::vec(0usize..2000, 0..8),
+        ) {
+            let mut bytes = b"GET /events HTTP/1.1\r\n".to_vec();
+            for (line, end) in lines.iter().zip(&ends) {
+                bytes.extend_from_slice(line.as_bytes());
+                bytes.extend_from_slice(end.as_bytes());
+            }
+            bytes.extend_from_slice(b"\r\n");
+            let _ = read(&bytes, &cuts);
+        }
+
+        #[test]
+        fn valid_heads_round_trip_in_any_pieces(
+            query in "(\\?[A-Za-z0-9=&%._~-]{0,60})?",
+            headers in proptest::collection::vec(header(), 0..MAX_HEADERS),
+            cuts in proptest::collection::vec(0usize..4000, 0..8),
+        ) {
+            let mut head = format!("GET /events{query} HTTP/1.1\r\n");
+            for (name, value) in &headers {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\n");
+            let Head::Take(request) = read(head.as_bytes(), &cuts).expect("a complete head") else {
+                panic!("the fast path takes it");
+            };
+            prop_assert_eq!(request.uri().to_string(), format!("/events{query}"));
+            let got: Vec<(String, String)> = request
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
+            let mut want: Vec<(String, String)> = headers
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+                .collect();
+            // `HeaderMap` groups the values of one name, in order.
+            let mut got_sorted = got.clone();
+            got_sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            want.sort_by(|a, b| a.0.cmp(&b.0));
+            prop_assert_eq!(got_sorted, want);
+        }
+
+        #[test]
+        fn heads_it_does_not_take_go_to_hyper(
+            method in "POST|PUT|HEAD|get",
+            path in "/events/x|/event|/|/other",
+            body in any::<bool>(),
+        ) {
+            let head = format!("{method} {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+            prop_assert!(matches!(read(head.as_bytes(), &[]).expect("a complete head"), Head::Other));
+            let with_body = format!(
+                "GET /events HTTP/1.1\r\n{}\r\n\r\nxyz",
+                if body { "content-length: 3" } else { "transfer-encoding: chunked" }
+            );
+            prop_assert!(matches!(read(with_body.as_bytes(), &[]).expect("a complete head"), Head::Other));
+        }
+    }
 
     fn head(response: Response, framing: Framing) -> String {
         let mut out = Vec::new();

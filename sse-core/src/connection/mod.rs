@@ -220,6 +220,6 @@ impl Hub {
     /// session's own, [`Error::InvalidStreamName`](crate::Error::InvalidStreamName) when no stream or too many are asked for, and the store's
     /// errors.
     pub async fn connect(&self, request: ConnectRequest) -> Result<Connection> {
-        open::open(self.clone(), request).await
+        self.guarded(open::open(self.clone(), request)).await
     }
 }

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use slab::Slab;
 use tokio::sync::mpsc;
 
+use super::breaker::Breaker;
 use super::{Hub, Inner, feed, keeper};
 use crate::appender::Appender;
 use crate::session::SessionStore;
@@ -59,8 +60,9 @@ impl HubBuilder {
         self
     }
 
-    /// Builds the hub and spawns its three background tasks: the feed task, the heartbeat
-    /// ticker and the session keeper.
+    /// Builds the hub and spawns its background tasks: the feed task, the heartbeat ticker,
+    /// the session keeper and (unless [`Config::breaker`] is off) the store probe of the
+    /// circuit breaker.
     ///
     /// # Panics
     ///
@@ -75,8 +77,9 @@ impl HubBuilder {
         // Two ticks per heartbeat interval: see `State::poll_next` in the connection module.
         let tick = (config.heartbeat / 2).max(Duration::from_millis(5));
         let keepalive = (config.session_ttl / 2).max(Duration::from_millis(10));
+        let breaker = Arc::new(Breaker::new(config.breaker));
         let inner = Arc::new(Inner {
-            appender: Appender::new(self.buffer.clone()),
+            appender: Appender::new(self.buffer.clone(), breaker.clone()),
             buffer: self.buffer,
             sessions: self.sessions,
             transport: self.transport,
@@ -88,9 +91,17 @@ impl HubBuilder {
             tick: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             live_sessions: Mutex::new(HashMap::new()),
+            breaker,
             closed: Mutex::new(keeper::ClosedCursors::default()),
             unregistered: tokio::sync::Notify::new(),
         });
+        if !inner.breaker.config().is_off() {
+            crate::task::spawn_periodic(
+                Arc::downgrade(&inner),
+                inner.breaker.config().probe,
+                |inner| async move { inner.breaker.probe(&inner.buffer).await },
+            );
+        }
         keeper::spawn(&inner, tick, keepalive);
         tokio::spawn(feed::run(Arc::downgrade(&inner), rx, feed));
         Hub { inner }

@@ -7,10 +7,13 @@
 //! - [`feed`]: the feed task, which fills the windows;
 //! - [`keeper`]: open connections' registrations, heartbeat ticks, their sessions'
 //!   keep-alive and the cursors they reach;
-//! - [`sessions`]: resolving a request's session.
+//! - [`sessions`]: resolving a request's session;
+//! - [`breaker`]: the store circuit breaker, which refuses requests at once while the store is
+//!   failing and probes it until it answers.
 //!
 //! Connections (`crate::connection`) use the hub; the hub knows nothing of them.
 
+mod breaker;
 mod builder;
 mod feed;
 mod keeper;
@@ -19,6 +22,7 @@ mod window;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -26,6 +30,8 @@ use parking_lot::Mutex;
 use slab::Slab;
 use tokio::sync::mpsc;
 
+pub(crate) use breaker::Breaker;
+pub use breaker::{BreakerConfig, CircuitOpen};
 pub use builder::HubBuilder;
 pub(crate) use keeper::Registration;
 pub use sessions::{ResolvedSession, SessionContext, SessionStatus};
@@ -113,6 +119,8 @@ struct Inner {
     /// Raised whenever a connection unregisters: [`Hub::drain`] and the reload wait
     /// ([`Config::reload_wait`]) wait on it.
     unregistered: tokio::sync::Notify,
+    /// The store circuit breaker (shared with the appender, which reports its writes).
+    breaker: Arc<Breaker>,
 }
 
 impl Hub {
@@ -155,6 +163,8 @@ impl Hub {
             ));
         }
         self.check_size(&event)?;
+        // The appender tells the breaker how its store writes went.
+        self.inner.breaker.check()?;
         self.inner.appender.append(stream, event).await
     }
 
@@ -192,7 +202,8 @@ impl Hub {
         for event in &events {
             self.check_size(event)?;
         }
-        self.inner.buffer.append_many(stream, events).await
+        self.guarded(self.inner.buffer.append_many(stream, events))
+            .await
     }
 
     /// Sends an event to one session's private stream: every connection of that session gets
@@ -204,10 +215,40 @@ impl Hub {
     /// [`Hub::publish`].
     pub async fn send_to_session(&self, session: &SessionId, event: NewEvent) -> Result<Appended> {
         self.check_size(&event)?;
-        if self.inner.sessions.load(session).await?.is_none() {
+        if self
+            .guarded(self.inner.sessions.load(session))
+            .await?
+            .is_none()
+        {
             return Err(Error::NotFound(format!("session {session}")));
         }
         self.inner.appender.append(&session.stream(), event).await
+    }
+
+    /// Whether the store circuit breaker is open: the store failed
+    /// [`BreakerConfig::failures`] times in a row and has not answered a probe since. While it
+    /// is, publishing, opening connections and resolving sessions that need the store fail at
+    /// once with [`Error::Unavailable`] (its source [`CircuitOpen`]) without asking the store;
+    /// connections already open stay open.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let store = std::sync::Arc::new(resumable_sse_store_memory::MemoryStore::default());
+    /// let hub = resumable_sse_core::Hub::builder(store.clone(), store).build();
+    /// assert!(!hub.store_failing());
+    /// # }
+    /// ```
+    pub fn store_failing(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    /// Runs a store operation of a request through the circuit breaker: refused at once while
+    /// it is open, its outcome counted otherwise.
+    pub(crate) async fn guarded<T>(&self, operation: impl Future<Output = Result<T>>) -> Result<T> {
+        self.inner.breaker.check()?;
+        let outcome = operation.await;
+        self.inner.breaker.record(&outcome);
+        outcome
     }
 
     fn check_size(&self, event: &NewEvent) -> Result<()> {

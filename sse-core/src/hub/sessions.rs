@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use super::Hub;
 use crate::session::SessionRecord;
-use crate::token::{TokenClaims, TokenError};
+use crate::token::{TokenClaims, TokenError, TokenKeys};
 use crate::{Error, Result, SessionId};
 
 /// The session side of a connection request (see [`ResolvedSession::context`]).
@@ -101,7 +101,9 @@ impl Hub {
     ///
     /// # Errors
     ///
-    /// [`Error::Forbidden`] when a genuine token is bound to a principal other than
+    /// [`Error::InvalidField`] for an empty principal or one longer than
+    /// [`TokenKeys::MAX_PRINCIPAL_LEN`] bytes (no token can be bound to it), [`Error::Forbidden`] when a genuine token is
+    /// bound to a principal other than
     /// `principal` (an anonymous token presented with a principal, as after a login, gets a
     /// new session instead), and the session store's errors.
     pub async fn find_session(
@@ -110,6 +112,20 @@ impl Hub {
         principal: Option<&str>,
     ) -> Result<ResolvedSession> {
         let inner = &self.inner;
+        // A token cannot carry these: its session would never be found again, and every
+        // connection would silently start a new one (found by tests/prop_token.rs).
+        if principal.is_some_and(str::is_empty) {
+            return Err(Error::InvalidField {
+                field: "principal",
+                reason: "it is empty",
+            });
+        }
+        if principal.is_some_and(|p| p.len() > TokenKeys::MAX_PRINCIPAL_LEN) {
+            return Err(Error::InvalidField {
+                field: "principal",
+                reason: "it is longer than 512 bytes",
+            });
+        }
         let now = SystemTime::now();
         let status = match token.map(|t| inner.keys.verify(t, now)) {
             // An anonymous session presented by a request that has since authenticated (a
@@ -123,7 +139,7 @@ impl Hub {
                         "the session belongs to another principal".into(),
                     ));
                 }
-                match inner.sessions.load(&claims.session).await? {
+                match self.guarded(inner.sessions.load(&claims.session)).await? {
                     Some(record) if record.principal.as_deref() == principal => {
                         let token = self.sign(&record);
                         return Ok(ResolvedSession {
@@ -164,7 +180,8 @@ impl Hub {
     /// The session store's errors.
     pub async fn store_session(&self, session: &ResolvedSession) -> Result<()> {
         if session.is_new() {
-            self.inner.sessions.create(&session.record).await?;
+            self.guarded(self.inner.sessions.create(&session.record))
+                .await?;
             tracing::debug!(session = %session.record.id, status = ?session.status, "created a session");
         }
         Ok(())

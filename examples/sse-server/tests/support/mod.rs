@@ -5,6 +5,7 @@
 //! clients (`node`), and a scratch directory. Each is a guard that cleans up when dropped, also
 //! when the test panics.
 
+pub(crate) mod breaker;
 pub(crate) mod browser;
 pub(crate) mod node;
 pub(crate) mod postgres;
