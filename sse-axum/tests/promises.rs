@@ -117,8 +117,16 @@ async fn while_the_store_is_down_streams_back_off_and_healthz_answers_503() {
         );
         let items = read_to_end(&mut stream).await;
         assert!(
-            matches!(items.as_slice(), [Item::Retry(ms)] if *ms >= 5000),
-            "{name}: only a retry of at least 5 s, then the end: {items:?}"
+            matches!(
+                items.as_slice(),
+                [Item::Retry(ms), Item::Event(refused)]
+                    if *ms >= 5000
+                        && refused.event == "refused"
+                        && refused.last_event_id.is_empty()
+                        && refused.data.contains("\"store_unavailable\"")
+            ),
+            "{name}: a retry of at least 5 s, one `refused` event (store_unavailable), then \
+             the end: {items:?}"
         );
     }
 
