@@ -14,6 +14,10 @@ use serde::Serialize;
 ///
 /// let response = ApiError::from(resumable_sse_core::StreamName::new("no spaces").unwrap_err()).into_response();
 /// assert_eq!(response.status(), 400);
+///
+/// // A store over its budget: 507, `{"error": "store_full", …}`.
+/// let full = resumable_sse_core::Error::Full("the memory budget is used up".into());
+/// assert_eq!(ApiError::from(full).into_response().status(), 507);
 /// ```
 #[derive(Debug)]
 pub struct ApiError {
@@ -73,9 +77,12 @@ impl From<resumable_sse_core::Error> for ApiError {
             E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            E::Full(_) => (StatusCode::INSUFFICIENT_STORAGE, "store_full"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         };
-        if !err.is_client_error() {
+        // A full store is an expected state under load, answered clearly: not logged per
+        // request, or a publisher retrying in a loop would flood the log.
+        if !err.is_client_error() && !matches!(err, E::Full(_)) {
             // Server-side errors keep their source chain in the log, not in the response.
             tracing::error!(error = ?err, "request failed");
         }

@@ -63,6 +63,13 @@ pub struct Config {
     pub max_streams: usize,
     /// What follows a `reset` (default [`ResetPolicy::ReplayRetained`]).
     pub reset_policy: ResetPolicy,
+    /// Most bytes of output one connection holds before the client has read them (default
+    /// 256 KiB), replays included: a connection takes its next batch of events (from the hot
+    /// window or a page from the store) only once what it handed to the socket writer is
+    /// below this, so a client that stops reading pins about this much, not a page of events.
+    /// A single event larger than this still goes, alone. `0` is taken as 1 (one event at a
+    /// time).
+    pub max_pending_bytes: usize,
 }
 
 impl Default for Config {
@@ -77,6 +84,7 @@ impl Default for Config {
             max_event_bytes: 256 * 1024,
             max_streams: 32,
             reset_policy: ResetPolicy::ReplayRetained,
+            max_pending_bytes: 256 * 1024,
         }
     }
 }
@@ -142,6 +150,21 @@ impl Config {
     #[must_use]
     pub fn with_reset_policy(mut self, reset_policy: ResetPolicy) -> Self {
         self.reset_policy = reset_policy;
+        self
+    }
+
+    /// Sets [`Config::max_pending_bytes`].
+    ///
+    /// ```
+    /// use resumable_sse_core::Config;
+    ///
+    /// assert_eq!(Config::default().max_pending_bytes, 256 * 1024);
+    /// let config = Config::default().with_max_pending_bytes(1 << 20);
+    /// assert_eq!(config.max_pending_bytes, 1 << 20);
+    /// ```
+    #[must_use]
+    pub fn with_max_pending_bytes(mut self, max_pending_bytes: usize) -> Self {
+        self.max_pending_bytes = max_pending_bytes;
         self
     }
 }

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 pub use builder::HubBuilder;
 pub(crate) use keeper::Registration;
 pub use sessions::{ResolvedSession, SessionContext, SessionStatus};
-pub(crate) use window::{Taken, Watch};
+pub(crate) use window::{FRAME_OVERHEAD, Taken, Watch};
 
 use crate::appender::Appender;
 use crate::session::SessionStore;

@@ -167,15 +167,19 @@ impl Watch {
         (w.ready && w.holds(epoch, position) && position <= w.head()).then(|| w.head())
     }
 
-    /// Appends to `out` the bodies after this cursor entry, at most `max`, if the window holds
-    /// the entry. The entry may be ahead of the window's head (its reader read the store while
-    /// the window was catching up): then there is nothing to take yet.
+    /// Appends to `out` the bodies after this cursor entry, at most `max` of them and, once
+    /// one is taken, no more than `room` bytes (counting [`FRAME_OVERHEAD`] per body), if the
+    /// window holds the entry. With `first_free`, the first body goes whatever its size (the
+    /// caller holds nothing yet). The entry may be ahead of the window's head (its reader read
+    /// the store while the window was catching up): then there is nothing to take yet.
     #[inline]
     pub(crate) fn take_after(
         &self,
         epoch: Option<Epoch>,
         position: Position,
         max: usize,
+        room: usize,
+        first_free: bool,
         out: &mut Vec<Bytes>,
     ) -> Taken {
         let w = self.state.read();
@@ -188,11 +192,24 @@ impl Watch {
         let take = w.head().saturating_sub(position).min(max as u64) as usize;
         if take > 0 {
             let from = (position + 1 - w.start) as usize;
-            out.extend(w.entries.range(from..from + take).cloned());
+            let mut left = room;
+            for (k, body) in w.entries.range(from..from + take).enumerate() {
+                let size = body.len() + FRAME_OVERHEAD;
+                if size > left && !(k == 0 && first_free) {
+                    break;
+                }
+                left = left.saturating_sub(size);
+                out.push(body.clone());
+            }
         }
         Taken::Held(w.epoch)
     }
 }
+
+/// Bytes an event's frame adds to its body, as counted against
+/// [`Config::max_pending_bytes`](crate::Config::max_pending_bytes): its `id:` line (a cursor
+/// of a few streams) and separators.
+pub(crate) const FRAME_OVERHEAD: usize = 64;
 
 impl Drop for Watch {
     fn drop(&mut self) {
