@@ -48,6 +48,10 @@ pub struct Config {
     /// Events kept in memory per stream with readers, the hot window live delivery is served
     /// from (default 1024).
     pub hot_window: usize,
+    /// Bytes of encoded events a hot window holds at most (default 16 MiB; the newest event
+    /// stays whatever its size): with large events, the window holds fewer than
+    /// [`Config::hot_window`] and readers further behind read the store.
+    pub hot_window_bytes: usize,
     /// Most events a connection sends in one chunk, and reads from the store in one page when
     /// it is behind its stream's hot window (default 512): a replay of any length streams in
     /// pages of this size.
@@ -80,6 +84,7 @@ impl Default for Config {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_secs(2),
             hot_window: 1024,
+            hot_window_bytes: 16 << 20,
             page_size: 512,
             max_event_bytes: 256 * 1024,
             max_streams: 32,
@@ -122,6 +127,20 @@ impl Config {
     #[must_use]
     pub fn with_hot_window(mut self, hot_window: usize) -> Self {
         self.hot_window = hot_window;
+        self
+    }
+
+    /// Sets [`Config::hot_window_bytes`].
+    ///
+    /// ```
+    /// use resumable_sse_core::Config;
+    ///
+    /// assert_eq!(Config::default().hot_window_bytes, 16 << 20);
+    /// assert_eq!(Config::default().with_hot_window_bytes(1 << 20).hot_window_bytes, 1 << 20);
+    /// ```
+    #[must_use]
+    pub fn with_hot_window_bytes(mut self, hot_window_bytes: usize) -> Self {
+        self.hot_window_bytes = hot_window_bytes;
         self
     }
 

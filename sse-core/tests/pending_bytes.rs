@@ -154,3 +154,22 @@ async fn small_events_still_go_a_page_at_a_time() {
     assert_eq!(got, sent);
     assert!(chunks.len() <= 3 + 1, "pages of 100 events: {chunks:?}");
 }
+
+#[tokio::test]
+async fn a_hot_window_holds_no_more_than_its_bytes() {
+    let hub = hub(Config::default().with_hot_window_bytes(50_000));
+    let news = StreamName::new("news").unwrap();
+    let mut live = connect(&hub, &news).await;
+    let mut late = connect(&hub, &news).await;
+    let sent = publish(&hub, &news, 20, 10_000).await;
+    let (got, _) = read_events(&mut live, 20).await;
+    assert_eq!(got, sent);
+    assert!(
+        hub.window_events() <= 5,
+        "{} events of 10 000 bytes in a window of 50 000 bytes",
+        hub.window_events()
+    );
+    // What the window no longer holds is replayed from the store.
+    let (got, _) = read_events(&mut late, 20).await;
+    assert_eq!(got, sent);
+}

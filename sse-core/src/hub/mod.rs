@@ -230,7 +230,7 @@ impl Hub {
     }
 
     /// Events currently held in all hot windows: the hub's memory bound is
-    /// `active_streams × hot_window` events.
+    /// `active_streams × hot_window` events, and `active_streams × hot_window_bytes` bytes.
     pub fn window_events(&self) -> usize {
         let streams: Vec<_> = self.inner.streams.lock().values().cloned().collect();
         streams.iter().map(|s| s.read().len()).sum()

@@ -22,6 +22,8 @@ pub(super) struct Window {
     epoch: Option<Epoch>,
     start: Position,
     entries: VecDeque<Bytes>,
+    /// The bodies' total length.
+    bytes: usize,
 }
 
 impl Window {
@@ -31,6 +33,7 @@ impl Window {
             epoch: None,
             start: 1,
             entries: VecDeque::new(),
+            bytes: 0,
         }
     }
 
@@ -72,13 +75,18 @@ impl Window {
         self.epoch = epoch;
         self.start = head + 1;
         self.entries.clear();
+        self.bytes = 0;
     }
 
-    /// Appends the body of position `head + 1`, dropping the oldest beyond `cap` bodies.
-    pub(super) fn push(&mut self, body: Bytes, cap: usize) {
+    /// Appends the body of position `head + 1`, dropping the oldest beyond `cap` bodies or
+    /// `cap_bytes` bytes (the newest body stays whatever its size).
+    pub(super) fn push(&mut self, body: Bytes, cap: usize, cap_bytes: usize) {
+        self.bytes += body.len();
         self.entries.push_back(body);
-        while self.entries.len() > cap {
-            self.entries.pop_front();
+        while self.entries.len() > cap || (self.bytes > cap_bytes && self.entries.len() > 1) {
+            if let Some(old) = self.entries.pop_front() {
+                self.bytes -= old.len();
+            }
             self.start += 1;
         }
     }
