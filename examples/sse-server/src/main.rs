@@ -26,9 +26,12 @@
 //! `--max-connections-per-session`, `--max-connections-per-principal`,
 //! `--connect-rate-per-ip`, `--connect-rate-per-session`, `--publish-rate`, and
 //! `--trusted-proxy CIDR` behind a proxy. Off on loopback unless given; on by default beyond.
+//! Memory in bytes: `--max-pending`, `--max-bytes`, `--max-event-bytes`, `--memory-budget`,
+//! `--memory-max-streams`.
 
 mod assets;
 mod auth;
+mod memory;
 mod pattern;
 
 use std::net::SocketAddr;
@@ -41,7 +44,7 @@ use axum::response::Html;
 use axum::routing::get;
 use clap::Parser;
 use resumable_sse_axum::{CorsOrigins, IpNet, Limits, SameSite, SseLayer};
-use resumable_sse_core::{Config, Hub, Retention, TokenKeys};
+use resumable_sse_core::{Config, Hub, TokenKeys};
 
 use crate::auth::{Development, Secret, Settings, Tokens};
 use crate::pattern::Pattern;
@@ -129,6 +132,8 @@ struct Args {
     insecure: bool,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    memory: memory::MemoryArgs,
 }
 
 /// Connection caps and rate limits (docs/limits.md). Each is off with `0`. Unset, they are
@@ -279,9 +284,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(2);
         }
     };
-    let retention = Retention::new(args.max_len, args.max_age);
-    let stores = resumable_sse_axum::open_store(&args.store, retention).await?;
-    let config = Config::default()
+    let retention = args.memory.retention(args.max_len, args.max_age);
+    let stores = args.memory.open_store(&args.store, retention).await?;
+    let config = args.memory.config(Config::default())
         .with_session_ttl(args.session_ttl)
         .with_heartbeat(args.heartbeat)
         .with_retry(args.retry);
