@@ -535,7 +535,9 @@ pub async fn buffer_retention_by_bytes<B: EventBuffer>(store: B) {
     let positions: Vec<Position> = page.events.iter().map(|e| e.position).collect();
     assert_eq!(positions, [8, 9, 10]);
     assert!(
-        page.events.iter().all(|e| e.data[..3] == format!("{:03}", e.position)),
+        page.events
+            .iter()
+            .all(|e| e.data[..3] == format!("{:03}", e.position)),
         "the retained events are the newest"
     );
 

@@ -106,11 +106,9 @@ async fn a_replay_from_the_hot_window_comes_in_chunks_within_the_cap() {
 async fn a_replay_from_the_store_is_read_and_sent_within_the_cap() {
     let cap = 64 * 1024;
     // A window of four events: a reader at the start of the stream replays from the store.
-    let hub = hub(
-        Config::default()
-            .with_max_pending_bytes(cap)
-            .with_hot_window(4),
-    );
+    let hub = hub(Config::default()
+        .with_max_pending_bytes(cap)
+        .with_hot_window(4));
     let news = StreamName::new("news").unwrap();
     let mut connection = connect(&hub, &news).await;
     let sent = publish(&hub, &news, 100, 10_000).await;
@@ -126,11 +124,9 @@ async fn a_replay_from_the_store_is_read_and_sent_within_the_cap() {
 async fn an_event_larger_than_the_cap_goes_alone() {
     let cap = 1024;
     for window in [1024, 2] {
-        let hub = hub(
-            Config::default()
-                .with_max_pending_bytes(cap)
-                .with_hot_window(window),
-        );
+        let hub = hub(Config::default()
+            .with_max_pending_bytes(cap)
+            .with_hot_window(window));
         let news = StreamName::new("news").unwrap();
         let mut connection = connect(&hub, &news).await;
         let sent = publish(&hub, &news, 20, 5_000).await;

@@ -264,7 +264,13 @@ impl Log {
     fn trim(&mut self, retention: &Retention, now_ms: u64) -> usize {
         let mut freed = 0;
         while let Some(front) = self.events.front() {
-            if !over(retention, now_ms, self.events.len(), self.data_bytes, front.time_ms) {
+            if !over(
+                retention,
+                now_ms,
+                self.events.len(),
+                self.data_bytes,
+                front.time_ms,
+            ) {
                 break;
             }
             freed += self.pop_front();

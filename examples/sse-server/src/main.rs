@@ -286,7 +286,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let retention = args.memory.retention(args.max_len, args.max_age);
     let stores = args.memory.open_store(&args.store, retention).await?;
-    let config = args.memory.config(Config::default())
+    let config = args
+        .memory
+        .config(Config::default())
         .with_session_ttl(args.session_ttl)
         .with_heartbeat(args.heartbeat)
         .with_retry(args.retry);

@@ -31,7 +31,12 @@ pub(crate) struct MemoryArgs {
     memory_budget: usize,
     /// Most streams the memory store holds (session streams included): a publish to one more
     /// is answered 507 `store_full`.
-    #[arg(long, value_name = "N", env = "SSE_MEMORY_MAX_STREAMS", default_value_t = 100_000)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "SSE_MEMORY_MAX_STREAMS",
+        default_value_t = 100_000
+    )]
     memory_max_streams: usize,
 }
 
@@ -114,7 +119,14 @@ mod tests {
         assert_eq!(parse_bytes("256KiB"), Ok(256 << 10));
         assert_eq!(parse_bytes("16M"), Ok(16 << 20));
         assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
-        for bad in ["", "MiB", "1.5MiB", "12 parsecs", "-1", "99999999999999999999GiB"] {
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "12 parsecs",
+            "-1",
+            "99999999999999999999GiB",
+        ] {
             assert!(parse_bytes(bad).is_err(), "{bad:?}");
         }
     }

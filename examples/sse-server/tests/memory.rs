@@ -51,7 +51,7 @@ async fn peak_rss(pid: u32, period: Duration) -> u64 {
 }
 
 /// Publishes `count` events of `size` bytes, spread over `streams` streams named
-/// `{prefix}{i}`, `parallel` at a time; returns the statuses and the first error body.
+/// `{prefix}{i}` (`i` from 0), `parallel` at a time; returns the statuses and the first error body.
 async fn publish_many(
     server: &Server,
     prefix: &str,
@@ -152,14 +152,14 @@ async fn stalled_replays(max_pending: &str) -> (u64, u64) {
         "1GiB",
     ])
     .unwrap_or_else(|err| panic!("{err}"));
-    let cursor = cursor_before_anything(&server, "big").await;
+    let cursor = cursor_before_anything(&server, "big0").await;
     let (statuses, error) = publish_many(&server, "big", 1, 1000, 256 * 1024, 4).await;
     assert!(statuses.iter().all(|&s| s == 200), "{error:?}");
 
     // A live reader at the head: the stream's hot window is loaded (it holds the newest
     // 16 MiB) before the baseline is taken. The event published after it connected arrives
     // once the window is ready.
-    let mut live = connect(&server.url("/events?stream=big"), &[]).await;
+    let mut live = connect(&server.url("/events?stream=big0"), &[]).await;
     assert_eq!(live.next_event(WAIT).await.unwrap().event, "connected");
     let (statuses, _) = publish_many(&server, "big", 1, 1, 10, 1).await;
     assert_eq!(statuses, [200]);
@@ -168,7 +168,7 @@ async fn stalled_replays(max_pending: &str) -> (u64, u64) {
 
     let mut readers = Vec::new();
     for _ in 0..16 {
-        readers.push(stalled_reader(&server.addr, "big", &cursor).await);
+        readers.push(stalled_reader(&server.addr, "big0", &cursor).await);
     }
     let during = peak_rss(server.pid(), Duration::from_secs(2)).await;
     // The server still serves others meanwhile.
@@ -180,8 +180,7 @@ async fn stalled_replays(max_pending: &str) -> (u64, u64) {
 }
 
 /// 16 clients that stop reading during a replay of 1 000 events of 256 KiB: with
-/// `--max-pending 1MiB` the server's RSS grows by no more than 16 × 1 MiB (plus a little
-/// per connection); without a cap in bytes (as before: a page of 512 events per write) it
+/// `--max-pending 1MiB` the server's RSS grows by no more than 16 × 1 MiB; without a cap in bytes (as before: a page of 512 events per write) it
 /// grows by about 16 × 128 MiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_replays_hold_at_most_the_cap_each() {
@@ -203,8 +202,9 @@ async fn stalled_replays_hold_at_most_the_cap_each() {
         mb(during_u),
         mb(growth_u)
     );
-    // The cap × 16, and 64 KiB per connection for its session, buffers and bookkeeping.
-    let bound = 16 * MIB + 16 * 64 * 1024;
+    // The must-hold: the cap × 16 (measured: about 13 MiB, three events of 256 KiB per
+    // connection and its bookkeeping).
+    let bound = 16 * MIB;
     assert!(
         growth <= bound,
         "16 stalled replays grew the server by {:.1} MiB, more than {:.1} MiB",
@@ -265,8 +265,15 @@ async fn publishing_a_gibibyte_stays_within_the_budget() {
         mb(peak),
         mb(peak.saturating_sub(before))
     );
-    assert_eq!(stored + full, 1024, "every publish is stored or refused as full");
-    assert!((100..=128).contains(&stored), "about the budget is stored: {stored}");
+    assert_eq!(
+        stored + full,
+        1024,
+        "every publish is stored or refused as full"
+    );
+    assert!(
+        (100..=128).contains(&stored),
+        "about the budget is stored: {stored}"
+    );
     let error = error.expect("a refusal's body");
     assert_eq!(error["error"], "store_full", "{error}");
     // The budget, and the working set of 8 publishes in flight (each body read whole, then
@@ -281,7 +288,10 @@ async fn publishing_a_gibibyte_stays_within_the_budget() {
 
     // Full, yet a stream at its own limit still takes events: each one trims an older one.
     let (statuses, _) = publish_many(&server, "full", 1, 4, 1 << 20, 1).await;
-    assert_eq!(statuses, [200; 4], "appends that free as much as they take go on");
+    assert_eq!(
+        statuses, [200; 4],
+        "appends that free as much as they take go on"
+    );
     let (statuses, _) = publish_many(&server, "new-stream", 1, 1, 1 << 20, 1).await;
     assert_eq!(statuses, [507]);
 }

@@ -224,7 +224,8 @@ impl State {
             }
             let (epoch, position) = self.cursor.entries()[i];
             let first_free = self.out.is_empty();
-            let taken = self.subs[i].take_after(epoch, position, *budget, room, first_free, &mut bodies);
+            let taken =
+                self.subs[i].take_after(epoch, position, *budget, room, first_free, &mut bodies);
             let window_epoch = match taken {
                 Taken::Held(window_epoch) => window_epoch,
                 // The window starts where this connection's read at open found the stream
@@ -237,6 +238,10 @@ impl State {
                 Taken::NotHeld => return Collected::NeedsStore(i),
             };
             *budget -= bodies.len();
+            // One allocation of the batch's size: growing by doubling would hold up to twice
+            // that, and the whole allocation stays alive until the client has read it.
+            self.out
+                .reserve(bodies.iter().map(|b| b.len() + FRAME_OVERHEAD).sum());
             for body in bodies.drain(..) {
                 self.write_event(i, window_epoch, &body);
             }
@@ -286,6 +291,16 @@ impl State {
         {
             self.event_bytes = bytes;
         }
+        // One allocation for what fits (see `collect`).
+        let mut fits = 0;
+        for event in &page.events {
+            let size = event.data.len() + FRAME_OVERHEAD;
+            if fits > 0 && fits + size > self.room() {
+                break;
+            }
+            fits += size;
+        }
+        self.out.reserve(fits);
         let mut n = 0;
         for event in &page.events {
             let size = event.data.len() + FRAME_OVERHEAD;
