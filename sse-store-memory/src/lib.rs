@@ -3,7 +3,7 @@
 //! - events: one ring per stream, bounded by count, age and bytes ([`Retention`]);
 //! - memory: a total budget for all rings and a cap on the number of streams
 //!   ([`MemoryConfig::budget`], [`MemoryConfig::max_streams`]); an append that would go over
-//!   either is refused with [`Error::Full`](resumable_sse_core::Error::Full), nothing stored;
+//!   either is refused with [`Error::Full`], nothing stored;
 //! - epochs: a random epoch per stream log, so every process start (and every log dropped
 //!   after all its events expired) is a new epoch and old cursors get a `reset`;
 //! - sessions: a map with TTL, swept periodically with the logs of expired sessions;
@@ -72,11 +72,11 @@ pub struct MemoryConfig {
     /// Most bytes all rings together may hold (default 512 MiB): each event counts its data,
     /// event name and publisher id plus [`EVENT_OVERHEAD`], each stream [`STREAM_OVERHEAD`].
     /// An append that would go over it, after what its own stream's retention frees, is
-    /// refused with [`Error::Full`](resumable_sse_core::Error::Full); retention by age,
+    /// refused with [`Error::Full`]; retention by age,
     /// count and bytes and expired sessions free room.
     pub budget: usize,
     /// Most streams held at once, session streams included (default 100 000). An append that
-    /// would create one more is refused with [`Error::Full`](resumable_sse_core::Error::Full).
+    /// would create one more is refused with [`Error::Full`].
     /// A stream goes when all its events have expired (at the next sweep) or its session
     /// expired.
     pub max_streams: usize,
