@@ -70,6 +70,15 @@ impl std::error::Error for ApiError {}
 impl From<resumable_sse_core::Error> for ApiError {
     fn from(err: resumable_sse_core::Error) -> Self {
         use resumable_sse_core::Error as E;
+        if let E::Full(_) = &err {
+            // An expected state under load, answered clearly: not logged per request, or a
+            // publisher retrying in a loop would flood the log.
+            return ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "store_full",
+                err.to_string(),
+            );
+        }
         let (status, code) = match &err {
             E::InvalidStreamName(_) => (StatusCode::BAD_REQUEST, "invalid_stream_name"),
             E::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
@@ -77,12 +86,9 @@ impl From<resumable_sse_core::Error> for ApiError {
             E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-            E::Full(_) => (StatusCode::INSUFFICIENT_STORAGE, "store_full"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         };
-        // A full store is an expected state under load, answered clearly: not logged per
-        // request, or a publisher retrying in a loop would flood the log.
-        if !err.is_client_error() && !matches!(err, E::Full(_)) {
+        if !err.is_client_error() {
             // Server-side errors keep their source chain in the log, not in the response.
             tracing::error!(error = ?err, "request failed");
         }

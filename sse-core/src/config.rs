@@ -62,11 +62,6 @@ pub struct Config {
     pub page_size: usize,
     /// Largest accepted event data in bytes (default 256 KiB).
     pub max_event_bytes: usize,
-    /// Most streams one connection may read, its private session stream not counted
-    /// (default 32).
-    pub max_streams: usize,
-    /// What follows a `reset` (default [`ResetPolicy::ReplayRetained`]).
-    pub reset_policy: ResetPolicy,
     /// Most bytes of output one connection holds before the client has read them (default
     /// 256 KiB), replays included: a connection takes its next batch of events (from the hot
     /// window or a page from the store) only once what it handed to the socket writer is
@@ -74,6 +69,11 @@ pub struct Config {
     /// A single event larger than this still goes, alone. `0` is taken as 1 (one event at a
     /// time).
     pub max_pending_bytes: usize,
+    /// Most streams one connection may read, its private session stream not counted
+    /// (default 32).
+    pub max_streams: usize,
+    /// What follows a `reset` (default [`ResetPolicy::ReplayRetained`]).
+    pub reset_policy: ResetPolicy,
 }
 
 impl Default for Config {
@@ -87,9 +87,9 @@ impl Default for Config {
             hot_window_bytes: 16 << 20,
             page_size: 512,
             max_event_bytes: 256 * 1024,
+            max_pending_bytes: 256 * 1024,
             max_streams: 32,
             reset_policy: ResetPolicy::ReplayRetained,
-            max_pending_bytes: 256 * 1024,
         }
     }
 }
@@ -158,20 +158,6 @@ impl Config {
         self
     }
 
-    /// Sets [`Config::max_streams`].
-    #[must_use]
-    pub fn with_max_streams(mut self, max_streams: usize) -> Self {
-        self.max_streams = max_streams;
-        self
-    }
-
-    /// Sets [`Config::reset_policy`].
-    #[must_use]
-    pub fn with_reset_policy(mut self, reset_policy: ResetPolicy) -> Self {
-        self.reset_policy = reset_policy;
-        self
-    }
-
     /// Sets [`Config::max_pending_bytes`].
     ///
     /// ```
@@ -184,6 +170,20 @@ impl Config {
     #[must_use]
     pub fn with_max_pending_bytes(mut self, max_pending_bytes: usize) -> Self {
         self.max_pending_bytes = max_pending_bytes;
+        self
+    }
+
+    /// Sets [`Config::max_streams`].
+    #[must_use]
+    pub fn with_max_streams(mut self, max_streams: usize) -> Self {
+        self.max_streams = max_streams;
+        self
+    }
+
+    /// Sets [`Config::reset_policy`].
+    #[must_use]
+    pub fn with_reset_policy(mut self, reset_policy: ResetPolicy) -> Self {
+        self.reset_policy = reset_policy;
         self
     }
 }

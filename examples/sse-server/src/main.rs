@@ -22,17 +22,19 @@
 //! key the server is in development mode: every stream public, publishing from loopback only,
 //! and it refuses to listen beyond loopback unless `--insecure`.
 //!
+//! Memory in bytes (docs/limits.md, "Memory"): `--max-pending`, `--max-bytes`,
+//! `--max-event-bytes`, `--memory-budget`, `--memory-max-streams` (memory.rs).
+//!
 //! Limits (docs/limits.md): `--max-connections`, `--max-connections-per-ip`,
 //! `--max-connections-per-session`, `--max-connections-per-principal`,
 //! `--connect-rate-per-ip`, `--connect-rate-per-session`, `--publish-rate`, and
 //! `--trusted-proxy CIDR` behind a proxy. Off on loopback unless given; on by default beyond.
-//! Memory in bytes: `--max-pending`, `--max-bytes`, `--max-event-bytes`, `--memory-budget`,
-//! `--memory-max-streams`.
 
 mod assets;
 mod auth;
-mod memory;
 mod pattern;
+
+mod memory;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -131,9 +133,9 @@ struct Args {
     #[arg(long, env = "SSE_INSECURE")]
     insecure: bool,
     #[command(flatten)]
-    limits: LimitArgs,
-    #[command(flatten)]
     memory: memory::MemoryArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// Connection caps and rate limits (docs/limits.md). Each is off with `0`. Unset, they are

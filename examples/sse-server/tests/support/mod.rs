@@ -178,6 +178,11 @@ impl Server {
             .env_remove("SSE_STORE")
             .env_remove("SSE_MAX_LEN")
             .env_remove("SSE_MAX_AGE")
+            .env_remove("SSE_MAX_PENDING")
+            .env_remove("SSE_MAX_BYTES")
+            .env_remove("SSE_MAX_EVENT_BYTES")
+            .env_remove("SSE_MEMORY_BUDGET")
+            .env_remove("SSE_MEMORY_MAX_STREAMS")
             .env_remove("SSE_SESSION_TTL")
             .env_remove("SSE_HEARTBEAT")
             .env_remove("SSE_RETRY")
@@ -201,11 +206,6 @@ impl Server {
             .env_remove("SSE_TRUSTED_PROXIES")
             .env_remove("SSE_REFUSAL_RETRY")
             .env_remove("SSE_REFUSAL_RETRY_MAX")
-            .env_remove("SSE_MAX_PENDING")
-            .env_remove("SSE_MAX_BYTES")
-            .env_remove("SSE_MAX_EVENT_BYTES")
-            .env_remove("SSE_MEMORY_BUDGET")
-            .env_remove("SSE_MEMORY_MAX_STREAMS")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         command
