@@ -14,6 +14,10 @@ use serde::Serialize;
 ///
 /// let response = ApiError::from(resumable_sse_core::StreamName::new("no spaces").unwrap_err()).into_response();
 /// assert_eq!(response.status(), 400);
+///
+/// // A store over its budget: 507, `{"error": "store_full", …}`.
+/// let full = resumable_sse_core::Error::Full("the memory budget is used up".into());
+/// assert_eq!(ApiError::from(full).into_response().status(), 507);
 /// ```
 #[derive(Debug)]
 pub struct ApiError {
@@ -66,6 +70,15 @@ impl std::error::Error for ApiError {}
 impl From<resumable_sse_core::Error> for ApiError {
     fn from(err: resumable_sse_core::Error) -> Self {
         use resumable_sse_core::Error as E;
+        if let E::Full(_) = &err {
+            // An expected state under load, answered clearly: not logged per request, or a
+            // publisher retrying in a loop would flood the log.
+            return ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "store_full",
+                err.to_string(),
+            );
+        }
         let (status, code) = match &err {
             E::InvalidStreamName(_) => (StatusCode::BAD_REQUEST, "invalid_stream_name"),
             E::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),

@@ -218,6 +218,7 @@ fn copy(err: &Error) -> Error {
         },
         Error::Forbidden(s) => Error::Forbidden(s.clone()),
         Error::NotFound(s) => Error::NotFound(s.clone()),
+        Error::Full(s) => Error::Full(s.clone()),
         Error::Unavailable(_) => Error::unavailable(chain()),
         Error::Store(_) => Error::store(chain()),
     }

@@ -50,6 +50,10 @@ pub struct Config {
     /// Events kept in memory per stream with readers, the hot window live delivery is served
     /// from (default 1024).
     pub hot_window: usize,
+    /// Bytes of encoded events a hot window holds at most (default 16 MiB; the newest event
+    /// stays whatever its size): with large events, the window holds fewer than
+    /// [`Config::hot_window`] and readers further behind read the store.
+    pub hot_window_bytes: usize,
     /// Most events a connection sends in one chunk, and reads from the store in one page when
     /// it is behind its stream's hot window (default 512): a replay of any length streams in
     /// pages of this size.
@@ -60,6 +64,13 @@ pub struct Config {
     pub page_size: usize,
     /// Largest accepted event data in bytes (default 256 KiB).
     pub max_event_bytes: usize,
+    /// Most bytes of output one connection holds before the client has read them (default
+    /// 256 KiB), replays included: a connection takes its next batch of events (from the hot
+    /// window or a page from the store) only once what it handed to the socket writer is
+    /// below this, so a client that stops reading pins about this much, not a page of events.
+    /// A single event larger than this still goes, alone. `0` is taken as 1 (one event at a
+    /// time).
+    pub max_pending_bytes: usize,
     /// Most streams one connection may read, its private session stream not counted
     /// (default 32).
     pub max_streams: usize,
@@ -87,8 +98,10 @@ impl Default for Config {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_secs(2),
             hot_window: 1024,
+            hot_window_bytes: 16 << 20,
             page_size: 512,
             max_event_bytes: 256 * 1024,
+            max_pending_bytes: 256 * 1024,
             max_streams: 32,
             reset_policy: ResetPolicy::ReplayRetained,
             reload_wait: Duration::from_millis(500),
@@ -133,6 +146,20 @@ impl Config {
         self
     }
 
+    /// Sets [`Config::hot_window_bytes`].
+    ///
+    /// ```
+    /// use resumable_sse_core::Config;
+    ///
+    /// assert_eq!(Config::default().hot_window_bytes, 16 << 20);
+    /// assert_eq!(Config::default().with_hot_window_bytes(1 << 20).hot_window_bytes, 1 << 20);
+    /// ```
+    #[must_use]
+    pub fn with_hot_window_bytes(mut self, hot_window_bytes: usize) -> Self {
+        self.hot_window_bytes = hot_window_bytes;
+        self
+    }
+
     /// Sets [`Config::page_size`] (at least 1 is used).
     #[must_use]
     pub fn with_page_size(mut self, page_size: usize) -> Self {
@@ -144,6 +171,21 @@ impl Config {
     #[must_use]
     pub fn with_max_event_bytes(mut self, max_event_bytes: usize) -> Self {
         self.max_event_bytes = max_event_bytes;
+        self
+    }
+
+    /// Sets [`Config::max_pending_bytes`].
+    ///
+    /// ```
+    /// use resumable_sse_core::Config;
+    ///
+    /// assert_eq!(Config::default().max_pending_bytes, 256 * 1024);
+    /// let config = Config::default().with_max_pending_bytes(1 << 20);
+    /// assert_eq!(config.max_pending_bytes, 1 << 20);
+    /// ```
+    #[must_use]
+    pub fn with_max_pending_bytes(mut self, max_pending_bytes: usize) -> Self {
+        self.max_pending_bytes = max_pending_bytes;
         self
     }
 

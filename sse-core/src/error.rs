@@ -39,6 +39,12 @@ pub enum Error {
     /// The thing named does not exist (an unknown or expired session).
     #[error("not found: {0}")]
     NotFound(String),
+    /// The store is full: the append would take it over a budget it was given (the memory
+    /// store's total bytes or number of streams). Nothing was appended. Unlike
+    /// [`Error::Unavailable`], the store is up and answering; retrying helps only once
+    /// retention has freed room (HTTP: `507 Insufficient Storage`).
+    #[error("store full: {0}")]
+    Full(String),
     /// The store could not be reached; the operation may succeed later.
     #[error("store unavailable")]
     Unavailable(#[source] BoxError),

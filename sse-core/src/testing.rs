@@ -85,6 +85,11 @@ pub const AGE_RETENTION: Retention = Retention::new(1000, Duration::from_millis(
 /// appends, so that trimming goes on while it reads), one hour.
 pub const READERS_RETENTION: Retention = Retention::new(50, Duration::from_secs(3600));
 
+/// The retention [`buffer_retention_by_bytes`] needs: 1000 events, one hour, 1000 bytes of
+/// data.
+pub const BYTES_RETENTION: Retention =
+    Retention::new(1000, Duration::from_secs(3600)).with_max_bytes(1000);
+
 /// The retention every other test is given: 1000 events, one hour (the default).
 pub const DEFAULT_RETENTION: Retention = Retention::new(1000, Duration::from_secs(3600));
 
@@ -498,6 +503,72 @@ pub async fn buffer_retention_by_count<B: EventBuffer>(store: B) {
         tail.events.iter().map(|e| e.position).collect::<Vec<_>>(),
         [9, 10]
     );
+}
+
+/// Retention by bytes: with [`BYTES_RETENTION`] (1000 bytes of data), ten events of 300
+/// bytes leave the newest three (900 bytes); an event larger than the limit is kept alone,
+/// whatever its size, and goes as soon as a newer one is appended. `head` is unchanged
+/// throughout, and `oldest` says where the retained events start.
+///
+/// The store must be built with [`BYTES_RETENTION`].
+pub async fn buffer_retention_by_bytes<B: EventBuffer>(store: B) {
+    let stream = unique_stream("bytes");
+    let data = |i: u64, len: usize| format!("{i:03}{}", "x".repeat(len - 3));
+    for i in 1..=10 {
+        let a = store
+            .append(&stream, NewEvent::new(data(i, 300)))
+            .await
+            .expect("append succeeds");
+        assert_eq!(a.position, i, "positions continue past trimmed events");
+    }
+    let page = eventually("the stream is trimmed to max_bytes", async || {
+        let page = read(&store, &stream, 0, 100).await;
+        (page.events.len() <= 3).then_some(page)
+    })
+    .await;
+    assert_eq!(page.head, 10);
+    assert_eq!(
+        (page.oldest, page.events.len()),
+        (8, 3),
+        "the newest events within max_bytes are retained"
+    );
+    let positions: Vec<Position> = page.events.iter().map(|e| e.position).collect();
+    assert_eq!(positions, [8, 9, 10]);
+    assert!(
+        page.events
+            .iter()
+            .all(|e| e.data[..3] == format!("{:03}", e.position)),
+        "the retained events are the newest"
+    );
+
+    let big = store
+        .append(&stream, NewEvent::new(data(11, 5000)))
+        .await
+        .expect("an event larger than max_bytes is appended");
+    assert_eq!(big.position, 11);
+    let page = eventually("only the large event is retained", async || {
+        let page = read(&store, &stream, 0, 100).await;
+        (page.events.len() <= 1).then_some(page)
+    })
+    .await;
+    assert_eq!(
+        (page.oldest, page.head, page.events.len()),
+        (11, 11, 1),
+        "the newest event is kept whatever its size"
+    );
+    assert_eq!(page.events[0].data.len(), 5000, "and kept whole");
+
+    store
+        .append(&stream, NewEvent::new(data(12, 100)))
+        .await
+        .expect("append succeeds");
+    let page = eventually("the large event goes once a newer one comes", async || {
+        let page = read(&store, &stream, 0, 100).await;
+        (page.oldest == 12).then_some(page)
+    })
+    .await;
+    assert_eq!((page.head, page.events.len()), (12, 1));
+    assert_eq!(&*page.events[0].data, data(12, 100));
 }
 
 /// Retention by age: with [`AGE_RETENTION`] (300 ms), events older than that disappear
@@ -1557,6 +1628,7 @@ macro_rules! event_buffer_tests {
         $crate::__conformance_test!($setup, buffer_missing_stream_reads_empty, DEFAULT_RETENTION);
         $crate::__conformance_test!($setup, buffer_retention_by_count, COUNT_RETENTION);
         $crate::__conformance_test!($setup, buffer_retention_by_age, AGE_RETENTION);
+        $crate::__conformance_test!($setup, buffer_retention_by_bytes, BYTES_RETENTION);
         $crate::__conformance_test!($setup, buffer_idempotent_publisher_id, DEFAULT_RETENTION);
         $crate::__conformance_test!(
             $setup,

@@ -372,7 +372,8 @@ impl ReadPage {
 }
 
 /// How much history a store keeps per stream: at most `max_len` events, none older than
-/// `max_age`.
+/// `max_age`, and no more than `max_bytes` of event data (the newest event is kept whatever
+/// its size).
 ///
 /// ```
 /// use std::time::Duration;
@@ -381,6 +382,10 @@ impl ReadPage {
 /// let retention = Retention::default();
 /// assert_eq!(retention.max_len(), 1000);
 /// assert_eq!(retention.max_age(), Duration::from_secs(3600));
+/// assert_eq!(retention.max_bytes(), 16 << 20);
+///
+/// let small = Retention::new(1000, Duration::from_secs(60)).with_max_bytes(1 << 20);
+/// assert_eq!(small.max_bytes(), 1 << 20);
 ///
 /// // A store always keeps at least the newest event.
 /// assert_eq!(Retention::new(0, Duration::from_secs(60)).max_len(), 1);
@@ -389,16 +394,30 @@ impl ReadPage {
 pub struct Retention {
     max_len: usize,
     max_age: Duration,
+    max_bytes: usize,
 }
 
 impl Retention {
     /// Keeps at most `max_len` events per stream (at least 1 is used), none older than
-    /// `max_age`.
+    /// `max_age`, at most [`Retention::DEFAULT_MAX_BYTES`] of data.
     pub const fn new(max_len: usize, max_age: Duration) -> Self {
         Retention {
             max_len: if max_len == 0 { 1 } else { max_len },
             max_age,
+            max_bytes: Self::DEFAULT_MAX_BYTES,
         }
+    }
+
+    /// The default of [`Retention::max_bytes`]: 16 MiB per stream.
+    pub const DEFAULT_MAX_BYTES: usize = 16 << 20;
+
+    /// Keeps at most `max_bytes` of event data per stream (the sum of the events' `data`
+    /// lengths; at least 1 is used). The newest event is always kept, even when it alone is
+    /// larger.
+    #[must_use]
+    pub const fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = if max_bytes == 0 { 1 } else { max_bytes };
+        self
     }
 
     /// Events kept per stream (default 1000; never 0).
@@ -409,6 +428,11 @@ impl Retention {
     /// Age after which an event is dropped (default one hour).
     pub const fn max_age(&self) -> Duration {
         self.max_age
+    }
+
+    /// Bytes of event data kept per stream (default 16 MiB; never 0).
+    pub const fn max_bytes(&self) -> usize {
+        self.max_bytes
     }
 }
 

@@ -97,6 +97,8 @@ enum Fault {
     RetentionOffByOne,
     /// Retention ignores the age of events.
     RetentionIgnoresAge,
+    /// Retention ignores the size of events.
+    RetentionIgnoresBytes,
     /// A publisher id stays taken after its event was trimmed.
     IdNeverFreed,
     /// An append with a retained publisher id announces the first event again.
@@ -126,6 +128,7 @@ impl Faulty {
             Fault::RetentionIgnoresAge => {
                 Retention::new(retention.max_len(), Duration::from_secs(86_400 * 365))
             }
+            Fault::RetentionIgnoresBytes => retention.with_max_bytes(usize::MAX),
             _ => retention,
         };
         Faulty {
@@ -329,6 +332,17 @@ async fn retention_ignoring_age_is_rejected() {
         "buffer_retention_by_age",
         "events older than max_age are dropped",
         testing::buffer_retention_by_age(store),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_ignoring_bytes_is_rejected() {
+    let store = Faulty::new(Fault::RetentionIgnoresBytes, testing::BYTES_RETENTION);
+    rejects(
+        "buffer_retention_by_bytes",
+        "the stream is trimmed to max_bytes",
+        testing::buffer_retention_by_bytes(store),
     )
     .await;
 }

@@ -1,6 +1,9 @@
 //! The in-memory store for `sse-core`: the default backend, zero set-up.
 //!
-//! - events: one ring per stream, bounded by count and by age ([`Retention`]);
+//! - events: one ring per stream, bounded by count, age and bytes ([`Retention`]);
+//! - memory: a total budget for all rings and a cap on the number of streams
+//!   ([`MemoryConfig::budget`], [`MemoryConfig::max_streams`]); an append that would go over
+//!   either is refused with [`Error::Full`], nothing stored;
 //! - epochs: a random epoch per stream log, so every process start (and every log dropped
 //!   after all its events expired) is a new epoch and old cursors get a `reset`;
 //! - sessions: a map with TTL, swept periodically with the logs of expired sessions;
@@ -36,8 +39,8 @@ use parking_lot::Mutex;
 use resumable_sse_core::task::spawn_periodic;
 use resumable_sse_core::time::unix_ms;
 use resumable_sse_core::{
-    Appended, Epoch, Event, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, Position,
-    ReadPage, Result, Retention, SessionId, SessionRecord, SessionStore, StreamName,
+    Appended, Epoch, Error, Event, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification,
+    Position, ReadPage, Result, Retention, SessionId, SessionRecord, SessionStore, StreamName,
 };
 use tokio::sync::broadcast;
 
@@ -52,6 +55,8 @@ use tokio::sync::broadcast;
 ///     .with_retention(Retention::new(10_000, Duration::from_secs(600)));
 /// assert_eq!(config.retention.max_len(), 10_000);
 /// assert_eq!(config.sweep_interval, Duration::from_secs(10));
+/// assert_eq!(config.budget, 512 << 20);
+/// assert_eq!(config.max_streams, 100_000);
 /// ```
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
@@ -64,7 +69,25 @@ pub struct MemoryConfig {
     /// Capacity of the live feed's channel (default 4096). A hub that falls further behind
     /// gets a resync and reads what it missed from the rings.
     pub feed_capacity: usize,
+    /// Most bytes all rings together may hold (default 512 MiB): each event counts its data,
+    /// event name and publisher id plus [`EVENT_OVERHEAD`], each stream [`STREAM_OVERHEAD`].
+    /// An append that would go over it, after what its own stream's retention frees, is
+    /// refused with [`Error::Full`]; retention by age,
+    /// count and bytes and expired sessions free room.
+    pub budget: usize,
+    /// Most streams held at once, session streams included (default 100 000). An append that
+    /// would create one more is refused with [`Error::Full`].
+    /// A stream goes when all its events have expired (at the next sweep) or its session
+    /// expired.
+    pub max_streams: usize,
 }
+
+/// What an event costs in [`MemoryConfig::budget`] beyond its data, name and id: its
+/// record, its place in the ring and in the publisher-id map.
+pub const EVENT_OVERHEAD: usize = 160;
+
+/// What a stream costs in [`MemoryConfig::budget`] before any event: its log and map entry.
+pub const STREAM_OVERHEAD: usize = 256;
 
 impl Default for MemoryConfig {
     fn default() -> Self {
@@ -72,6 +95,8 @@ impl Default for MemoryConfig {
             retention: Retention::default(),
             sweep_interval: Duration::from_secs(10),
             feed_capacity: 4096,
+            budget: 512 << 20,
+            max_streams: 100_000,
         }
     }
 }
@@ -97,6 +122,47 @@ impl MemoryConfig {
         self.feed_capacity = capacity;
         self
     }
+
+    /// Sets [`MemoryConfig::budget`].
+    ///
+    /// ```
+    /// use resumable_sse_core::{Error, EventBuffer, NewEvent, StreamName};
+    /// use resumable_sse_store_memory::{MemoryConfig, MemoryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> resumable_sse_core::Result<()> {
+    /// let store = MemoryStore::new(MemoryConfig::default().with_budget(64 * 1024));
+    /// let big = StreamName::new("big")?;
+    /// store.append(&big, NewEvent::new("x".repeat(40_000))).await?;
+    /// let refused = store.append(&StreamName::new("other")?, NewEvent::new("y".repeat(40_000))).await;
+    /// assert!(matches!(refused, Err(Error::Full(_))));
+    /// assert!(store.used_bytes() <= 64 * 1024);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_budget(mut self, budget: usize) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Sets [`MemoryConfig::max_streams`].
+    ///
+    /// ```
+    /// use resumable_sse_core::{Error, EventBuffer, NewEvent, StreamName};
+    /// use resumable_sse_store_memory::{MemoryConfig, MemoryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> resumable_sse_core::Result<()> {
+    /// let store = MemoryStore::new(MemoryConfig::default().with_max_streams(1));
+    /// store.append(&StreamName::new("a")?, NewEvent::new("1")).await?;
+    /// store.append(&StreamName::new("a")?, NewEvent::new("2")).await?;
+    /// let refused = store.append(&StreamName::new("b")?, NewEvent::new("1")).await;
+    /// assert!(matches!(refused, Err(Error::Full(_))));
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_max_streams(mut self, max_streams: usize) -> Self {
+        self.max_streams = max_streams;
+        self
+    }
 }
 
 /// The in-memory [`EventBuffer`] and [`SessionStore`]. Cheap to clone: clones share state.
@@ -108,9 +174,26 @@ pub struct MemoryStore {
 #[derive(Debug)]
 struct Shared {
     config: MemoryConfig,
-    streams: Mutex<HashMap<StreamName, Log>>,
+    streams: Mutex<Streams>,
     sessions: Mutex<HashMap<SessionId, SessionRecord>>,
     feed: broadcast::Sender<Notification>,
+}
+
+/// Every stream's log, and what they cost together in [`MemoryConfig::budget`].
+#[derive(Debug, Default)]
+struct Streams {
+    logs: HashMap<StreamName, Log>,
+    /// The sum of the logs' `cost` plus [`STREAM_OVERHEAD`] per log.
+    used: usize,
+}
+
+impl Streams {
+    /// Removes a log, giving back what it cost.
+    fn remove(&mut self, name: &StreamName) {
+        if let Some(log) = self.logs.remove(name) {
+            self.used -= log.cost + STREAM_OVERHEAD;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -119,6 +202,29 @@ struct Log {
     head: Position,
     events: VecDeque<Event>,
     ids: HashMap<Arc<str>, Position>,
+    /// The sum of the retained events' data lengths (retention by bytes).
+    data_bytes: usize,
+    /// The sum of the retained events' [`cost`] (the budget).
+    cost: usize,
+}
+
+/// An event's data length and its cost in the budget.
+fn sizes(data: usize, event: Option<&str>, id: Option<&str>) -> (usize, usize) {
+    let extra = event.map_or(0, str::len) + id.map_or(0, str::len);
+    (data, data + extra + EVENT_OVERHEAD)
+}
+
+fn event_sizes(e: &Event) -> (usize, usize) {
+    sizes(e.data.len(), e.event.as_deref(), e.id.as_deref())
+}
+
+/// Whether retention drops the oldest of `len` events holding `data_bytes`, the oldest
+/// appended at `oldest_ms`: over the count, too old, or over the bytes (the newest event is
+/// kept whatever its size).
+fn over(retention: &Retention, now_ms: u64, len: usize, data_bytes: usize, oldest_ms: u64) -> bool {
+    len > retention.max_len()
+        || now_ms.saturating_sub(oldest_ms) > retention.max_age().as_millis() as u64
+        || (len > 1 && data_bytes > retention.max_bytes())
 }
 
 impl Log {
@@ -128,25 +234,73 @@ impl Log {
             head: 0,
             events: VecDeque::new(),
             ids: HashMap::new(),
+            data_bytes: 0,
+            cost: 0,
         }
     }
 
-    fn pop_front(&mut self) {
-        if let Some(Event { id: Some(id), .. }) = self.events.pop_front() {
+    fn push(&mut self, event: Event) {
+        let (data, cost) = event_sizes(&event);
+        self.data_bytes += data;
+        self.cost += cost;
+        self.events.push_back(event);
+    }
+
+    /// Drops the oldest event; returns its cost.
+    fn pop_front(&mut self) -> usize {
+        let Some(event) = self.events.pop_front() else {
+            return 0;
+        };
+        let (data, cost) = event_sizes(&event);
+        self.data_bytes -= data;
+        self.cost -= cost;
+        if let Some(id) = event.id {
             self.ids.remove(&id);
         }
+        cost
     }
 
-    fn trim(&mut self, retention: &Retention, now_ms: u64) {
-        let max_age = retention.max_age().as_millis() as u64;
-        while self.events.len() > retention.max_len()
-            || self
-                .events
-                .front()
-                .is_some_and(|e| now_ms.saturating_sub(e.time_ms) > max_age)
-        {
-            self.pop_front();
+    /// Applies retention; returns the cost freed.
+    fn trim(&mut self, retention: &Retention, now_ms: u64) -> usize {
+        let mut freed = 0;
+        while let Some(front) = self.events.front() {
+            if !over(
+                retention,
+                now_ms,
+                self.events.len(),
+                self.data_bytes,
+                front.time_ms,
+            ) {
+                break;
+            }
+            freed += self.pop_front();
         }
+        freed
+    }
+
+    /// What appending `new` (data length and cost of each, appended now) would add to the
+    /// log's cost, net of what retention would then drop: the same greedy trim from the
+    /// front as [`Log::trim`] after each push, which ends in the same state as one trim at
+    /// the end.
+    fn net_cost(&self, retention: &Retention, now_ms: u64, new: &[(usize, usize)]) -> isize {
+        let added: usize = new.iter().map(|n| n.1).sum();
+        let mut len = self.events.len() + new.len();
+        let mut data_bytes = self.data_bytes + new.iter().map(|n| n.0).sum::<usize>();
+        let mut freed = 0;
+        let old = self
+            .events
+            .iter()
+            .map(|e| (event_sizes(e), e.time_ms))
+            .chain(new.iter().map(|&n| (n, now_ms)));
+        for ((data, cost), time_ms) in old {
+            if !over(retention, now_ms, len, data_bytes, time_ms) {
+                break;
+            }
+            len -= 1;
+            data_bytes -= data;
+            freed += cost;
+        }
+        added as isize - freed as isize
     }
 
     fn oldest(&self) -> Position {
@@ -166,7 +320,7 @@ impl MemoryStore {
     pub fn new(config: MemoryConfig) -> Self {
         let shared = Arc::new(Shared {
             config,
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Streams::default()),
             sessions: Mutex::new(HashMap::new()),
             feed: broadcast::channel(config.feed_capacity.max(16)).0,
         });
@@ -190,9 +344,32 @@ impl MemoryStore {
         self.shared
             .streams
             .lock()
+            .logs
             .values()
             .map(|l| l.events.len())
             .sum()
+    }
+
+    /// Bytes counted against [`MemoryConfig::budget`] now.
+    ///
+    /// ```
+    /// use resumable_sse_core::{EventBuffer, NewEvent, StreamName};
+    /// use resumable_sse_store_memory::{MemoryStore, EVENT_OVERHEAD, STREAM_OVERHEAD};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> resumable_sse_core::Result<()> {
+    /// let store = MemoryStore::default();
+    /// store.append(&StreamName::new("a")?, NewEvent::new("four")).await?;
+    /// assert_eq!(store.used_bytes(), STREAM_OVERHEAD + 4 + EVENT_OVERHEAD);
+    /// assert_eq!(store.stream_count(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn used_bytes(&self) -> usize {
+        self.shared.streams.lock().used
+    }
+
+    /// Number of streams held.
+    pub fn stream_count(&self) -> usize {
+        self.shared.streams.lock().logs.len()
     }
 
     /// `true` when no event is held.
@@ -226,11 +403,16 @@ impl Shared {
         for id in expired {
             streams.remove(&id.stream());
         }
-        streams.retain(|_, log| {
-            log.trim(&self.config.retention, now_ms);
+        let Streams { logs, used } = &mut *streams;
+        logs.retain(|_, log| {
+            *used -= log.trim(&self.config.retention, now_ms);
             // An empty log may go: if the stream comes back it gets a new epoch, so a cursor
             // into the old log is answered with a reset, never mistaken for the new one.
-            !log.events.is_empty()
+            let keep = !log.events.is_empty();
+            if !keep {
+                *used -= STREAM_OVERHEAD;
+            }
+            keep
         });
     }
 }
@@ -250,9 +432,42 @@ impl EventBuffer for MemoryStore {
         let shared = &self.shared;
         let now = SystemTime::now();
         let now_ms = unix_ms(now);
-        let mut streams = shared.streams.lock();
-        let log = streams.entry(stream.clone()).or_insert_with(Log::new);
-        log.trim(&shared.config.retention, now_ms);
+        let config = &shared.config;
+        let mut guard = shared.streams.lock();
+        let streams = &mut *guard;
+        let created = !streams.logs.contains_key(stream);
+        if created {
+            if streams.logs.len() >= config.max_streams {
+                return Err(Error::Full(format!(
+                    "the memory store holds its maximum of {} streams",
+                    config.max_streams
+                )));
+            }
+            streams.logs.insert(stream.clone(), Log::new());
+            streams.used += STREAM_OVERHEAD;
+        }
+        let Streams { logs, used } = streams;
+        let log = logs.get_mut(stream).expect("inserted above");
+        *used -= log.trim(&config.retention, now_ms);
+        // All or nothing: the batch is checked whole against the budget, net of what its own
+        // stream's retention drops, before anything is appended.
+        let new: Vec<(usize, usize)> = events
+            .iter()
+            .filter(|e| e.id().is_none_or(|id| !log.ids.contains_key(id)))
+            .map(|e| sizes(e.data().len(), e.event(), e.id()))
+            .collect();
+        let net = log.net_cost(&config.retention, now_ms, &new);
+        if net > 0 && *used + net as usize > config.budget {
+            if created {
+                // Created for this append: not kept.
+                logs.remove(stream);
+                *used -= STREAM_OVERHEAD;
+            }
+            return Err(Error::Full(format!(
+                "the memory store's budget of {} bytes is used up",
+                config.budget
+            )));
+        }
         let mut out = Vec::with_capacity(events.len());
         for event in events {
             if let Some(&position) = event.id().and_then(|id| log.ids.get(id)) {
@@ -268,8 +483,9 @@ impl EventBuffer for MemoryStore {
             if let Some(id) = &event.id {
                 log.ids.insert(id.clone(), log.head);
             }
-            log.events.push_back(event.clone());
-            log.trim(&shared.config.retention, now_ms);
+            log.push(event.clone());
+            *used += event_sizes(&event).1;
+            *used -= log.trim(&config.retention, now_ms);
             // Sent under the lock so notifications leave in position order.
             let _ = shared.feed.send(Notification {
                 stream: stream.clone(),
@@ -288,11 +504,12 @@ impl EventBuffer for MemoryStore {
 
     async fn read(&self, stream: &StreamName, after: Position, limit: usize) -> Result<ReadPage> {
         let shared = &self.shared;
-        let mut streams = shared.streams.lock();
-        let Some(log) = streams.get_mut(stream) else {
+        let mut guard = shared.streams.lock();
+        let Streams { logs, used } = &mut *guard;
+        let Some(log) = logs.get_mut(stream) else {
             return Ok(ReadPage::missing());
         };
-        log.trim(&shared.config.retention, unix_ms(SystemTime::now()));
+        *used -= log.trim(&shared.config.retention, unix_ms(SystemTime::now()));
         let oldest = log.oldest();
         let skip = (after + 1).saturating_sub(oldest) as usize;
         Ok(ReadPage {

@@ -13,7 +13,7 @@
 //!   bytes, the events themselves, received by a [`PgListener`](sqlx::postgres::PgListener) on a dedicated
 //!   connection that reconnects by itself and yields [`FeedItem::Resync`](resumable_sse_core::FeedItem::Resync) after every
 //!   (re)connect, since notifications sent meanwhile are lost.
-//! - **Retention** by count and age, **session expiry** and idle-stream cleanup, enforced on
+//! - **Retention** by count, bytes and age, **session expiry** and idle-stream cleanup, enforced on
 //!   every read at once and by a sweeper task that deletes rows every
 //!   [`PostgresConfig::sweep_interval`].
 //! - **Paged replays**: a read returns at most [`PostgresConfig::page_size`] events.
@@ -140,7 +140,7 @@ impl fmt::Debug for PostgresStore {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SweepStats {
-    /// Events outside retention (by count or age).
+    /// Events outside retention (by count, bytes or age).
     pub events: u64,
     /// Expired sessions (their private streams went with them).
     pub sessions: u64,
@@ -360,6 +360,7 @@ impl PostgresStore {
             .bind(shared.config.max_len())
             .bind(shared.config.max_age_ms())
             .bind(shared.feed.channel.as_str())
+            .bind(i64::try_from(shared.config.retention.max_bytes()).unwrap_or(i64::MAX))
             .fetch_all(&shared.pool)
             .await?;
         if rows.len() != events.len() {

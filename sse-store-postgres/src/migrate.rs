@@ -30,10 +30,15 @@ const MIGRATIONS: &[Migration] = &[
         description: "notifications carry small appends whole",
         sql: include_str!("../migrations/0002_inline_notifications.sql"),
     },
+    Migration {
+        version: 3,
+        description: "retention by bytes",
+        sql: include_str!("../migrations/0003_retention_by_bytes.sql"),
+    },
 ];
 
 /// The version the newest embedded migration brings the schema to.
-pub(crate) const LATEST: i32 = 2;
+pub(crate) const LATEST: i32 = 3;
 
 fn checksum(sql: &str) -> String {
     Sha256::digest(sql.as_bytes())

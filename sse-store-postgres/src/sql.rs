@@ -45,10 +45,11 @@ impl Queries {
         Queries {
             append: Sql::new(format!(
                 "SELECT r_epoch, r_position, r_duplicate \
-                 FROM {q}.append($1, $2, $3, $4, $5, $6, $7, $8)"
+                 FROM {q}.append($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             )),
             // One statement, so one snapshot: epoch, head, oldest and the events agree.
-            // `oldest` is the first event inside both retention bounds; since append times
+            // `oldest` is the first event inside every retention bound (count, bytes through
+            // the stream's floor, age); since append times
             // grow with positions, every event from there to the head is retained, so the
             // page is read from there without filtering again.
             read: Sql::new(format!(
@@ -60,6 +61,7 @@ impl Queries {
                      SELECT x.position FROM {q}.events AS x \
                      WHERE x.stream = s.name \
                        AND x.position > s.head - $2 \
+                       AND x.position >= s.floor \
                        AND x.appended_at > now() - interval '1 millisecond' * $3 \
                      ORDER BY x.position LIMIT 1 \
                  ) AS o ON true \
@@ -129,7 +131,8 @@ impl Queries {
             sweep_count: Sql::new(format!(
                 "DELETE FROM {q}.events WHERE ctid = ANY (ARRAY( \
                      SELECT e.ctid FROM {q}.streams AS s \
-                     JOIN {q}.events AS e ON e.stream = s.name AND e.position <= s.head - $1 \
+                     JOIN {q}.events AS e ON e.stream = s.name \
+                         AND e.position < greatest(s.head - $1 + 1, s.floor) \
                      LIMIT $2))"
             )),
             sweep_age: Sql::new(format!(

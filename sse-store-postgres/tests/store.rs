@@ -75,7 +75,7 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
     applied.sort();
     assert_eq!(
         applied,
-        [vec![], vec![], vec![1, 2]],
+        [vec![], vec![], vec![1, 2, 3]],
         "exactly one run applies them"
     );
     assert_eq!(
@@ -237,6 +237,53 @@ async fn retention_holds_before_the_sweeper_which_then_frees_the_rows() {
         .await
         .expect("append");
     assert_eq!(fresh.position, 1, "a dropped stream starts a new epoch");
+}
+
+/// Retention by bytes: reads stop at the stream's floor at once, the sweeper then deletes the
+/// rows below it; with publisher ids too; and rows written before migration 0003 (no size)
+/// are measured when the floor moves.
+#[tokio::test]
+async fn retention_by_bytes_moves_the_floor_and_the_sweeper_follows() {
+    let store = temp_store(
+        PostgresConfig::default()
+            .with_retention(
+                resumable_sse_core::Retention::new(1000, Duration::from_secs(3600))
+                    .with_max_bytes(1000),
+            )
+            .with_sweep_interval(Duration::from_secs(3600)),
+    )
+    .await;
+    let stream = name("bytes");
+    let batch = (0..10).map(|_| NewEvent::new("x".repeat(300))).collect();
+    store.append_many(&stream, batch).await.expect("append");
+    let page = store.read(&stream, 0, 100).await.expect("read");
+    assert_eq!((page.oldest, page.head, page.events.len()), (8, 10, 3));
+    assert_eq!(count(&store, "events").await, 10, "not swept yet");
+    assert_eq!(store.sweep().await.expect("sweep").events, 7);
+    assert_eq!(count(&store, "events").await, 3);
+
+    // As rows of an earlier version: no size.
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {}.events SET size = NULL",
+        store.schema().quoted()
+    )))
+    .execute(store.pool())
+    .await
+    .expect("update");
+    let with_id = NewEvent::new("y".repeat(500)).with_id("k").expect("an id");
+    let a = store
+        .append(&stream, with_id.clone())
+        .await
+        .expect("append");
+    assert_eq!(a.position, 11);
+    let page = store.read(&stream, 0, 100).await.expect("read");
+    assert_eq!(
+        (page.oldest, page.events.len()),
+        (10, 2),
+        "300 + 500 bytes fit, 600 + 500 do not"
+    );
+    let again = store.append(&stream, with_id).await.expect("append");
+    assert!(again.duplicate && again.position == 11);
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ use resumable_sse_core::{SessionId, StreamName};
 /// assert_eq!(keys.meta(&news), "sse:{news}:meta");
 /// assert_eq!(keys.log(&news), "sse:{news}:log");
 /// assert_eq!(keys.ids(&news), "sse:{news}:ids");
+/// assert_eq!(keys.sizes(&news), "sse:{news}:sizes");
 /// assert_eq!(keys.channel(), "sse:feed");
 /// let id: SessionId = "0123456789abcdef0123456789abcdef".parse().unwrap();
 /// assert_eq!(keys.session(&id), "sse:{@session:0123456789abcdef0123456789abcdef}:session");
@@ -54,6 +55,12 @@ impl KeyLayout {
     /// The sorted set of a stream's retained publisher ids, scored by position.
     pub fn ids(&self, stream: &StreamName) -> String {
         self.stream_key(stream, "ids")
+    }
+
+    /// The list of the data lengths of a stream's retained events, oldest first (retention
+    /// by bytes).
+    pub fn sizes(&self, stream: &StreamName) -> String {
+        self.stream_key(stream, "sizes")
     }
 
     /// The hash holding one session.
@@ -98,7 +105,12 @@ mod tests {
         let keys = KeyLayout::new("app:");
         for name in ["news", "a", "room:42/x.y@z-w_v", &"x".repeat(128)] {
             let stream = StreamName::new(name).unwrap();
-            for key in [keys.meta(&stream), keys.log(&stream), keys.ids(&stream)] {
+            for key in [
+                keys.meta(&stream),
+                keys.log(&stream),
+                keys.ids(&stream),
+                keys.sizes(&stream),
+            ] {
                 assert_eq!(hash_tag(&key), name, "{key}");
                 assert!(key.starts_with("app:"), "{key}");
             }

@@ -32,9 +32,10 @@
 //!
 //! | key | type | holds | expires |
 //! |---|---|---|---|
-//! | `sse:{news}:meta` | hash | `epoch` (16 hex digits), `head` (last position) | [`RedisConfig::stream_ttl`] after the last append (default 1 day) |
+//! | `sse:{news}:meta` | hash | `epoch` (16 hex digits), `head` (last position), `bytes` (data retained) | [`RedisConfig::stream_ttl`] after the last append (default 1 day) |
 //! | `sse:{news}:log` | stream | entries `<position>-0` with fields `t` (append time, ms), `d` (data), `e` (event name), `i` (publisher id) | `max_age` after the last append |
 //! | `sse:{news}:ids` | sorted set | retained publisher ids, scored by position | with the log |
+//! | `sse:{news}:sizes` | list | the data length of each retained event, oldest first (retention by bytes; the meta's `bytes` is their sum) | with the log |
 //! | `sse:{@session:<id>}:session` | hash | `c` created, `x` expires (ms), `p` principal, `k` last cursor | at `x` + [`RedisConfig::session_grace`] |
 //! | `sse:feed` | channel | one message per append call, for all streams | — |
 //!
@@ -228,6 +229,7 @@ impl RedisStore {
         call.key(shared.keys.meta(stream))
             .key(shared.keys.log(stream))
             .key(shared.keys.ids(stream))
+            .key(shared.keys.sizes(stream))
             .arg(Epoch::random().to_string())
             .arg(config.retention.max_len())
             .arg(millis(config.retention.max_age()))
@@ -235,7 +237,8 @@ impl RedisStore {
             .arg(&shared.channel)
             .arg(stream.as_str())
             .arg(config.feed_inline_max)
-            .arg(config.feed_inline_budget);
+            .arg(config.feed_inline_budget)
+            .arg(config.retention.max_bytes());
         for event in events {
             call.arg(event.event().unwrap_or(""))
                 .arg(event.id().unwrap_or(""))

@@ -60,37 +60,61 @@ end
 
 /// Appends a batch of events to one stream.
 ///
-/// KEYS: meta, log, ids.
+/// KEYS: meta, log, ids, sizes.
 /// ARGV: epoch candidate, max_len, max_age (ms), meta TTL (ms), channel, stream name,
-/// inline max (bytes per event), inline budget (bytes per message), then per event its name,
-/// publisher id (empty for none) and data.
+/// inline max (bytes per event), inline budget (bytes per message), max_bytes, then per event
+/// its name, publisher id (empty for none) and data.
 ///
 /// Returns `{epoch, p1, p2, …}`: a position per event, negative for a duplicate.
 const APPEND: &str = r#"
-local meta, log, ids = KEYS[1], KEYS[2], KEYS[3]
+local meta, log, ids, sizes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local max_len = tonumber(ARGV[2])
 local meta_ttl = tonumber(ARGV[4])
 local channel, stream = ARGV[5], ARGV[6]
 local inline_max, budget = tonumber(ARGV[7]), tonumber(ARGV[8])
+local max_bytes = tonumber(ARGV[9])
 
 local now = now_ms()
-local state = redis.call('HMGET', meta, 'epoch', 'head')
+local state = redis.call('HMGET', meta, 'epoch', 'head', 'bytes')
 local epoch, head = state[1], tonumber(state[2]) or 0
+-- `bytes` is the sum of `sizes`: the data lengths of the retained entries, oldest first.
+local bytes = tonumber(state[3]) or 0
 if not epoch then
   -- A new incarnation of the stream (first append, or the meta was lost: Redis restarted
   -- without persistence, flushed, or the meta's idle TTL ran out). Whatever an earlier
   -- incarnation left must not leak into it.
-  redis.call('DEL', log, ids)
-  epoch, head = ARGV[1], 0
+  redis.call('DEL', log, ids, sizes)
+  epoch, head, bytes = ARGV[1], 0, 0
   redis.call('HSET', meta, 'epoch', epoch, 'head', 0)
+end
+-- The oldest retained position: entries are contiguous up to the head.
+local oldest = head + 1
+-- Age first, so that the publisher id of an expired event is not taken for a retained one.
+local fresh, expired = first_fresh(log, now)
+if not fresh then
+  -- Nothing retained (all expired, or the log's TTL ran out while the meta lived on).
+  redis.call('DEL', log, ids, sizes)
+  bytes = 0
 else
-  -- Age first, so that the publisher id of an expired event is not taken for a retained one.
-  local fresh, expired = first_fresh(log, now)
-  if not fresh then
-    if expired then redis.call('DEL', log, ids) end
-  elseif expired then
+  local first = pos(redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1][1])
+  if redis.call('LLEN', sizes) ~= head - first + 1 then
+    -- A log written before sizes were kept: measured once.
+    redis.call('DEL', sizes)
+    bytes = 0
+    for _, e in ipairs(redis.call('XRANGE', log, '-', '+')) do
+      local n = #e[2][4]
+      redis.call('RPUSH', sizes, n)
+      bytes = bytes + n
+    end
+  end
+  oldest = first
+  if expired then
     redis.call('XTRIM', log, 'MINID', id(fresh))
     redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. id(fresh))
+    for _, n in ipairs(redis.call('LPOP', sizes, fresh - first)) do
+      bytes = bytes - tonumber(n)
+    end
+    oldest = fresh
   end
 end
 
@@ -98,23 +122,21 @@ local time = id(now)
 local first_head = head
 local out = {epoch}
 local notes = {}
-local i = 9
+local i = 10
 while i + 2 <= #ARGV do
   local name, key, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   i = i + 3
   local dup = nil
   if key ~= '' then
     local at = tonumber(redis.call('ZSCORE', ids, key))
-    -- Retained means within the newest max_len positions (age was trimmed above).
-    if at and at > head - max_len then dup = at end
+    -- Retained means at or after the oldest retained position (trimmed as the batch goes).
+    if at and at >= oldest then dup = at end
   end
   if dup then
     out[#out + 1] = -dup
   else
     head = head + 1
-    local floor = head - max_len + 1
-    if floor < 0 then floor = 0 end
-    local args = {log, 'MINID', id(floor), id(head) .. '-0', 't', time, 'd', data}
+    local args = {log, id(head) .. '-0', 't', time, 'd', data}
     if name ~= '' then
       args[#args + 1] = 'e'
       args[#args + 1] = name
@@ -125,6 +147,14 @@ while i + 2 <= #ARGV do
       redis.call('ZADD', ids, id(head), key)
     end
     redis.call('XADD', unpack(args))
+    redis.call('RPUSH', sizes, #data)
+    bytes = bytes + #data
+    -- Retention by count and by bytes; the newest event stays whatever its size. The log
+    -- itself is trimmed once, after the batch.
+    while head - oldest + 1 > max_len or (bytes > max_bytes and oldest < head) do
+      bytes = bytes - tonumber(redis.call('LPOP', sizes))
+      oldest = oldest + 1
+    end
     out[#out + 1] = head
     local size = #name + #key + #data
     if size <= inline_max and size <= budget then
@@ -137,17 +167,20 @@ while i + 2 <= #ARGV do
   end
 end
 
+redis.call('HSET', meta, 'bytes', id(bytes))
 if head > first_head then
   redis.call('HSET', meta, 'head', id(head))
-  local floor = head - max_len + 1
-  if floor > 1 then redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. id(floor)) end
+  redis.call('XTRIM', log, 'MINID', id(oldest))
+  redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. id(oldest))
   redis.call('PUBLISH', channel, 'sse1 ' .. stream .. ' ' .. epoch .. ' ' .. time .. ' '
     .. #notes .. '\n' .. table.concat(notes))
 end
--- The log and the ids hold nothing visible once the newest event is max_age old; the meta
--- (epoch and head, a few dozen bytes) lives longer so that idle streams keep their epoch.
+-- The log, ids and sizes hold nothing visible once the newest event is max_age old; the
+-- meta (epoch, head and bytes, a few dozen bytes) lives longer so that idle streams keep
+-- their epoch.
 redis.call('PEXPIRE', log, id(MAX_AGE))
 redis.call('PEXPIRE', ids, id(MAX_AGE))
+redis.call('PEXPIRE', sizes, id(MAX_AGE))
 redis.call('PEXPIRE', meta, id(meta_ttl))
 return out
 "#;

@@ -166,6 +166,47 @@ async fn keys_trimming_and_publisher_ids() {
     assert_eq!(trimmed.position, 101);
 }
 
+/// Retention by bytes keeps `sizes` (one length per retained entry) and the meta's `bytes`
+/// in step with the log, trims in the append itself, and measures a log that has no `sizes`
+/// yet (written by an earlier version) on its next append.
+#[tokio::test]
+async fn bytes_trimming_keeps_sizes_in_step() {
+    let prefix = unique_prefix("bytes");
+    let store = shared_store(
+        RedisConfig::default()
+            .with_retention(
+                resumable_sse_core::Retention::new(1000, Duration::from_secs(3600))
+                    .with_max_bytes(10_000),
+            )
+            .with_key_prefix(&prefix),
+    )
+    .await;
+    let news = stream("news");
+    let keys = store.key_layout().clone();
+    let events: Vec<NewEvent> = (1..=50).map(|_| NewEvent::new("x".repeat(1000))).collect();
+    store.append_many(&news, events).await.unwrap();
+
+    let mut conn = raw(&shared_url()).await;
+    let check = async |conn: &mut redis::aio::MultiplexedConnection, entries: u64, bytes: &str| {
+        let xlen: u64 = query(conn, &["XLEN", &keys.log(&news)]).await;
+        let sizes: u64 = query(conn, &["LLEN", &keys.sizes(&news)]).await;
+        let total: String = query(conn, &["HGET", &keys.meta(&news), "bytes"]).await;
+        assert_eq!((xlen, sizes, total.as_str()), (entries, entries, bytes));
+    };
+    check(&mut conn, 10, "10000").await;
+
+    // As an earlier version left it: no sizes, no byte count.
+    let _: i64 = query(&mut conn, &["DEL", &keys.sizes(&news)]).await;
+    let _: i64 = query(&mut conn, &["HDEL", &keys.meta(&news), "bytes"]).await;
+    store
+        .append(&news, NewEvent::new("y".repeat(4000)))
+        .await
+        .unwrap();
+    check(&mut conn, 7, "10000").await;
+    let page = store.read(&news, 0, 100).await.unwrap();
+    assert_eq!((page.oldest, page.head), (45, 51));
+}
+
 /// Entries past `max_age` are never read, and the next append removes them from Redis.
 #[tokio::test]
 async fn age_trimming_removes_entries() {

@@ -22,6 +22,9 @@
 //! key the server is in development mode: every stream public, publishing from loopback only,
 //! and it refuses to listen beyond loopback unless `--insecure`.
 //!
+//! Memory in bytes (docs/limits.md, "Memory"): `--max-pending`, `--max-bytes`,
+//! `--max-event-bytes`, `--memory-budget`, `--memory-max-streams` (memory.rs).
+//!
 //! Limits (docs/limits.md): `--max-connections`, `--max-connections-per-ip`,
 //! `--max-connections-per-session`, `--max-connections-per-principal`,
 //! `--connect-rate-per-ip`, `--connect-rate-per-session`, `--publish-rate`, and
@@ -38,6 +41,8 @@ mod connections;
 mod lifecycle;
 mod pattern;
 
+mod memory;
+
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -48,7 +53,7 @@ use axum::response::Html;
 use axum::routing::get;
 use clap::Parser;
 use resumable_sse_axum::{CorsOrigins, IpNet, Limits, SameSite, SseLayer};
-use resumable_sse_core::{Config, Hub, Retention, TokenKeys};
+use resumable_sse_core::{Config, Hub, TokenKeys};
 
 use crate::auth::{Development, Secret, Settings, Tokens};
 use crate::lifecycle::LifecycleArgs;
@@ -135,6 +140,8 @@ struct Args {
     /// Listen beyond loopback without any key (development mode: every stream public).
     #[arg(long, env = "SSE_INSECURE")]
     insecure: bool,
+    #[command(flatten)]
+    memory: memory::MemoryArgs,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -293,9 +300,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(2);
         }
     };
-    let retention = Retention::new(args.max_len, args.max_age);
-    let stores = resumable_sse_axum::open_store(&args.store, retention).await?;
-    let config = Config::default()
+    let retention = args.memory.retention(args.max_len, args.max_age);
+    let stores = args.memory.open_store(&args.store, retention).await?;
+    let config = args
+        .memory
+        .config(Config::default())
         .with_session_ttl(args.session_ttl)
         .with_heartbeat(args.heartbeat)
         .with_retry(args.retry)

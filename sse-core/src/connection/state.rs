@@ -11,7 +11,7 @@ use futures_core::Stream;
 
 use super::open::check;
 use crate::cursor::Cursor;
-use crate::hub::{Hub, Registration, Taken, Watch};
+use crate::hub::{FRAME_OVERHEAD, Hub, Registration, Taken, Watch};
 use crate::signal::Signal;
 use crate::transport::Frame;
 use crate::{Epoch, ReadPage, Result, SessionId, StreamName};
@@ -69,6 +69,10 @@ pub(super) struct State {
     span: tracing::Span,
     id: String,
     expires_at: Option<SystemTime>,
+    /// The size of an event's frame as last seen in a page from the store, for sizing the
+    /// next read so that its events fit [`Config::max_pending_bytes`](crate::Config); until
+    /// a page has been seen, the largest event allowed.
+    event_bytes: usize,
 }
 
 impl State {
@@ -88,6 +92,7 @@ impl State {
             expires_at,
         } = opened;
         let registration = hub.register(&signal, session);
+        let event_bytes = hub.config().max_event_bytes + FRAME_OVERHEAD;
         State {
             last_write_tick: hub.tick(),
             hub,
@@ -105,6 +110,7 @@ impl State {
             span,
             id: String::with_capacity(48),
             expires_at,
+            event_bytes,
         }
     }
 }
@@ -162,11 +168,13 @@ impl Stream for State {
                 return Poll::Ready(Some(this.out.split().freeze()));
             }
             match this.collect(&mut budget, &read_already) {
-                Collected::NeedsStore(i) if budget > 0 => {
+                Collected::NeedsStore(i) if budget > 0 && this.room() > 0 => {
                     let buffer = hub.buffer().clone();
                     let name = this.names[i].clone();
                     let after = this.cursor.entries()[i].1;
-                    let limit = budget;
+                    // No more events than fit the room left (at least one): a page read
+                    // from a networked store is fresh memory, held until it is written.
+                    let limit = (this.room() / this.event_bytes.max(1)).clamp(1, budget);
                     this.read = Some(Box::pin(async move {
                         let page = buffer.read(&name, after, limit).await;
                         (i, page)
@@ -210,12 +218,15 @@ impl State {
     fn collect(&mut self, budget: &mut usize, skip: &[usize]) -> Collected {
         let mut bodies: Vec<Bytes> = Vec::new();
         for i in 0..self.subs.len() {
-            if *budget == 0 {
+            let room = self.room();
+            if *budget == 0 || room == 0 {
                 return Collected::Done;
             }
             let (epoch, position) = self.cursor.entries()[i];
-            let window_epoch = match self.subs[i].take_after(epoch, position, *budget, &mut bodies)
-            {
+            let first_free = self.out.is_empty();
+            let taken =
+                self.subs[i].take_after(epoch, position, *budget, room, first_free, &mut bodies);
+            let window_epoch = match taken {
                 Taken::Held(window_epoch) => window_epoch,
                 // The window starts where this connection's read at open found the stream
                 // (`Hub::seed`), or at the stream's first append, whichever the feed task sees
@@ -227,6 +238,10 @@ impl State {
                 Taken::NotHeld => return Collected::NeedsStore(i),
             };
             *budget -= bodies.len();
+            // One allocation of the batch's size: growing by doubling would hold up to twice
+            // that, and the whole allocation stays alive until the client has read it.
+            self.out
+                .reserve(bodies.iter().map(|b| b.len() + FRAME_OVERHEAD).sum());
             for body in bodies.drain(..) {
                 self.write_event(i, window_epoch, &body);
             }
@@ -267,8 +282,32 @@ impl State {
             // reads from the new one.
             return 0;
         }
+        if let Some(bytes) = page
+            .events
+            .iter()
+            .map(|e| e.data.len() + FRAME_OVERHEAD)
+            .sum::<usize>()
+            .checked_div(page.events.len())
+        {
+            self.event_bytes = bytes;
+        }
+        // One allocation for what fits (see `collect`).
+        let mut fits = 0;
+        for event in &page.events {
+            let size = event.data.len() + FRAME_OVERHEAD;
+            if fits > 0 && fits + size > self.room() {
+                break;
+            }
+            fits += size;
+        }
+        self.out.reserve(fits);
         let mut n = 0;
         for event in &page.events {
+            let size = event.data.len() + FRAME_OVERHEAD;
+            if !self.out.is_empty() && size > self.room() {
+                // Full: the rest of the page is read again once the client has taken this.
+                break;
+            }
             if event.position != self.cursor.entries()[i].1 + 1 {
                 // Never skip: a store that returned a hole is read again later.
                 tracing::error!(parent: &self.span, stream = %self.names[i], position = event.position, "store returned a non-contiguous page");
@@ -280,6 +319,14 @@ impl State {
             n += 1;
         }
         n
+    }
+
+    /// Bytes the connection may still take before the client reads what it holds.
+    fn room(&self) -> usize {
+        self.hub
+            .config()
+            .max_pending_bytes
+            .saturating_sub(self.out.len())
     }
 
     fn write_event(&mut self, i: usize, epoch: Option<Epoch>, body: &[u8]) {

@@ -72,6 +72,7 @@ impl HubBuilder {
         let mut config = self.config;
         config.hot_window = config.hot_window.max(1);
         config.page_size = config.page_size.max(1);
+        config.max_pending_bytes = config.max_pending_bytes.max(1);
         // Subscribe before the hub exists, so no append made through it can be missed.
         let feed = self.buffer.live_feed();
         // Two ticks per heartbeat interval: see `State::poll_next` in the connection module.

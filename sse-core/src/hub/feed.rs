@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::window::{StreamState, Watch};
+use super::window::{FRAME_OVERHEAD, StreamState, Watch};
 use super::{Hub, Inner};
 use crate::signal::Signal;
 use crate::{
@@ -158,7 +158,7 @@ impl Inner {
                 }
                 if let (true, Some(event)) = (n.position == w.head() + 1, &n.event) {
                     let body = self.transport.encode_body(event);
-                    w.push(body, self.config.hot_window);
+                    w.push(body, self.config.hot_window, self.config.hot_window_bytes);
                     drop(w);
                     state.notify();
                     return Ok(());
@@ -220,9 +220,21 @@ impl Inner {
             Some(page) => page,
             None => self.load_tail(name).await.inspect_err(failed)?,
         };
+        // Only the newest events that fit the window's bytes are encoded (the newest one
+        // whatever its size): with large events, a page holds far more than the window keeps.
+        let mut skip = page.events.len();
+        let mut bytes = 0;
+        while skip > 0 {
+            let size = page.events[skip - 1].data.len() + FRAME_OVERHEAD;
+            if skip < page.events.len() && bytes + size > self.config.hot_window_bytes {
+                break;
+            }
+            bytes += size;
+            skip -= 1;
+        }
+        let events = &page.events[skip..];
         // Encoded before the lock: connections read the window meanwhile.
-        let bodies: Vec<Bytes> = page
-            .events
+        let bodies: Vec<Bytes> = events
             .iter()
             .map(|e| self.transport.encode_body(e))
             .collect();
@@ -233,15 +245,15 @@ impl Inner {
                 // cannot happen, but never apply a stale page.
                 return Ok(());
             }
-            if !continues {
-                let start = page
-                    .events
+            // A page cut at its start no longer continues the window: it starts over there.
+            if !continues || skip > 0 {
+                let start = events
                     .first()
                     .map_or(page.head, |e| e.position.saturating_sub(1));
                 w.reset(page.epoch, start);
             }
             for body in bodies {
-                w.push(body, self.config.hot_window);
+                w.push(body, self.config.hot_window, self.config.hot_window_bytes);
             }
             if page.head > w.head() {
                 // Further behind than one page: restart the window at the head; readers

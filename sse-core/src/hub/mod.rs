@@ -35,7 +35,7 @@ pub use breaker::{BreakerConfig, CircuitOpen};
 pub use builder::HubBuilder;
 pub(crate) use keeper::Registration;
 pub use sessions::{ResolvedSession, SessionContext, SessionStatus};
-pub(crate) use window::{Taken, Watch};
+pub(crate) use window::{FRAME_OVERHEAD, Taken, Watch};
 
 use crate::appender::Appender;
 use crate::session::SessionStore;
@@ -275,7 +275,7 @@ impl Hub {
     }
 
     /// Events currently held in all hot windows: the hub's memory bound is
-    /// `active_streams × hot_window` events.
+    /// `active_streams × hot_window` events, and `active_streams × hot_window_bytes` bytes.
     pub fn window_events(&self) -> usize {
         let streams: Vec<_> = self.inner.streams.lock().values().cloned().collect();
         streams.iter().map(|s| s.read().len()).sum()

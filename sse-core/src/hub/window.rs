@@ -22,6 +22,8 @@ pub(super) struct Window {
     epoch: Option<Epoch>,
     start: Position,
     entries: VecDeque<Bytes>,
+    /// The bodies' total length.
+    bytes: usize,
 }
 
 impl Window {
@@ -31,6 +33,7 @@ impl Window {
             epoch: None,
             start: 1,
             entries: VecDeque::new(),
+            bytes: 0,
         }
     }
 
@@ -72,13 +75,18 @@ impl Window {
         self.epoch = epoch;
         self.start = head + 1;
         self.entries.clear();
+        self.bytes = 0;
     }
 
-    /// Appends the body of position `head + 1`, dropping the oldest beyond `cap` bodies.
-    pub(super) fn push(&mut self, body: Bytes, cap: usize) {
+    /// Appends the body of position `head + 1`, dropping the oldest beyond `cap` bodies or
+    /// `cap_bytes` bytes (the newest body stays whatever its size).
+    pub(super) fn push(&mut self, body: Bytes, cap: usize, cap_bytes: usize) {
+        self.bytes += body.len();
         self.entries.push_back(body);
-        while self.entries.len() > cap {
-            self.entries.pop_front();
+        while self.entries.len() > cap || (self.bytes > cap_bytes && self.entries.len() > 1) {
+            if let Some(old) = self.entries.pop_front() {
+                self.bytes -= old.len();
+            }
             self.start += 1;
         }
     }
@@ -167,15 +175,19 @@ impl Watch {
         (w.ready && w.holds(epoch, position) && position <= w.head()).then(|| w.head())
     }
 
-    /// Appends to `out` the bodies after this cursor entry, at most `max`, if the window holds
-    /// the entry. The entry may be ahead of the window's head (its reader read the store while
-    /// the window was catching up): then there is nothing to take yet.
+    /// Appends to `out` the bodies after this cursor entry, at most `max` of them and, once
+    /// one is taken, no more than `room` bytes (counting [`FRAME_OVERHEAD`] per body), if the
+    /// window holds the entry. With `first_free`, the first body goes whatever its size (the
+    /// caller holds nothing yet). The entry may be ahead of the window's head (its reader read
+    /// the store while the window was catching up): then there is nothing to take yet.
     #[inline]
     pub(crate) fn take_after(
         &self,
         epoch: Option<Epoch>,
         position: Position,
         max: usize,
+        room: usize,
+        first_free: bool,
         out: &mut Vec<Bytes>,
     ) -> Taken {
         let w = self.state.read();
@@ -188,11 +200,24 @@ impl Watch {
         let take = w.head().saturating_sub(position).min(max as u64) as usize;
         if take > 0 {
             let from = (position + 1 - w.start) as usize;
-            out.extend(w.entries.range(from..from + take).cloned());
+            let mut left = room;
+            for (k, body) in w.entries.range(from..from + take).enumerate() {
+                let size = body.len() + FRAME_OVERHEAD;
+                if size > left && !(k == 0 && first_free) {
+                    break;
+                }
+                left = left.saturating_sub(size);
+                out.push(body.clone());
+            }
         }
         Taken::Held(w.epoch)
     }
 }
+
+/// Bytes an event's frame adds to its body, as counted against
+/// [`Config::max_pending_bytes`](crate::Config::max_pending_bytes): its `id:` line (a cursor
+/// of a few streams) and separators.
+pub(crate) const FRAME_OVERHEAD: usize = 64;
 
 impl Drop for Watch {
     fn drop(&mut self) {

@@ -31,14 +31,17 @@ impl VecStore {
 }
 
 impl Log {
-    /// Drops the events past retention: beyond the newest `max_len`, or older than `max_age`.
+    /// Drops the events past retention: beyond the newest `max_len`, older than `max_age`,
+    /// or beyond `max_bytes` of data (the newest event stays whatever its size).
     fn trim(&mut self, retention: &Retention) {
         let max_age = retention.max_age().as_millis() as u64;
         let now = unix_ms(SystemTime::now());
+        let mut bytes: usize = self.events.iter().map(|e| e.data.len()).sum();
         while self.events.len() > retention.max_len()
             || self.events.front().is_some_and(|e| now.saturating_sub(e.time_ms) > max_age)
+            || (self.events.len() > 1 && bytes > retention.max_bytes())
         {
-            self.events.pop_front();
+            bytes -= self.events.pop_front().map_or(0, |e| e.data.len());
         }
     }
 }
