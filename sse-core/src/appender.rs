@@ -143,6 +143,7 @@ impl Appender {
             let (events, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|q| (q.event, q.reply)).unzip();
             let count = events.len();
+            metrics::histogram!(crate::metrics::APPEND_BATCH_EVENTS).record(count as f64);
             match self.buffer.append_many(&stream, events).await {
                 Ok(appended) if appended.len() == count => {
                     for (reply, appended) in replies.into_iter().zip(appended) {

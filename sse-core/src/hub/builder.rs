@@ -87,6 +87,7 @@ impl HubBuilder {
             connections: Mutex::new(Slab::new()),
             tick: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            feed_connected: AtomicBool::new(true),
             live_sessions: Mutex::new(HashMap::new()),
             closed: Mutex::new(keeper::ClosedCursors::default()),
         });

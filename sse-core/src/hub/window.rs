@@ -71,16 +71,30 @@ impl Window {
         self.ready = true;
         self.epoch = epoch;
         self.start = head + 1;
+        metrics::gauge!(crate::metrics::WINDOW_EVENTS).decrement(self.entries.len() as f64);
         self.entries.clear();
     }
 
     /// Appends the body of position `head + 1`, dropping the oldest beyond `cap` bodies.
     pub(super) fn push(&mut self, body: Bytes, cap: usize) {
         self.entries.push_back(body);
+        let mut dropped = 0;
         while self.entries.len() > cap {
             self.entries.pop_front();
             self.start += 1;
+            dropped += 1;
         }
+        if dropped == 0 {
+            metrics::gauge!(crate::metrics::WINDOW_EVENTS).increment(1.0);
+        } else if dropped > 1 {
+            metrics::gauge!(crate::metrics::WINDOW_EVENTS).decrement(f64::from(dropped - 1));
+        }
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::WINDOW_EVENTS).decrement(self.entries.len() as f64);
     }
 }
 
