@@ -218,6 +218,13 @@ pub trait EventBuffer: Debug + Send + Sync + 'static {
         let probe = StreamName::new("@ping").expect("valid name");
         self.read(&probe, 0, 0).await.map(drop)
     }
+
+    /// The `store` label of this store's operations in the
+    /// [metrics](crate::metrics::STORE_OPERATION_DURATION_SECONDS) the hub records around each
+    /// call: a short fixed name (`memory`, `redis`, `postgres`); `custom` by default.
+    fn store_label(&self) -> &'static str {
+        "custom"
+    }
 }
 
 #[async_trait]
@@ -240,5 +247,8 @@ impl<T: EventBuffer + ?Sized> EventBuffer for std::sync::Arc<T> {
     }
     async fn ping(&self) -> Result<()> {
         (**self).ping().await
+    }
+    fn store_label(&self) -> &'static str {
+        (**self).store_label()
     }
 }

@@ -39,10 +39,18 @@
 //! metrics::describe();
 //! ```
 
+use std::fmt;
 use std::future::Future;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
+use async_trait::async_trait;
 use metrics::Unit;
+
+use crate::{
+    Appended, EventBuffer, LiveFeed, NewEvent, Position, ReadPage, Result, SessionId,
+    SessionRecord, SessionStore, StreamName,
+};
 
 /// Gauge: event streams open now in this process.
 pub const CONNECTIONS_ACTIVE: &str = "sse_connections_active";
@@ -207,6 +215,105 @@ pub async fn timed<T, E>(
         metrics::counter!(STORE_ERRORS_TOTAL, "store" => store, "op" => op).increment(1);
     }
     result
+}
+
+/// A store whose every operation is [`timed`]: the hub wraps the stores it is built with.
+pub(crate) struct Metered<T: ?Sized> {
+    label: &'static str,
+    inner: Arc<T>,
+}
+
+impl<T: ?Sized> fmt::Debug for Metered<T>
+where
+    T: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl Metered<dyn EventBuffer> {
+    pub(crate) fn new(inner: Arc<dyn EventBuffer>) -> Self {
+        Metered {
+            label: inner.store_label(),
+            inner,
+        }
+    }
+}
+
+impl Metered<dyn SessionStore> {
+    pub(crate) fn new(inner: Arc<dyn SessionStore>) -> Self {
+        Metered {
+            label: inner.store_label(),
+            inner,
+        }
+    }
+}
+
+#[async_trait]
+impl EventBuffer for Metered<dyn EventBuffer> {
+    async fn append(&self, stream: &StreamName, event: NewEvent) -> Result<Appended> {
+        timed(self.label, "append", self.inner.append(stream, event)).await
+    }
+    async fn append_many(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Appended>> {
+        timed(self.label, "append", self.inner.append_many(stream, events)).await
+    }
+    async fn read(&self, stream: &StreamName, after: Position, limit: usize) -> Result<ReadPage> {
+        timed(self.label, "read", self.inner.read(stream, after, limit)).await
+    }
+    fn live_feed(&self) -> LiveFeed {
+        self.inner.live_feed()
+    }
+    async fn ping(&self) -> Result<()> {
+        timed(self.label, "ping", self.inner.ping()).await
+    }
+    fn store_label(&self) -> &'static str {
+        self.label
+    }
+}
+
+#[async_trait]
+impl SessionStore for Metered<dyn SessionStore> {
+    async fn create(&self, record: &SessionRecord) -> Result<()> {
+        timed(self.label, "session_create", self.inner.create(record)).await
+    }
+    async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>> {
+        timed(self.label, "session_load", self.inner.load(id)).await
+    }
+    async fn touch(&self, id: &SessionId, expires_at: SystemTime) -> Result<bool> {
+        timed(self.label, "session_touch", self.inner.touch(id, expires_at)).await
+    }
+    async fn touch_many(&self, ids: &[SessionId], expires_at: SystemTime) -> Result<usize> {
+        let touched = self.inner.touch_many(ids, expires_at);
+        timed(self.label, "session_touch", touched).await
+    }
+    async fn record_cursor(
+        &self,
+        id: &SessionId,
+        cursor: &str,
+        expires_at: SystemTime,
+    ) -> Result<bool> {
+        let recorded = self.inner.record_cursor(id, cursor, expires_at);
+        timed(self.label, "session_record_cursor", recorded).await
+    }
+    async fn record_cursors(
+        &self,
+        cursors: &[(SessionId, String)],
+        expires_at: SystemTime,
+    ) -> Result<usize> {
+        let recorded = self.inner.record_cursors(cursors, expires_at);
+        timed(self.label, "session_record_cursor", recorded).await
+    }
+    async fn delete(&self, id: &SessionId) -> Result<()> {
+        timed(self.label, "session_delete", self.inner.delete(id)).await
+    }
+    fn store_label(&self) -> &'static str {
+        self.label
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{Hub, Inner, feed, keeper};
 use crate::appender::Appender;
+use crate::metrics::Metered;
 use crate::session::SessionStore;
 use crate::token::TokenKeys;
 use crate::{Config, EventBuffer, SseTransport, Transport};
@@ -72,13 +73,16 @@ impl HubBuilder {
         config.page_size = config.page_size.max(1);
         // Subscribe before the hub exists, so no append made through it can be missed.
         let feed = self.buffer.live_feed();
+        // Every store operation the hub makes is timed and its failures counted.
+        let buffer: Arc<dyn EventBuffer> = Arc::new(Metered::<dyn EventBuffer>::new(self.buffer));
+        let sessions: Arc<dyn SessionStore> = Arc::new(Metered::<dyn SessionStore>::new(self.sessions));
         // Two ticks per heartbeat interval: see `State::poll_next` in the connection module.
         let tick = (config.heartbeat / 2).max(Duration::from_millis(5));
         let keepalive = (config.session_ttl / 2).max(Duration::from_millis(10));
         let inner = Arc::new(Inner {
-            appender: Appender::new(self.buffer.clone()),
-            buffer: self.buffer,
-            sessions: self.sessions,
+            appender: Appender::new(buffer.clone()),
+            buffer,
+            sessions,
             transport: self.transport,
             keys: self.keys.unwrap_or_else(TokenKeys::random),
             config,
