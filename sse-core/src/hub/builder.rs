@@ -95,6 +95,7 @@ impl HubBuilder {
             live_sessions: Mutex::new(HashMap::new()),
             closed: Mutex::new(keeper::ClosedCursors::default()),
         });
+        metrics::gauge!(crate::metrics::FEED_CONNECTED).set(1.0);
         keeper::spawn(&inner, tick, keepalive);
         tokio::spawn(feed::run(Arc::downgrade(&inner), rx, feed));
         Hub { inner }

@@ -201,6 +201,9 @@ impl Server {
             .env_remove("SSE_TRUSTED_PROXIES")
             .env_remove("SSE_REFUSAL_RETRY")
             .env_remove("SSE_REFUSAL_RETRY_MAX")
+            .env_remove("SSE_METRICS")
+            .env_remove("SSE_METRICS_LISTEN")
+            .env_remove("SSE_LOG_FORMAT")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         command
