@@ -78,7 +78,8 @@ impl RequestId {
     /// ```
     pub fn from_header(value: &HeaderValue) -> Option<Self> {
         let bytes = value.as_bytes();
-        let sensible = (1..=MAX_LEN).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_graphic);
+        let sensible =
+            (1..=MAX_LEN).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_graphic);
         sensible.then(|| RequestId(value.clone()))
     }
 

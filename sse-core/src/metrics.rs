@@ -133,7 +133,11 @@ pub const ALL: &[(&str, Unit, &str)] = &[
         Unit::Count,
         "Connection reads the hot window could not serve.",
     ),
-    (WINDOW_EVENTS, Unit::Count, "Events held in the hot windows."),
+    (
+        WINDOW_EVENTS,
+        Unit::Count,
+        "Events held in the hot windows.",
+    ),
     (
         APPEND_BATCH_EVENTS,
         Unit::Count,
@@ -285,7 +289,12 @@ impl SessionStore for Metered<dyn SessionStore> {
         timed(self.label, "session_load", self.inner.load(id)).await
     }
     async fn touch(&self, id: &SessionId, expires_at: SystemTime) -> Result<bool> {
-        timed(self.label, "session_touch", self.inner.touch(id, expires_at)).await
+        timed(
+            self.label,
+            "session_touch",
+            self.inner.touch(id, expires_at),
+        )
+        .await
     }
     async fn touch_many(&self, ids: &[SessionId], expires_at: SystemTime) -> Result<usize> {
         let touched = self.inner.touch_many(ids, expires_at);

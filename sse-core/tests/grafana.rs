@@ -26,7 +26,10 @@ fn names_in(expr: &str) -> Vec<String> {
 
 #[test]
 fn the_dashboard_uses_every_metric_and_no_other() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana-dashboard.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/grafana-dashboard.json"
+    );
     let text = std::fs::read_to_string(path).expect("docs/grafana-dashboard.json");
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     let panels = dashboard["panels"].as_array().expect("panels");
@@ -38,7 +41,13 @@ fn the_dashboard_uses_every_metric_and_no_other() {
     }
     let known: BTreeSet<String> = ALL.iter().map(|(n, _, _)| (*n).to_owned()).collect();
     let unknown: Vec<_> = used.difference(&known).collect();
-    assert!(unknown.is_empty(), "the dashboard uses unknown metrics: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "the dashboard uses unknown metrics: {unknown:?}"
+    );
     let missing: Vec<_> = known.difference(&used).collect();
-    assert!(missing.is_empty(), "the dashboard does not show: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "the dashboard does not show: {missing:?}"
+    );
 }

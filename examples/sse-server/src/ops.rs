@@ -57,8 +57,8 @@ impl OpsArgs {
     /// Installs the log subscriber: to stderr (stdout carries the lines scripts read),
     /// filtered by `RUST_LOG` (default `info`).
     pub(crate) fn init_logging(&self) {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| "info".into());
+        let filter =
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
         let builder = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_env_filter(filter);
@@ -151,7 +151,10 @@ fn metrics_router(handle: PrometheusHandle) -> Router {
 
 async fn render(State(handle): State<PrometheusHandle>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         handle.render(),
     )
         .into_response()

@@ -55,7 +55,10 @@ impl Scrape {
                 // Histograms: their count, under `name_count`.
                 prometheus_parse::Value::Histogram(buckets) => {
                     let count = buckets.last().map_or(0.0, |b| b.count);
-                    samples.insert(key(&format!("{}_count", sample.metric), &sample.labels), count);
+                    samples.insert(
+                        key(&format!("{}_count", sample.metric), &sample.labels),
+                        count,
+                    );
                     continue;
                 }
                 prometheus_parse::Value::Summary(_) => panic!("{}: a summary", sample.metric),
@@ -226,7 +229,10 @@ async fn counters_move_by_exactly_what_was_done() {
         during.get(names::CONNECTIONS_ACTIVE, &[]) - baseline_connections,
         3.0
     );
-    assert_eq!(during.get(names::SESSIONS_ACTIVE, &[]) - baseline_sessions, 3.0);
+    assert_eq!(
+        during.get(names::SESSIONS_ACTIVE, &[]) - baseline_sessions,
+        3.0
+    );
     drop(clients);
     drop(refused);
     // The gauges come back once the clients are gone.
@@ -238,13 +244,21 @@ async fn counters_move_by_exactly_what_was_done() {
 
     // One reset of each reason a client can cause: an id that is no cursor, and a cursor
     // from another epoch. Each replays all five events still retained.
-    let (mut garbage, info) =
-        open(&server, "/events?stream=news", &[("last-event-id", "not-a-cursor")]).await;
+    let (mut garbage, info) = open(
+        &server,
+        "/events?stream=news",
+        &[("last-event-id", "not-a-cursor")],
+    )
+    .await;
     assert_eq!(info["reset"], true, "{info}");
     let events = read_messages(&mut garbage, 5).await;
     assert_eq!(events[0], "reset", "{events:?}");
-    let (mut stale, info) =
-        open(&server, "/events?stream=news", &[("last-event-id", &foreign_id)]).await;
+    let (mut stale, info) = open(
+        &server,
+        "/events?stream=news",
+        &[("last-event-id", &foreign_id)],
+    )
+    .await;
     assert_eq!(info["reset"], true, "{info}");
     let events = read_messages(&mut stale, 5).await;
     assert_eq!(events[0], "reset", "{events:?}");
@@ -266,7 +280,11 @@ async fn counters_move_by_exactly_what_was_done() {
         (names::PUBLISH_ERRORS_TOTAL, vec![], 0.0),
         // 3 × 5 live, 2 × 5 replayed after the resets.
         (names::DELIVERIES_TOTAL, vec![], 25.0),
-        (names::REFUSALS_TOTAL, vec![("reason", "max_connections")], 1.0),
+        (
+            names::REFUSALS_TOTAL,
+            vec![("reason", "max_connections")],
+            1.0,
+        ),
         (names::REFUSALS_TOTAL, vec![("reason", auth_reason)], 1.0),
     ];
     let mut wrong = Vec::new();
@@ -279,34 +297,52 @@ async fn counters_move_by_exactly_what_was_done() {
     let replays = format!("{}_count", names::REPLAYED_EVENTS);
     let replay_sum = format!("{}_sum", names::REPLAYED_EVENTS);
     if moved(&before, &after, &replays, &[]) != 2.0 {
-        wrong.push(format!("{replays}: {}", moved(&before, &after, &replays, &[])));
+        wrong.push(format!(
+            "{replays}: {}",
+            moved(&before, &after, &replays, &[])
+        ));
     }
     let _ = replay_sum;
     assert!(moved(&before, &after, names::DELIVERED_BYTES_TOTAL, &[]) > 0.0);
     let reads = format!("{}_count", names::STORE_OPERATION_DURATION_SECONDS);
-    assert!(moved(&before, &after, &reads, &[("store", "memory"), ("op", "append")]) >= 1.0);
-    assert!(wrong.is_empty(), "{}\n{}", wrong.join("\n"), tail(&server.log, 20));
+    assert!(
+        moved(
+            &before,
+            &after,
+            &reads,
+            &[("store", "memory"), ("op", "append")]
+        ) >= 1.0
+    );
+    assert!(
+        wrong.is_empty(),
+        "{}\n{}",
+        wrong.join("\n"),
+        tail(&server.log, 20)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_on_an_admin_listener_or_off() {
-    let server = Server::start_with(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ])
-    .unwrap_or_else(|err| panic!("{err}"));
+    let server =
+        Server::start_with(&["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .unwrap_or_else(|err| panic!("{err}"));
     let deadline = Instant::now() + WAIT;
     let admin = loop {
         let found = server.log.lock().ok().and_then(|log| {
-            log.iter()
-                .find_map(|l| l.trim().strip_prefix("metrics on http://").map(str::to_owned))
+            log.iter().find_map(|l| {
+                l.trim()
+                    .strip_prefix("metrics on http://")
+                    .map(str::to_owned)
+            })
         });
         if let Some(addr) = found {
             break addr;
         }
-        assert!(Instant::now() < deadline, "no admin listener\n{}", tail(&server.log, 20));
+        assert!(
+            Instant::now() < deadline,
+            "no admin listener\n{}",
+            tail(&server.log, 20)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let scrape = Scrape::take_from(&format!("http://{admin}/metrics"), &server).await;
@@ -397,8 +433,16 @@ async fn every_log_line_of_a_connection_names_its_request_and_session() {
     read_messages(&mut stream, 1).await;
     drop(stream);
     // A generated id when the request has none (or an unusable one).
-    let (other, _) = open(&server, "/events?stream=news", &[("x-request-id", "bad id")]).await;
-    let generated = other.headers["x-request-id"].to_str().expect("text").to_owned();
+    let (other, _) = open(
+        &server,
+        "/events?stream=news",
+        &[("x-request-id", "bad id")],
+    )
+    .await;
+    let generated = other.headers["x-request-id"]
+        .to_str()
+        .expect("text")
+        .to_owned();
     assert_eq!(generated.len(), 32, "{generated}");
     drop(other);
 
@@ -420,7 +464,11 @@ async fn every_log_line_of_a_connection_names_its_request_and_session() {
         if done {
             break lines;
         }
-        assert!(Instant::now() < deadline, "no `disconnected` line\n{}", tail(&server.log, 30));
+        assert!(
+            Instant::now() < deadline,
+            "no `disconnected` line\n{}",
+            tail(&server.log, 30)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(lines.len() >= 2, "{lines:?}");

@@ -259,7 +259,10 @@ async fn connection(
     let mut head = Vec::with_capacity(256);
     wire::write_head(&mut head, &response.into_parts().0, Framing::Close);
     let Some(runtime) = streams_on else {
-        if let Err(err) = write_events(stream, head, connection).instrument(span.clone()).await {
+        if let Err(err) = write_events(stream, head, connection)
+            .instrument(span.clone())
+            .await
+        {
             tracing::debug!(parent: &span, error = %err, "SSE connection ended");
         }
         return;

@@ -75,7 +75,8 @@ impl HubBuilder {
         let feed = self.buffer.live_feed();
         // Every store operation the hub makes is timed and its failures counted.
         let buffer: Arc<dyn EventBuffer> = Arc::new(Metered::<dyn EventBuffer>::new(self.buffer));
-        let sessions: Arc<dyn SessionStore> = Arc::new(Metered::<dyn SessionStore>::new(self.sessions));
+        let sessions: Arc<dyn SessionStore> =
+            Arc::new(Metered::<dyn SessionStore>::new(self.sessions));
         // Two ticks per heartbeat interval: see `State::poll_next` in the connection module.
         let tick = (config.heartbeat / 2).max(Duration::from_millis(5));
         let keepalive = (config.session_ttl / 2).max(Duration::from_millis(10));

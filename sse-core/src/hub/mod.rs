@@ -153,7 +153,8 @@ impl Hub {
                 "names starting with '@' are reserved; use send_to_session for a session".into(),
             ));
         }
-        self.check_size(&event).inspect_err(|_| count_publish_error())?;
+        self.check_size(&event)
+            .inspect_err(|_| count_publish_error())?;
         counted(self.inner.appender.append(stream, event).await)
     }
 
@@ -189,7 +190,8 @@ impl Hub {
             ));
         }
         for event in &events {
-            self.check_size(event).inspect_err(|_| count_publish_error())?;
+            self.check_size(event)
+                .inspect_err(|_| count_publish_error())?;
         }
         let appended = self.inner.buffer.append_many(stream, events).await;
         match &appended {
@@ -210,7 +212,8 @@ impl Hub {
     /// [`Error::NotFound`] when the session does not exist (or has expired), and as
     /// [`Hub::publish`].
     pub async fn send_to_session(&self, session: &SessionId, event: NewEvent) -> Result<Appended> {
-        self.check_size(&event).inspect_err(|_| count_publish_error())?;
+        self.check_size(&event)
+            .inspect_err(|_| count_publish_error())?;
         if self
             .inner
             .sessions
