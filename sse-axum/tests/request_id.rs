@@ -19,7 +19,7 @@ struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        self.0.lock().expect("the log").extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -60,8 +60,8 @@ async fn check(fast: bool, request_id: &str) {
     .await;
     assert_eq!(stream.headers["x-request-id"], request_id);
     let connected = stream.next_event(WAIT).await.expect("connected");
-    let info: Value = serde_json::from_str(&connected.data).unwrap();
-    let session = info["session"].as_str().unwrap().to_owned();
+    let info: Value = serde_json::from_str(&connected.data).expect("JSON");
+    let session = info["session"].as_str().expect("a session").to_owned();
     let (status, _) = publish(&server, serde_json::json!({"stream": "news", "data": "x"})).await;
     assert_eq!(status, 200);
     assert_eq!(stream.next_event(WAIT).await.expect("the event").data, "x");
@@ -69,11 +69,11 @@ async fn check(fast: bool, request_id: &str) {
 
     let deadline = Instant::now() + WAIT;
     let lines = loop {
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(captured.0.lock().expect("the log").clone()).expect("UTF-8");
         let lines: Vec<Value> = text
             .lines()
             .filter(|l| l.contains(request_id) || l.contains(&session))
-            .map(|l| serde_json::from_str(l).unwrap())
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
             .collect();
         if lines
             .iter()
