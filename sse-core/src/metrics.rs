@@ -3,6 +3,8 @@
 //! Library crates only record; the application chooses the exporter (the reference server
 //! installs `metrics-exporter-prometheus`). Without a recorder installed every call is a
 //! no-op, so an application that does not want metrics pays nothing worth measuring.
+//! Install the recorder before building the [`Hub`](crate::Hub): the hub registers the
+//! delivery path's counters once, when it is built.
 //!
 //! Names follow Prometheus conventions: the `sse_` prefix, the unit in the name, `_total` on
 //! counters. Labels take a few fixed values only, never a stream name nor a session, so the
@@ -219,6 +221,24 @@ pub async fn timed<T, E>(
         metrics::counter!(STORE_ERRORS_TOTAL, "store" => store, "op" => op).increment(1);
     }
     result
+}
+
+/// The metrics of the delivery path, registered once when the hub is built: each wake-up of
+/// each connection then costs an atomic add per metric, not a lookup in the recorder. (So a
+/// recorder must be installed before the hub is built for these to be recorded.)
+#[derive(Clone)]
+pub(crate) struct Hot {
+    pub(crate) deliveries: metrics::Counter,
+    pub(crate) bytes: metrics::Counter,
+}
+
+impl Hot {
+    pub(crate) fn register() -> Hot {
+        Hot {
+            deliveries: metrics::counter!(DELIVERIES_TOTAL),
+            bytes: metrics::counter!(DELIVERED_BYTES_TOTAL),
+        }
+    }
 }
 
 /// A store whose every operation is [`timed`]: the hub wraps the stores it is built with.

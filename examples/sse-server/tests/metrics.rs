@@ -224,6 +224,15 @@ async fn counters_move_by_exactly_what_was_done() {
     for client in &mut clients {
         read_messages(client, 5).await;
     }
+    // One publish the hub refuses: data over `max_event_bytes` (256 KiB).
+    let big = "x".repeat(300 * 1024);
+    let (status, _) = publish(
+        &server,
+        Some(&publisher),
+        json!({"stream": "news", "data": big}),
+    )
+    .await;
+    assert_eq!(status, 413);
     let during = Scrape::take(&server).await;
     assert_eq!(
         during.get(names::CONNECTIONS_ACTIVE, &[]) - baseline_connections,
@@ -277,7 +286,7 @@ async fn counters_move_by_exactly_what_was_done() {
         (names::RESETS_TOTAL, vec![("reason", "epoch_changed")], 1.0),
         (names::RESETS_TOTAL, vec![("reason", "retention")], 0.0),
         (names::EVENTS_PUBLISHED_TOTAL, vec![], 5.0),
-        (names::PUBLISH_ERRORS_TOTAL, vec![], 0.0),
+        (names::PUBLISH_ERRORS_TOTAL, vec![], 1.0),
         // 3 × 5 live, 2 × 5 replayed after the resets.
         (names::DELIVERIES_TOTAL, vec![], 25.0),
         (

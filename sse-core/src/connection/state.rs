@@ -212,11 +212,12 @@ impl State {
     /// written since `delivered_before` and the bytes.
     fn flush(&mut self, delivered_before: u64) -> Bytes {
         let bytes = self.out.split().freeze();
+        let hot = self.hub.hot_metrics();
         let events = self.delivered - delivered_before;
         if events > 0 {
-            metrics::counter!(crate::metrics::DELIVERIES_TOTAL).increment(events);
+            hot.deliveries.increment(events);
         }
-        metrics::counter!(crate::metrics::DELIVERED_BYTES_TOTAL).increment(bytes.len() as u64);
+        hot.bytes.increment(bytes.len() as u64);
         bytes
     }
 

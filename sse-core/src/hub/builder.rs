@@ -93,6 +93,7 @@ impl HubBuilder {
             tick: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             feed_connected: AtomicBool::new(true),
+            hot: crate::metrics::Hot::register(),
             live_sessions: Mutex::new(HashMap::new()),
             closed: Mutex::new(keeper::ClosedCursors::default()),
         });

@@ -106,6 +106,8 @@ struct Inner {
     /// Heartbeat ticks so far; a connection that wrote nothing during a tick sends a comment.
     tick: AtomicU64,
     closing: AtomicBool,
+    /// The delivery path's metric handles.
+    hot: crate::metrics::Hot,
     /// Whether the live feed is connected (see [`Hub::feed_connected`]).
     feed_connected: AtomicBool,
     /// Sessions with open connections (and how many), kept alive by the session keeper.
@@ -271,6 +273,12 @@ impl Hub {
     pub fn window_events(&self) -> usize {
         let streams: Vec<_> = self.inner.streams.lock().values().cloned().collect();
         streams.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// The delivery path's metric handles.
+    #[inline]
+    pub(crate) fn hot_metrics(&self) -> &crate::metrics::Hot {
+        &self.inner.hot
     }
 
     /// Heartbeat ticks so far (two per [`Config::heartbeat`]).
