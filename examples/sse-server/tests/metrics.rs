@@ -129,8 +129,8 @@ async fn open(server: &Server, path: &str, headers: &[(&str, &str)]) -> (SseStre
     (stream, serde_json::from_str(&first.data).expect("JSON"))
 }
 
-/// Reads events until `n` plain messages have come; returns every event's name.
-async fn read_messages(stream: &mut SseStream, n: usize) -> Vec<String> {
+/// Reads events until `n` plain messages have come; returns every event's name and id.
+async fn read_messages(stream: &mut SseStream, n: usize) -> Vec<(String, String)> {
     let events = stream
         .collect_until(WAIT, |seen| {
             seen.iter().filter(|e| e.event == "message").count() >= n
@@ -141,7 +141,10 @@ async fn read_messages(stream: &mut SseStream, n: usize) -> Vec<String> {
         n,
         "{events:?}"
     );
-    events.into_iter().map(|e| e.event).collect()
+    events
+        .into_iter()
+        .map(|e| (e.event, e.last_event_id))
+        .collect()
 }
 
 /// Polls `/metrics` until `done` holds, failing after [`WAIT`].
@@ -172,6 +175,9 @@ async fn counters_move_by_exactly_what_was_done() {
         "news",
         "--max-connections",
         "3",
+        // Five events published, three retained.
+        "--max-len",
+        "3",
     ])
     .unwrap_or_else(|err| panic!("{err}"));
     let publisher = token(&json!({"sub": "ops", "exp": exp(), "sse": {"publish": ["*"]}}));
@@ -189,6 +195,7 @@ async fn counters_move_by_exactly_what_was_done() {
     let before = Scrape::take(&server).await;
     let baseline_connections = before.get(names::CONNECTIONS_ACTIVE, &[]);
     let baseline_sessions = before.get(names::SESSIONS_ACTIVE, &[]);
+    let baseline_window = before.get(names::WINDOW_EVENTS, &[]);
 
     // A private stream without a token: refused by authorization (before the caps are
     // full: limits are checked first).
@@ -221,8 +228,9 @@ async fn counters_move_by_exactly_what_was_done() {
         .await;
         assert_eq!(status, 200, "{answer}");
     }
+    let mut first_ids = Vec::new();
     for client in &mut clients {
-        read_messages(client, 5).await;
+        first_ids.push(read_messages(client, 5).await[0].1.clone());
     }
     // One publish the hub refuses: data over `max_event_bytes` (256 KiB).
     let big = "x".repeat(300 * 1024);
@@ -244,15 +252,29 @@ async fn counters_move_by_exactly_what_was_done() {
     );
     drop(clients);
     drop(refused);
-    // The gauges come back once the clients are gone.
+    // The gauges come back once the clients are gone (the hot window with them).
     scrape_until(&server, "the gauges back to their baseline", |s| {
         s.get(names::CONNECTIONS_ACTIVE, &[]) == baseline_connections
             && s.get(names::SESSIONS_ACTIVE, &[]) == baseline_sessions
+            && s.get(names::WINDOW_EVENTS, &[]) == baseline_window
     })
     .await;
 
-    // One reset of each reason a client can cause: an id that is no cursor, and a cursor
-    // from another epoch. Each replays all five events still retained.
+    // One reset of each reason a client can cause. A cursor behind retention (the first
+    // event's, now trimmed; no hot window holds it once its readers are gone): the three
+    // retained events are replayed.
+    let (mut behind, info) = open(
+        &server,
+        "/events?stream=news",
+        &[("last-event-id", &first_ids[0])],
+    )
+    .await;
+    assert_eq!(info["reset"], true, "{info}");
+    let events = read_messages(&mut behind, 3).await;
+    assert_eq!(events[0].0, "reset", "{events:?}");
+    drop(behind);
+    // An id that is no cursor, and a cursor from another epoch: each replays the three events
+    // still retained.
     let (mut garbage, info) = open(
         &server,
         "/events?stream=news",
@@ -260,8 +282,8 @@ async fn counters_move_by_exactly_what_was_done() {
     )
     .await;
     assert_eq!(info["reset"], true, "{info}");
-    let events = read_messages(&mut garbage, 5).await;
-    assert_eq!(events[0], "reset", "{events:?}");
+    let events = read_messages(&mut garbage, 3).await;
+    assert_eq!(events[0].0, "reset", "{events:?}");
     let (mut stale, info) = open(
         &server,
         "/events?stream=news",
@@ -269,8 +291,8 @@ async fn counters_move_by_exactly_what_was_done() {
     )
     .await;
     assert_eq!(info["reset"], true, "{info}");
-    let events = read_messages(&mut stale, 5).await;
-    assert_eq!(events[0], "reset", "{events:?}");
+    let events = read_messages(&mut stale, 3).await;
+    assert_eq!(events[0].0, "reset", "{events:?}");
     drop((garbage, stale));
     // And a client that comes back without its session token after its session was sent a
     // private message it did not read: `session_changed`.
@@ -301,7 +323,7 @@ async fn counters_move_by_exactly_what_was_done() {
     .await;
     let expect = [
         (names::CONNECTIONS_TOTAL, vec![("outcome", "fresh")], 4.0),
-        (names::CONNECTIONS_TOTAL, vec![("outcome", "reset")], 3.0),
+        (names::CONNECTIONS_TOTAL, vec![("outcome", "reset")], 4.0),
         (names::CONNECTIONS_TOTAL, vec![("outcome", "resumed")], 0.0),
         (names::RESETS_TOTAL, vec![("reason", "invalid_id")], 1.0),
         (names::RESETS_TOTAL, vec![("reason", "epoch_changed")], 1.0),
@@ -312,11 +334,11 @@ async fn counters_move_by_exactly_what_was_done() {
             vec![("reason", "session_changed")],
             2.0,
         ),
-        (names::RESETS_TOTAL, vec![("reason", "retention")], 0.0),
+        (names::RESETS_TOTAL, vec![("reason", "retention")], 1.0),
         (names::EVENTS_PUBLISHED_TOTAL, vec![], 6.0),
         (names::PUBLISH_ERRORS_TOTAL, vec![], 1.0),
-        // 3 × 5 live, 2 × 5 replayed after the resets, 1 private message.
-        (names::DELIVERIES_TOTAL, vec![], 26.0),
+        // 3 × 5 live, 3 × 3 replayed after the resets, 1 private message.
+        (names::DELIVERIES_TOTAL, vec![], 25.0),
         (
             names::REFUSALS_TOTAL,
             vec![("reason", "max_connections")],
@@ -332,14 +354,12 @@ async fn counters_move_by_exactly_what_was_done() {
         }
     }
     let replays = format!("{}_count", names::REPLAYED_EVENTS);
-    let replay_sum = format!("{}_sum", names::REPLAYED_EVENTS);
-    if moved(&before, &after, &replays, &[]) != 3.0 {
+    if moved(&before, &after, &replays, &[]) != 4.0 {
         wrong.push(format!(
             "{replays}: {}",
             moved(&before, &after, &replays, &[])
         ));
     }
-    let _ = replay_sum;
     assert!(moved(&before, &after, names::DELIVERED_BYTES_TOTAL, &[]) > 0.0);
     let reads = format!("{}_count", names::STORE_OPERATION_DURATION_SECONDS);
     assert!(
