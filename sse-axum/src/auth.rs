@@ -183,6 +183,8 @@ impl std::error::Error for Refusal {}
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
+        // Every authorization refusal is answered through here, on both endpoints.
+        crate::metrics::count_refusal(self.code());
         // RFC 6750 §3: the description is a quoted string of visible ASCII without `"` or `\`.
         let description: String = self
             .message

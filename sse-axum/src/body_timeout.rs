@@ -198,7 +198,7 @@ where
         if !this.expired.load(Ordering::Acquire) {
             return Poll::Ready(Ok(response));
         }
-        metrics::counter!("sse_connections_dropped_total", "reason" => "body_timeout").increment(1);
+        crate::metrics::count_dropped("body_timeout");
         // Whatever the handler made of the cut body (a 400, a 413), the truth is a timeout.
         let mut response = ApiError::new(
             StatusCode::REQUEST_TIMEOUT,

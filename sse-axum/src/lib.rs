@@ -7,6 +7,8 @@
 //!   handler; its rejection names the missing layer;
 //! - [`Authorize`]: who may subscribe to and publish on which stream (async; RFC 6750
 //!   refusals; an expiry ends the streams it opened);
+//! - [`RequestIdLayer`]: an `x-request-id` for every request, in its response and in a span
+//!   around every log line of its connection (with the session id);
 //! - [`Limits`]: connection caps and rate limits, refused with a `200` and a growing
 //!   `retry:` hint that keeps browsers' `EventSource` coming back (`429` for publishes);
 //! - [`events`]: the SSE endpoint (`Last-Event-ID` header, `lastEventId` query fallback, the
@@ -49,6 +51,8 @@ mod error;
 mod handler;
 mod layer;
 mod limits;
+mod metrics;
+pub mod request_id;
 mod response;
 mod serve;
 mod session;
@@ -66,6 +70,7 @@ pub use handler::{PublishState, events, healthz, publish, router};
 pub use ipnet::IpNet;
 pub use layer::{SseLayer, SseService, future};
 pub use limits::Limits;
+pub use request_id::{RequestId, RequestIdLayer};
 pub use serve::{Serve, serve};
 pub use session::{InvalidSameSite, SameSite, Session, SessionRejection};
 #[cfg(feature = "memory")]

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use resumable_sse_core::SessionId;
 
 use crate::auth::Identity;
+use crate::metrics::count_refusal;
 
 /// How many client addresses the refusal back-off remembers at most. Beyond it, a new address
 /// is refused with the base delay (jittered) until the sweeper forgets old ones.
@@ -27,12 +28,6 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// How many hops of a forwarding header are looked at, from the right.
 const MAX_HOPS: usize = 32;
-
-/// Counts a refusal in `sse_refusals_total{reason}` (a no-op until the application installs
-/// a `metrics` recorder).
-pub(crate) fn count_refusal(reason: &'static str) {
-    metrics::counter!("sse_refusals_total", "reason" => reason).increment(1);
-}
 
 /// Connection caps, rate limits and trusted proxies; every limit is off until set.
 ///

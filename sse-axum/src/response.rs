@@ -62,7 +62,7 @@ pub(crate) fn backoff(hub: &Hub) -> Response {
     let base = config.retry.max(BACKOFF).max(config.breaker.probe);
     let half = u64::try_from((base / 2).as_millis()).unwrap_or(u64::MAX);
     let retry = base + Duration::from_millis(rand::random_range(0..=half));
-    crate::limits::count_refusal(STORE_UNAVAILABLE);
+    crate::metrics::count_refusal(STORE_UNAVAILABLE);
     refused(
         hub,
         Refused {

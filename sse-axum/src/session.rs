@@ -257,6 +257,9 @@ impl SessionSlot {
                     .hub
                     .find_session(token, identity.principal_name())
                     .await?;
+                // The request's span (`RequestIdLayer`) names the session from now on.
+                tracing::Span::current()
+                    .record("session", tracing::field::display(resolved.record.id));
                 Ok(Session::new(slot.shared.clone(), resolved))
             })
             .await

@@ -150,6 +150,7 @@ impl Appender {
             let (events, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|q| (q.event, q.reply)).unzip();
             let count = events.len();
+            metrics::histogram!(crate::metrics::APPEND_BATCH_EVENTS).record(count as f64);
             let outcome = self.buffer.append_many(&stream, events).await;
             self.breaker.record(&outcome);
             match outcome {

@@ -28,12 +28,18 @@ pub struct Notification {
 
 /// One item of the live feed.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FeedItem {
     /// An event was appended.
     Appended(Notification),
     /// Notifications may have been lost (a lagging receiver, a reconnected pub/sub or LISTEN
     /// connection): the hub re-reads the head of every stream it serves.
     Resync,
+    /// The feed lost its connection to the store and is reconnecting: until its next item
+    /// the hub reports the feed as not connected ([`Hub::feed_connected`](crate::Hub::feed_connected),
+    /// which readiness probes ask). A feed that reconnects yields [`FeedItem::Resync`] then.
+    /// Optional: a store whose feed cannot lose a connection never yields it.
+    Disconnected,
 }
 
 /// The live feed: every append made by any node sharing the backend, in position order per
@@ -215,6 +221,13 @@ pub trait EventBuffer: Debug + Send + Sync + 'static {
         let probe = StreamName::new("@ping").expect("valid name");
         self.read(&probe, 0, 0).await.map(drop)
     }
+
+    /// The `store` label of this store's operations in the
+    /// [metrics](crate::metrics::STORE_OPERATION_DURATION_SECONDS) the hub records around each
+    /// call: a short fixed name (`memory`, `redis`, `postgres`); `custom` by default.
+    fn store_label(&self) -> &'static str {
+        "custom"
+    }
 }
 
 #[async_trait]
@@ -237,5 +250,8 @@ impl<T: EventBuffer + ?Sized> EventBuffer for std::sync::Arc<T> {
     }
     async fn ping(&self) -> Result<()> {
         (**self).ping().await
+    }
+    fn store_label(&self) -> &'static str {
+        (**self).store_label()
     }
 }

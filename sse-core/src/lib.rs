@@ -32,6 +32,7 @@
 //! | [`codec`] | the SSE encoder and the one parser (tests, benches, clients) |
 //! | [`cursor`] | the cursor's wire format, for tools that inspect ids |
 //! | [`time`] | millisecond timestamps as stores keep them |
+//! | [`metrics`] | the names of the metrics recorded (through the `metrics` facade) |
 //! | [`task`] | the periodic background task the hub and the stores run |
 //! | `testing` | the backend conformance suite (feature `testing`) |
 //!
@@ -80,6 +81,7 @@ mod connection;
 pub mod cursor;
 mod error;
 mod hub;
+pub mod metrics;
 mod session;
 mod signal;
 pub mod task;

@@ -248,6 +248,13 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
 
     /// Forgets a session.
     async fn delete(&self, id: &SessionId) -> Result<()>;
+
+    /// The `store` label of this store's operations in the
+    /// [metrics](crate::metrics::STORE_OPERATION_DURATION_SECONDS) the hub records around each
+    /// call: a short fixed name (`memory`, `redis`, `postgres`); `custom` by default.
+    fn store_label(&self) -> &'static str {
+        "custom"
+    }
 }
 
 #[async_trait]
@@ -281,5 +288,8 @@ impl<T: SessionStore + ?Sized> SessionStore for std::sync::Arc<T> {
     }
     async fn delete(&self, id: &SessionId) -> Result<()> {
         (**self).delete(id).await
+    }
+    fn store_label(&self) -> &'static str {
+        (**self).store_label()
     }
 }

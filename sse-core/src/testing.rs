@@ -151,6 +151,8 @@ pub async fn next_feed_item(feed: &mut LiveFeed, stream: &StreamName) -> FeedIte
             .expect("the live feed does not end");
         match &item {
             FeedItem::Appended(n) if &n.stream != stream => continue,
+            // Says nothing about appends; a reconnect's resync follows.
+            FeedItem::Disconnected => continue,
             _ => return item,
         }
     }
@@ -332,6 +334,8 @@ impl Follower {
                         self.repeats_until = last.position;
                     }
                 }
+                // A lost connection; the resync after it accounts for what was missed.
+                FeedItem::Disconnected => {}
             }
         }
     }

@@ -258,7 +258,7 @@ impl EventBuffer for Faulty {
                             epoch: store.first_epoch(&n.stream, n.epoch),
                             ..n
                         }),
-                        FeedItem::Resync => FeedItem::Resync,
+                        other => other,
                     })
                     .boxed()
             }

@@ -403,9 +403,11 @@ impl Shared {
         for id in expired {
             streams.remove(&id.stream());
         }
+        let mut retained = 0;
         let Streams { logs, used } = &mut *streams;
         logs.retain(|_, log| {
             *used -= log.trim(&self.config.retention, now_ms);
+            retained += log.events.len();
             // An empty log may go: if the stream comes back it gets a new epoch, so a cursor
             // into the old log is answered with a reset, never mistaken for the new one.
             let keep = !log.events.is_empty();
@@ -414,11 +416,18 @@ impl Shared {
             }
             keep
         });
+        // Sampled at each sweep: appends do not pay for it.
+        metrics::gauge!(resumable_sse_core::metrics::STORE_RETAINED_EVENTS, "store" => "memory")
+            .set(retained as f64);
     }
 }
 
 #[async_trait]
 impl EventBuffer for MemoryStore {
+    fn store_label(&self) -> &'static str {
+        "memory"
+    }
+
     async fn append(&self, stream: &StreamName, event: NewEvent) -> Result<Appended> {
         let mut out = self.append_many(stream, vec![event]).await?;
         Ok(out.remove(0))
@@ -540,6 +549,10 @@ impl EventBuffer for MemoryStore {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
+    fn store_label(&self) -> &'static str {
+        "memory"
+    }
+
     async fn create(&self, record: &SessionRecord) -> Result<()> {
         self.shared
             .sessions

@@ -41,6 +41,8 @@ struct State {
     pending: Option<Pending>,
     /// Failed (re)connection attempts in a row, for the logs.
     failures: u32,
+    /// Whether [`FeedItem::Disconnected`] was yielded for the current run of failures.
+    said_lost: bool,
 }
 
 pub(crate) fn live_feed(source: Arc<FeedSource>) -> LiveFeed {
@@ -49,6 +51,7 @@ pub(crate) fn live_feed(source: Arc<FeedSource>) -> LiveFeed {
         listener: None,
         pending: None,
         failures: 0,
+        said_lost: false,
     };
     futures_util::stream::unfold(state, next).boxed()
 }
@@ -128,6 +131,11 @@ impl State {
 
 async fn next(mut st: State) -> Option<(FeedItem, State)> {
     loop {
+        if st.failures > 0 && !st.said_lost {
+            // Readiness probes learn that appends of other instances are not arriving.
+            st.said_lost = true;
+            return Some((FeedItem::Disconnected, st));
+        }
         if let Some(p) = &mut st.pending {
             if p.next <= p.last {
                 let item = FeedItem::Appended(Notification {
@@ -148,6 +156,7 @@ async fn next(mut st: State) -> Option<(FeedItem, State)> {
                         tracing::info!(channel = %st.source.channel, attempts = st.failures, "the live feed is listening again");
                     }
                     st.failures = 0;
+                    st.said_lost = false;
                     st.listener = Some(listener);
                     // Whatever was appended while nobody listened is only in the tables.
                     return Some((FeedItem::Resync, st));

@@ -549,6 +549,10 @@ async fn sweep_logged(shared: &Shared, failing: &AtomicBool) {
 
 #[async_trait]
 impl EventBuffer for PostgresStore {
+    fn store_label(&self) -> &'static str {
+        "postgres"
+    }
+
     async fn append(&self, stream: &StreamName, event: NewEvent) -> Result<Appended> {
         let events = std::slice::from_ref(&event);
         let mut out = self.run(false, || self.append_rows(stream, events)).await?;
@@ -589,6 +593,10 @@ impl EventBuffer for PostgresStore {
 
 #[async_trait]
 impl SessionStore for PostgresStore {
+    fn store_label(&self) -> &'static str {
+        "postgres"
+    }
+
     async fn create(&self, record: &SessionRecord) -> Result<()> {
         // An upsert: running it twice is harmless.
         self.run(true, || async {

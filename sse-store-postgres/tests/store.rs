@@ -52,7 +52,7 @@ async fn kill_connections(store: &PostgresStore, application_name: &str) -> i64 
 fn appended(item: &FeedItem) -> Option<Position> {
     match item {
         FeedItem::Appended(n) => Some(n.position),
-        FeedItem::Resync => None,
+        _ => None,
     }
 }
 
@@ -422,6 +422,7 @@ async fn the_feed_resyncs_after_its_connection_is_killed() {
         match next_feed_item(&mut feed, &stream).await {
             FeedItem::Resync => break,
             FeedItem::Appended(n) => assert_eq!(n.position, 2),
+            other => panic!("unexpected {other:?}"),
         }
     }
     store

@@ -121,6 +121,7 @@ async fn run(
                 message = stream.next() => {
                     let Some(message) = message else {
                         tracing::warn!("Redis pub/sub connection lost; reconnecting");
+                        let _ = tx.send(FeedItem::Disconnected);
                         break;
                     };
                     match decode(message.get_payload_bytes()) {
@@ -144,6 +145,7 @@ async fn run(
                     .await;
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::warn!("Redis pub/sub connection does not answer PING; reconnecting");
+                        let _ = tx.send(FeedItem::Disconnected);
                         break;
                     }
                 }

@@ -375,6 +375,10 @@ impl RedisStore {
 
 #[async_trait]
 impl EventBuffer for RedisStore {
+    fn store_label(&self) -> &'static str {
+        "redis"
+    }
+
     async fn append(&self, stream: &StreamName, event: NewEvent) -> Result<Appended> {
         let mut out = self
             .append_batch(stream, std::slice::from_ref(&event))
@@ -427,6 +431,10 @@ impl EventBuffer for RedisStore {
 
 #[async_trait]
 impl SessionStore for RedisStore {
+    fn store_label(&self) -> &'static str {
+        "redis"
+    }
+
     async fn create(&self, record: &SessionRecord) -> Result<()> {
         let expires = unix_ms(record.expires_at);
         let mut call = SESSION_CREATE_SCRIPT.prepare_invoke();

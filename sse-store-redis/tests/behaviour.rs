@@ -68,7 +68,7 @@ fn stream(name: &str) -> StreamName {
 async fn next_notification(feed: &mut LiveFeed, stream: &StreamName) -> Notification {
     match next_feed_item(feed, stream).await {
         FeedItem::Appended(n) => n,
-        FeedItem::Resync => panic!("expected a notification, got a resync"),
+        other => panic!("expected a notification, got {other:?}"),
     }
 }
 
@@ -530,6 +530,7 @@ async fn outage_with_aof_keeps_everything() {
         match next_feed_item(&mut feed, &news).await {
             FeedItem::Resync => break,
             FeedItem::Appended(n) => assert_eq!(n.position, 4, "{n:?}"),
+            other => panic!("unexpected {other:?}"),
         }
     }
     store.append(&news, NewEvent::new("5")).await.unwrap();

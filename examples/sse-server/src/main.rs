@@ -9,6 +9,10 @@
 //! POST /publish   {"stream": "A", "event"?: "type", "id"?: "key", "data": …}
 //!                 or {"session": "<id>", …}
 //! GET  /healthz   200 when the store answers
+//! GET  /livez     200 while the process runs; /readyz: 200 when the store answers and the
+//!                 live feed is connected, else 503
+//! GET  /metrics   Prometheus text format (`--metrics false`: off; `--metrics-listen ADDR`:
+//!                 on an admin listener instead)
 //! GET  /resumable-sse.js, /htmx, /vendor/…   the browser helper, the htmx example (assets.rs)
 //! ```
 //!
@@ -39,9 +43,9 @@ mod auth;
 mod breaker;
 mod connections;
 mod lifecycle;
-mod pattern;
-
 mod memory;
+mod ops;
+mod pattern;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -150,6 +154,8 @@ struct Args {
     connections: connections::ConnectionArgs,
     #[command(flatten)]
     breaker: breaker::BreakerArgs,
+    #[command(flatten)]
+    ops: ops::OpsArgs,
 }
 
 /// Connection caps and rate limits (docs/limits.md). Each is off with `0`. Unset, they are
@@ -276,22 +282,19 @@ fn app(layer: SseLayer, origins: CorsOrigins) -> Router {
     let router = resumable_sse_axum::router(layer)
         .route("/", get(|| async { Html(DEMO) }))
         .merge(assets::router());
-    match cors {
+    let router = match cors {
         Some(cors) => router.layer(cors),
         None => router,
-    }
+    };
+    // Outermost: every request, preflights included, has an id in its logs and response.
+    router.layer(resumable_sse_axum::RequestIdLayer::new())
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Logs go to stderr: stdout carries the `listening on` line scripts read.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    args.ops.init_logging();
+    let metrics = args.ops.install_metrics()?;
     // Before anything is opened: a configuration that is refused changes nothing.
     let tokens = match authorization(&args) {
         Ok(tokens) => tokens,
@@ -328,10 +331,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         builder.build()
     };
 
+    let ops_routes = args.ops.routes(hub.clone(), metrics.as_ref());
     let listener = connections::listen(args.listen)?;
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find the port.
     println!("listening on http://{addr}");
+    args.ops.serve_admin(metrics.as_ref()).await?;
     tracing::info!(%addr, store = %store_kind(&args.store), "sse-server started");
 
     let shutdown_hub = hub.clone();
@@ -383,7 +388,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // `resumable_sse_axum::serve` writes event streams outside hyper (a fraction of the memory
     // per idle connection); the router answers every request, as with `axum::serve`.
-    let serve = resumable_sse_axum::serve(listener, app(layer, origins));
+    let serve = resumable_sse_axum::serve(listener, app(layer, origins).merge(ops_routes));
     args.connections
         .apply(serve)
         .streams_on(streams.handle().clone())

@@ -15,15 +15,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use resumable_sse_axum::testing::{SseStream, connect};
 use resumable_sse_core::codec::{Item, ParsedEvent};
 use serde_json::{Value, json};
-use support::postgres::Schema;
-use support::{Server, TempDir, tail};
+use support::postgres::{Cluster, Schema};
+use support::{Server, tail};
 
 /// The signing key both servers share, so a session token from one is genuine on the other.
 const KEY: &str = "postgres-test-signing-key-0123456789abcdef";
@@ -171,159 +169,6 @@ async fn two_servers_share_one_database() {
     let fresh = Client::open(&b, "/events?stream=news", None, None).await;
     let (status, answer) = publish(&a, json!({"session": fresh.session(), "data": "hi"})).await;
     assert_eq!(status, 200, "{answer}");
-}
-
-/// The newest `/usr/lib/postgresql/*/bin` (or `PG_BIN`), which must hold `initdb`.
-fn pg_bin() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PG_BIN") {
-        return PathBuf::from(dir);
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
-        panic!(
-            "the restart test needs PostgreSQL's initdb and pg_ctl: \
-             `apt-get install -y postgresql`, or point PG_BIN at their directory"
-        )
-    })
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
-}
-
-/// A PostgreSQL cluster of this test's own: `initdb` in a temporary directory, on a free
-/// port. Run as `postgres` when the test runs as root (initdb refuses root). Stopped
-/// (immediately) and removed when dropped, also when the test panics.
-struct Cluster {
-    bin: PathBuf,
-    data: PathBuf,
-    port: u16,
-    as_postgres: bool,
-    // Dropped last: the server is stopped before its files go.
-    dir: TempDir,
-}
-
-impl Cluster {
-    fn command(&self, program: &str) -> Command {
-        let program = self.bin.join(program);
-        if self.as_postgres {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(program);
-            command
-        } else {
-            Command::new(program)
-        }
-    }
-
-    fn run(&self, what: &str, mut command: Command) {
-        let output = command
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|err| panic!("cannot run {what}: {err}"));
-        assert!(
-            output.status.success(),
-            "{what} failed: {}\n{}\nserver log:\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
-            std::fs::read_to_string(self.dir.0.join("log")).unwrap_or_default()
-        );
-    }
-
-    fn init() -> Cluster {
-        let bin = pg_bin();
-        let dir = TempDir::new("sse-pg-cluster").unwrap_or_else(|err| panic!("{err}"));
-        let as_postgres = is_root();
-        if as_postgres {
-            let chown = Command::new("chown")
-                .args(["postgres:", &dir.0.to_string_lossy()])
-                .status();
-            assert!(
-                chown.is_ok_and(|s| s.success()),
-                "cannot hand {} to the postgres user",
-                dir.0.display()
-            );
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let cluster = Cluster {
-            bin,
-            data: dir.0.join("data"),
-            port,
-            as_postgres,
-            dir,
-        };
-        let mut initdb = cluster.command("initdb");
-        initdb.args(["-D", &cluster.data.to_string_lossy()]).args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "--no-sync",
-        ]);
-        cluster.run("initdb", initdb);
-        cluster
-    }
-
-    fn start(&self) {
-        let mut pg_ctl = self.command("pg_ctl");
-        pg_ctl
-            .args(["-D", &self.data.to_string_lossy()])
-            .args(["-l", &self.dir.0.join("log").to_string_lossy()])
-            .args(["-w", "-t", "60", "-o"])
-            .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-                self.port,
-                self.dir.0.display()
-            ))
-            .arg("start");
-        self.run("pg_ctl start", pg_ctl);
-    }
-
-    /// A fast shutdown, as a restart by an operator or a failover would do.
-    fn stop(&self) {
-        let mut pg_ctl = self.command("pg_ctl");
-        pg_ctl
-            .args(["-D", &self.data.to_string_lossy()])
-            .args(["-m", "fast", "-w", "-t", "60", "stop"]);
-        self.run("pg_ctl stop", pg_ctl);
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn data_dir(&self) -> &Path {
-        &self.data
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if self.data_dir().join("postmaster.pid").exists() {
-            let mut pg_ctl = self.command("pg_ctl");
-            let _ = pg_ctl
-                .args(["-D", &self.data.to_string_lossy()])
-                .args(["-m", "immediate", "-w", "stop"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
 }
 
 /// Reads items for `span`: the response must stay open, carrying only heartbeats.

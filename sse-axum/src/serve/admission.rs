@@ -89,7 +89,7 @@ impl Dropped {
             Dropped::TimedOut => "head_timeout",
             Dropped::Shed => "shed",
         };
-        metrics::counter!("sse_connections_dropped_total", "reason" => reason).increment(1);
+        crate::metrics::count_dropped(reason);
         self
     }
 }

@@ -23,9 +23,11 @@ use resumable_sse_core::Connection;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::ApiError;
 use crate::body_timeout::BodyTimeout;
+use crate::request_id::RequestSpan;
 use crate::response::Takeover;
 use admission::{Admission, Conn, Settings};
 use wire::{Framing, Head, Rewind};
@@ -465,11 +467,20 @@ async fn connection(
         }
         return;
     };
+    // The request's span (its id and session, from `RequestIdLayer`) follows the stream to
+    // whichever task writes it.
+    let span = response
+        .extensions()
+        .get::<RequestSpan>()
+        .map_or_else(tracing::Span::none, |s| s.0.clone());
     let mut head = Vec::with_capacity(256);
     wire::write_head(&mut head, &response.into_parts().0, Framing::Close);
     let Some(runtime) = shared.streams_on.clone() else {
-        if let Err(err) = write_events(stream, head, connection).await {
-            tracing::debug!(error = %err, "SSE connection ended");
+        if let Err(err) = write_events(stream, head, connection)
+            .instrument(span.clone())
+            .await
+        {
+            tracing::debug!(parent: &span, error = %err, "SSE connection ended");
         }
         return;
     };
@@ -478,15 +489,18 @@ async fn connection(
     let Ok(socket) = stream.into_std() else {
         return;
     };
-    runtime.spawn(async move {
-        let result = match TcpStream::from_std(socket) {
-            Ok(stream) => write_events(stream, head, connection).await,
-            Err(err) => Err(err),
-        };
-        if let Err(err) = result {
-            tracing::debug!(error = %err, "SSE connection ended");
+    runtime.spawn(
+        async move {
+            let result = match TcpStream::from_std(socket) {
+                Ok(stream) => write_events(stream, head, connection).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "SSE connection ended");
+            }
         }
-    });
+        .instrument(span),
+    );
 }
 
 /// Serves a connection with hyper (every request the fast path does not take), under the

@@ -243,12 +243,35 @@ pub(super) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
         reset: !resets.is_empty(),
     };
 
+    let outcome = if info.reset {
+        "reset"
+    } else if info.resumed {
+        "resumed"
+    } else {
+        "fresh"
+    };
+    metrics::counter!(crate::metrics::CONNECTIONS_TOTAL, "outcome" => outcome).increment(1);
+    for (reason, _) in &resets {
+        metrics::counter!(crate::metrics::RESETS_TOTAL, "reason" => reason.as_str()).increment(1);
+    }
+    if !matches!(start, Start::Fresh) {
+        metrics::histogram!(crate::metrics::REPLAYED_EVENTS).record(replay as f64);
+    }
+
     // A debug-level span (a live span per connection costs memory in the subscriber's
-    // registry); the lifecycle events are info-level and carry the session id themselves.
-    // The token is never logged.
+    // registry), a child of the request's span (its request id); when it is disabled, the
+    // request's span is the connection's: the lifecycle events name it as their parent
+    // explicitly, so they carry the request id on whatever task polls the connection. The
+    // lifecycle events are info-level and carry the session id themselves. The token is
+    // never logged.
     let session_field = session.map(|s| s.id.to_string()).unwrap_or_default();
     let span =
         tracing::debug_span!("sse.connection", session = %session_field, streams = names.len());
+    let span = if span.is_disabled() {
+        tracing::Span::current()
+    } else {
+        span
+    };
     tracing::info!(
         parent: &span,
         session = %session_field,

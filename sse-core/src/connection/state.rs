@@ -93,6 +93,7 @@ impl State {
         } = opened;
         let registration = hub.register(&signal, session);
         let event_bytes = hub.config().max_event_bytes + FRAME_OVERHEAD;
+        metrics::gauge!(crate::metrics::CONNECTIONS_ACTIVE).increment(1.0);
         State {
             last_write_tick: hub.tick(),
             hub,
@@ -130,6 +131,7 @@ impl Stream for State {
         // wake-up, or a stream whose window is not usable (starting after the cursor, another
         // epoch) would be read over and over while nothing changes.
         let mut read_already: Vec<usize> = Vec::new();
+        let delivered_before = this.delivered;
         loop {
             if let Some(read) = this.read.as_mut() {
                 match read.as_mut().poll(cx) {
@@ -151,7 +153,7 @@ impl Stream for State {
                     .write_frame(&mut this.out, &Frame::Close { retry });
                 tracing::info!(parent: &this.span, "closed by the server");
                 this.done = true;
-                return Poll::Ready(Some(this.out.split().freeze()));
+                return Poll::Ready(Some(this.flush(delivered_before)));
             }
             // Checked at every wake-up, heartbeat ticks included (two per interval).
             if this.expires_at.is_some_and(|at| SystemTime::now() >= at) {
@@ -165,7 +167,7 @@ impl Stream for State {
                 transport.write_frame(&mut this.out, &Frame::Close { retry: None });
                 tracing::info!(parent: &this.span, "authorization expired");
                 this.done = true;
-                return Poll::Ready(Some(this.out.split().freeze()));
+                return Poll::Ready(Some(this.flush(delivered_before)));
             }
             match this.collect(&mut budget, &read_already) {
                 Collected::NeedsStore(i) if budget > 0 && this.room() > 0 => {
@@ -175,6 +177,7 @@ impl Stream for State {
                     // No more events than fit the room left (at least one): a page read
                     // from a networked store is fresh memory, held until it is written.
                     let limit = (this.room() / this.event_bytes.max(1)).clamp(1, budget);
+                    metrics::counter!(crate::metrics::WINDOW_MISSES_TOTAL).increment(1);
                     this.read = Some(Box::pin(async move {
                         let page = buffer.read(&name, after, limit).await;
                         (i, page)
@@ -197,7 +200,7 @@ impl Stream for State {
             this.last_write_tick = tick;
         }
         if !this.out.is_empty() {
-            return Poll::Ready(Some(this.out.split().freeze()));
+            return Poll::Ready(Some(this.flush(delivered_before)));
         }
         if this.read.is_some() {
             // Woken by the read.
@@ -213,6 +216,19 @@ impl Stream for State {
 }
 
 impl State {
+    /// What is ready to be written, counted once per wake-up (not per event): the events
+    /// written since `delivered_before` and the bytes.
+    fn flush(&mut self, delivered_before: u64) -> Bytes {
+        let bytes = self.out.split().freeze();
+        let hot = self.hub.hot_metrics();
+        let events = self.delivered - delivered_before;
+        if events > 0 {
+            hot.deliveries.increment(events);
+        }
+        hot.bytes.increment(bytes.len() as u64);
+        bytes
+    }
+
     /// Takes every event after the cursor that the hot windows hold, up to `budget`, into
     /// `out`; stops at the first stream that needs the store, skipping those in `skip`.
     fn collect(&mut self, budget: &mut usize, skip: &[usize]) -> Collected {
@@ -267,6 +283,8 @@ impl State {
         if let Some(reason) = reason {
             let name = self.names[i].as_str();
             tracing::info!(parent: &self.span, stream = %name, reason = reason.as_str(), "reset");
+            metrics::counter!(crate::metrics::RESETS_TOTAL, "reason" => reason.as_str())
+                .increment(1);
             self.id.clear();
             self.cursor.encode_into(self.fp, &mut self.id);
             let data =
@@ -344,6 +362,7 @@ impl State {
 
 impl Drop for State {
     fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::CONNECTIONS_ACTIVE).decrement(1.0);
         let session = self.session.map(|s| s.to_string()).unwrap_or_default();
         tracing::info!(parent: &self.span, session = %session, delivered = self.delivered, "disconnected");
         let Some(id) = self.session else { return };

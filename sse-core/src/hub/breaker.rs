@@ -141,6 +141,7 @@ impl Breaker {
                     .fetch_add(1, Ordering::AcqRel)
                     .saturating_add(1);
                 if failures >= self.config.failures && !self.open.swap(true, Ordering::AcqRel) {
+                    metrics::gauge!(crate::metrics::STORE_CIRCUIT_OPEN).set(1.0);
                     tracing::warn!(
                         failures,
                         probe = ?self.config.probe,
@@ -167,6 +168,7 @@ impl Breaker {
             Ok(()) => {
                 self.failures.store(0, Ordering::Release);
                 if self.open.swap(false, Ordering::AcqRel) {
+                    metrics::gauge!(crate::metrics::STORE_CIRCUIT_OPEN).set(0.0);
                     tracing::info!("the store answers again: circuit closed");
                 }
             }

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::breaker::Breaker;
 use super::{Hub, Inner, feed, keeper};
 use crate::appender::Appender;
+use crate::metrics::Metered;
 use crate::session::SessionStore;
 use crate::token::TokenKeys;
 use crate::{Config, EventBuffer, SseTransport, Transport};
@@ -75,14 +76,18 @@ impl HubBuilder {
         config.max_pending_bytes = config.max_pending_bytes.max(1);
         // Subscribe before the hub exists, so no append made through it can be missed.
         let feed = self.buffer.live_feed();
+        // Every store operation the hub makes is timed and its failures counted.
+        let buffer: Arc<dyn EventBuffer> = Arc::new(Metered::<dyn EventBuffer>::new(self.buffer));
+        let sessions: Arc<dyn SessionStore> =
+            Arc::new(Metered::<dyn SessionStore>::new(self.sessions));
         // Two ticks per heartbeat interval: see `State::poll_next` in the connection module.
         let tick = (config.heartbeat / 2).max(Duration::from_millis(5));
         let keepalive = (config.session_ttl / 2).max(Duration::from_millis(10));
         let breaker = Arc::new(Breaker::new(config.breaker));
         let inner = Arc::new(Inner {
-            appender: Appender::new(self.buffer.clone(), breaker.clone()),
-            buffer: self.buffer,
-            sessions: self.sessions,
+            appender: Appender::new(buffer.clone(), breaker.clone()),
+            buffer,
+            sessions,
             transport: self.transport,
             keys: self.keys.unwrap_or_else(TokenKeys::random),
             config,
@@ -91,6 +96,8 @@ impl HubBuilder {
             connections: Mutex::new(Slab::new()),
             tick: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            feed_connected: AtomicBool::new(true),
+            hot: crate::metrics::Hot::register(),
             live_sessions: Mutex::new(HashMap::new()),
             breaker,
             closed: Mutex::new(keeper::ClosedCursors::default()),
@@ -103,6 +110,7 @@ impl HubBuilder {
                 |inner| async move { inner.breaker.probe(&inner.buffer).await },
             );
         }
+        metrics::gauge!(crate::metrics::FEED_CONNECTED).set(1.0);
         keeper::spawn(&inner, tick, keepalive);
         tokio::spawn(feed::run(Arc::downgrade(&inner), rx, feed));
         Hub { inner }

@@ -97,6 +97,7 @@ pub(super) async fn run(
             }
             item = feed.next() => {
                 let Some(inner) = hub.upgrade() else { return };
+                inner.set_feed_connected(!matches!(item, None | Some(FeedItem::Disconnected)));
                 match item {
                     Some(FeedItem::Appended(n)) => {
                         let name = n.stream.clone();
@@ -104,7 +105,17 @@ pub(super) async fn run(
                             failed.insert(name);
                         }
                     }
-                    Some(FeedItem::Resync) => failed.extend(inner.resync_all().await),
+                    Some(FeedItem::Resync) => {
+                        metrics::counter!(crate::metrics::FEED_RESYNCS_TOTAL).increment(1);
+                        failed.extend(inner.resync_all().await);
+                    }
+                    Some(FeedItem::Disconnected) => {
+                        tracing::warn!("the live feed lost its connection to the store");
+                        metrics::counter!(crate::metrics::FEED_DISCONNECTS_TOTAL).increment(1);
+                    }
+                    // Items a newer store may yield: nothing to do.
+                    #[allow(unreachable_patterns)]
+                    Some(_) => {}
                     None => {
                         // Subscribe again after a pause, without blocking window
                         // initialisations meanwhile, then resync: whatever was appended in
@@ -142,6 +153,15 @@ pub(super) async fn run(
 }
 
 impl Inner {
+    fn set_feed_connected(&self, connected: bool) {
+        let was = self
+            .feed_connected
+            .swap(connected, std::sync::atomic::Ordering::AcqRel);
+        if was != connected {
+            metrics::gauge!(crate::metrics::FEED_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+        }
+    }
+
     fn state(&self, name: &StreamName) -> Option<Arc<StreamState>> {
         self.streams.lock().get(name).cloned()
     }

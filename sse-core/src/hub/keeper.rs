@@ -72,6 +72,7 @@ impl Drop for Registration {
                 *n -= 1;
                 if *n == 0 {
                     live.remove(&id);
+                    metrics::gauge!(crate::metrics::SESSIONS_ACTIVE).decrement(1.0);
                 }
             }
         }
@@ -88,7 +89,12 @@ impl Hub {
     ) -> Registration {
         let key = self.inner.connections.lock().insert(signal.clone());
         if let Some(id) = session {
-            *self.inner.live_sessions.lock().entry(id).or_insert(0) += 1;
+            let mut live = self.inner.live_sessions.lock();
+            let n = live.entry(id).or_insert(0);
+            if *n == 0 {
+                metrics::gauge!(crate::metrics::SESSIONS_ACTIVE).increment(1.0);
+            }
+            *n += 1;
         }
         Registration {
             key,

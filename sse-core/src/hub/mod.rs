@@ -112,6 +112,10 @@ struct Inner {
     /// Heartbeat ticks so far; a connection that wrote nothing during a tick sends a comment.
     tick: AtomicU64,
     closing: AtomicBool,
+    /// The delivery path's metric handles.
+    hot: crate::metrics::Hot,
+    /// Whether the live feed is connected (see [`Hub::feed_connected`]).
+    feed_connected: AtomicBool,
     /// Sessions with open connections (and how many), kept alive by the session keeper.
     live_sessions: Mutex<HashMap<SessionId, usize>>,
     /// Cursors of closed connections waiting to be recorded, and whether a task records them.
@@ -162,10 +166,14 @@ impl Hub {
                 "names starting with '@' are reserved; use send_to_session for a session".into(),
             ));
         }
-        self.check_size(&event)?;
+        self.check_size(&event)
+            .inspect_err(|_| count_publish_error())?;
         // The appender tells the breaker how its store writes went.
-        self.inner.breaker.check()?;
-        self.inner.appender.append(stream, event).await
+        self.inner
+            .breaker
+            .check()
+            .inspect_err(|_| count_publish_error())?;
+        counted(self.inner.appender.append(stream, event).await)
     }
 
     /// Publishes waiting, right now, for a write to their stream to finish so that they can be
@@ -200,10 +208,20 @@ impl Hub {
             ));
         }
         for event in &events {
-            self.check_size(event)?;
+            self.check_size(event)
+                .inspect_err(|_| count_publish_error())?;
         }
-        self.guarded(self.inner.buffer.append_many(stream, events))
-            .await
+        let appended = self
+            .guarded(self.inner.buffer.append_many(stream, events))
+            .await;
+        match &appended {
+            Ok(all) => {
+                metrics::counter!(crate::metrics::EVENTS_PUBLISHED_TOTAL)
+                    .increment(all.len() as u64);
+            }
+            Err(_) => count_publish_error(),
+        }
+        appended
     }
 
     /// Sends an event to one session's private stream: every connection of that session gets
@@ -214,15 +232,17 @@ impl Hub {
     /// [`Error::NotFound`] when the session does not exist (or has expired), and as
     /// [`Hub::publish`].
     pub async fn send_to_session(&self, session: &SessionId, event: NewEvent) -> Result<Appended> {
-        self.check_size(&event)?;
+        self.check_size(&event)
+            .inspect_err(|_| count_publish_error())?;
         if self
             .guarded(self.inner.sessions.load(session))
-            .await?
+            .await
+            .inspect_err(|_| count_publish_error())?
             .is_none()
         {
             return Err(Error::NotFound(format!("session {session}")));
         }
-        self.inner.appender.append(&session.stream(), event).await
+        counted(self.inner.appender.append(&session.stream(), event).await)
     }
 
     /// Whether the store circuit breaker is open: the store failed
@@ -269,6 +289,23 @@ impl Hub {
         self.inner.raise_connections();
     }
 
+    /// Whether the hub's live feed is connected to the store: `false` from the moment the
+    /// store's feed says it lost its connection ([`FeedItem::Disconnected`](crate::FeedItem::Disconnected))
+    /// or ends, until it yields again. While it is `false`, appends made through other
+    /// instances reach this one's clients only once the feed is back (they lose nothing: the
+    /// hub resyncs). Readiness probes ask it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let store = std::sync::Arc::new(resumable_sse_store_memory::MemoryStore::default());
+    /// let hub = resumable_sse_core::Hub::builder(store.clone(), store).build();
+    /// assert!(hub.feed_connected());
+    /// # }
+    /// ```
+    pub fn feed_connected(&self) -> bool {
+        self.inner.feed_connected.load(Ordering::Acquire)
+    }
+
     /// Number of streams that currently have a hot window (streams with readers).
     pub fn active_streams(&self) -> usize {
         self.inner.streams.lock().len()
@@ -279,6 +316,12 @@ impl Hub {
     pub fn window_events(&self) -> usize {
         let streams: Vec<_> = self.inner.streams.lock().values().cloned().collect();
         streams.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// The delivery path's metric handles.
+    #[inline]
+    pub(crate) fn hot_metrics(&self) -> &crate::metrics::Hot {
+        &self.inner.hot
     }
 
     /// Heartbeat ticks so far (two per [`Config::heartbeat`]).
@@ -298,4 +341,17 @@ impl Hub {
     pub(crate) fn watch(&self, name: &StreamName, signal: &Arc<Signal>) -> Watch {
         Watch::new(&self.inner, name, signal)
     }
+}
+
+fn count_publish_error() {
+    metrics::counter!(crate::metrics::PUBLISH_ERRORS_TOTAL).increment(1);
+}
+
+/// Counts one publish's outcome.
+fn counted(appended: Result<Appended>) -> Result<Appended> {
+    match &appended {
+        Ok(_) => metrics::counter!(crate::metrics::EVENTS_PUBLISHED_TOTAL).increment(1),
+        Err(_) => count_publish_error(),
+    }
+    appended
 }

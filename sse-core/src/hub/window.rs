@@ -74,6 +74,7 @@ impl Window {
         self.ready = true;
         self.epoch = epoch;
         self.start = head + 1;
+        metrics::gauge!(crate::metrics::WINDOW_EVENTS).decrement(self.entries.len() as f64);
         self.entries.clear();
         self.bytes = 0;
     }
@@ -83,12 +84,25 @@ impl Window {
     pub(super) fn push(&mut self, body: Bytes, cap: usize, cap_bytes: usize) {
         self.bytes += body.len();
         self.entries.push_back(body);
+        let mut dropped = 0;
         while self.entries.len() > cap || (self.bytes > cap_bytes && self.entries.len() > 1) {
             if let Some(old) = self.entries.pop_front() {
                 self.bytes -= old.len();
             }
             self.start += 1;
+            dropped += 1;
         }
+        if dropped == 0 {
+            metrics::gauge!(crate::metrics::WINDOW_EVENTS).increment(1.0);
+        } else if dropped > 1 {
+            metrics::gauge!(crate::metrics::WINDOW_EVENTS).decrement(f64::from(dropped - 1));
+        }
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::WINDOW_EVENTS).decrement(self.entries.len() as f64);
     }
 }
 

@@ -260,6 +260,9 @@ impl Server {
             .env_remove("SSE_MAX_PENDING_HEADS")
             .env_remove("SSE_DESCRIPTOR_RESERVE")
             .env_remove("SSE_FAST_PATH")
+            .env_remove("SSE_METRICS")
+            .env_remove("SSE_METRICS_LISTEN")
+            .env_remove("SSE_LOG_FORMAT")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         command
