@@ -331,6 +331,21 @@ pub(crate) struct ChromeDriver {
 
 impl ChromeDriver {
     pub(crate) fn start(binary: &Path) -> Result<Self> {
+        // With `--port=0` chromedriver picks a port it saw free and then binds it: another
+        // process (a server of another test) can take it in between, and chromedriver exits
+        // with "bind() failed: Address already in use". Only that is tried again.
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(binary) {
+                Err(err) if attempt < 3 && err.to_string().contains("Address already in use") => {
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    fn start_once(binary: &Path) -> Result<Self> {
         let mut command = Command::new(binary);
         command.arg("--port=0");
         // "ChromeDriver was started successfully on port 35645."
