@@ -587,16 +587,10 @@ async fn key_prefixes_separate_deployments() {
     }
 }
 
-/// The store circuit breaker on Redis (killed, then restarted with its AOF): once the breaker
-/// is open every publish is a 503 with `Retry-After` within 100 ms, an event stream (new, or
-/// a session resuming) gets 200 with a `retry:` and a `refused` event, and a connected client
-/// stays connected. Once Redis is back, publishing resumes, the connected client gets every
-/// event published since, and a client that was away resumes without a reset: nothing lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breaker_fails_fast_while_redis_is_down_and_nothing_is_lost() {
-    use support::breaker;
-    let mut redis = PrivateRedis::start(true);
-    let server = start_server(
+/// `sse-server` on `redis` with a breaker that opens after 3 failures and probes every
+/// 200 ms, and 300 ms heartbeats.
+fn start_with_breaker(redis: &PrivateRedis) -> Server {
+    start_server(
         "127.0.0.1:0",
         &redis.url(),
         &[
@@ -607,7 +601,19 @@ async fn breaker_fails_fast_while_redis_is_down_and_nothing_is_lost() {
             "--breaker-probe",
             "200ms",
         ],
-    );
+    )
+}
+
+/// The store circuit breaker on Redis (killed, then restarted with its AOF): once the breaker
+/// is open every publish is a 503 with `Retry-After` within 100 ms, an event stream (new, or
+/// a session resuming) gets 200 with a `retry:` and a `refused` event, and a connected client
+/// stays connected. Once Redis is back, publishing resumes, the connected client gets every
+/// event published since, and a client that was away resumes without a reset: nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_fails_fast_while_redis_is_down_and_nothing_is_lost() {
+    use support::breaker;
+    let mut redis = PrivateRedis::start(true);
+    let server = start_with_breaker(&redis);
     let _logs = Logs(vec![("sse-server", server.log.clone())]);
     let news = unique("news");
     let mut live = Client::open(&server, &news, None, None).await;
@@ -677,18 +683,7 @@ async fn breaker_fails_fast_while_redis_is_down_and_nothing_is_lost() {
 async fn breaker_fails_fast_while_redis_hangs() {
     use support::breaker;
     let redis = PrivateRedis::start(false);
-    let server = start_server(
-        "127.0.0.1:0",
-        &redis.url(),
-        &[
-            "--heartbeat",
-            "300ms",
-            "--breaker-failures",
-            "3",
-            "--breaker-probe",
-            "200ms",
-        ],
-    );
+    let server = start_with_breaker(&redis);
     let _logs = Logs(vec![("sse-server", server.log.clone())]);
     let news = unique("news");
     let mut live = Client::open(&server, &news, None, None).await;
