@@ -15,6 +15,7 @@ use http::request::Parts;
 use ipnet::IpNet;
 use parking_lot::Mutex;
 use resumable_sse_core::SessionId;
+use resumable_sse_core::collections::shrink_when_sparse;
 
 use crate::auth::Identity;
 use crate::metrics::count_refusal;
@@ -569,6 +570,7 @@ impl Drop for Admission {
                 *entry.get_mut() -= 1;
                 if *entry.get() == 0 {
                     entry.remove();
+                    shrink_when_sparse(map);
                 }
             }
         }

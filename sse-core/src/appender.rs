@@ -101,6 +101,7 @@ impl Appender {
                 Some(queue) if !queue.is_empty() => {}
                 _ => {
                     pending.remove(stream);
+                    crate::collections::shrink_when_sparse(&mut pending);
                     return;
                 }
             }
@@ -133,6 +134,7 @@ impl Appender {
                 };
                 if queue.is_empty() {
                     pending.remove(&stream);
+                    crate::collections::shrink_when_sparse(&mut pending);
                     return;
                 }
                 let mut bytes = 0;

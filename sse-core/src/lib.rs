@@ -76,6 +76,7 @@
 mod appender;
 mod buffer;
 pub mod codec;
+pub mod collections;
 mod config;
 mod connection;
 pub mod cursor;

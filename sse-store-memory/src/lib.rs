@@ -36,6 +36,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
+use resumable_sse_core::collections::shrink_when_sparse;
 use resumable_sse_core::task::spawn_periodic;
 use resumable_sse_core::time::unix_ms;
 use resumable_sse_core::{
@@ -278,6 +279,14 @@ impl Log {
         freed
     }
 
+    /// Gives back the room of events that have gone (a burst, then quiet), at each sweep.
+    fn compact(&mut self) {
+        shrink_when_sparse(&mut self.ids);
+        if self.events.capacity() > 64 && self.events.len() <= self.events.capacity() / 4 {
+            self.events.shrink_to(self.events.len() * 2);
+        }
+    }
+
     /// What appending `new` (data length and cost of each, appended now) would add to the
     /// log's cost, net of what retention would then drop: the same greedy trim from the
     /// front as [`Log::trim`] after each push, which ends in the same state as one trim at
@@ -396,6 +405,7 @@ impl Shared {
             for id in &expired {
                 sessions.remove(id);
             }
+            shrink_when_sparse(&mut sessions);
             expired
         };
         let now_ms = unix_ms(now);
@@ -407,6 +417,7 @@ impl Shared {
         let Streams { logs, used } = &mut *streams;
         logs.retain(|_, log| {
             *used -= log.trim(&self.config.retention, now_ms);
+            log.compact();
             retained += log.events.len();
             // An empty log may go: if the stream comes back it gets a new epoch, so a cursor
             // into the old log is answered with a reset, never mistaken for the new one.
@@ -416,6 +427,7 @@ impl Shared {
             }
             keep
         });
+        shrink_when_sparse(logs);
         // Sampled at each sweep: appends do not pay for it.
         metrics::gauge!(resumable_sse_core::metrics::STORE_RETAINED_EVENTS, "store" => "memory")
             .set(retained as f64);

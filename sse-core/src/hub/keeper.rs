@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::{Hub, Inner};
 use crate::SessionId;
+use crate::collections::shrink_when_sparse;
 use crate::signal::Signal;
 use crate::task::spawn_periodic;
 
@@ -39,6 +40,20 @@ pub(super) struct ClosedCursors {
 impl ClosedCursors {
     fn remember(&mut self, id: SessionId, cursor: &str) {
         let now = Instant::now();
+        self.forget_expired(now);
+        self.recent.insert(id, (now, cursor.to_owned()));
+        self.expiry.push_back((now, id));
+    }
+
+    /// The cursor `id`'s last closed connection reached, if it closed recently.
+    fn recent(&self, id: &SessionId) -> Option<String> {
+        let (at, cursor) = self.recent.get(id)?;
+        (at.elapsed() < RECENT_CURSORS_KEPT).then(|| cursor.clone())
+    }
+
+    /// Forgets cursors kept longer than [`RECENT_CURSORS_KEPT`], and gives back the room a
+    /// mass disconnect took.
+    fn forget_expired(&mut self, now: Instant) {
         while let Some((at, old)) = self.expiry.front().copied() {
             if now.duration_since(at) < RECENT_CURSORS_KEPT {
                 break;
@@ -48,8 +63,10 @@ impl ClosedCursors {
                 self.recent.remove(&old);
             }
         }
-        self.recent.insert(id, (now, cursor.to_owned()));
-        self.expiry.push_back((now, id));
+        shrink_when_sparse(&mut self.recent);
+        if self.expiry.len() <= self.expiry.capacity() / 4 {
+            self.expiry.shrink_to(self.expiry.len() * 2);
+        }
     }
 }
 
@@ -72,6 +89,7 @@ impl Drop for Registration {
                 *n -= 1;
                 if *n == 0 {
                     live.remove(&id);
+                    shrink_when_sparse(&mut live);
                     metrics::gauge!(crate::metrics::SESSIONS_ACTIVE).decrement(1.0);
                 }
             }
@@ -163,8 +181,7 @@ impl Hub {
                 break;
             }
         }
-        let closed = self.inner.closed.lock();
-        closed.recent.get(id).map(|(_, cursor)| cursor.clone())
+        self.inner.closed.lock().recent(id)
     }
 
     /// Ends every open connection like [`Hub::close_connections`], then waits, at most
@@ -239,6 +256,7 @@ pub(super) fn spawn(inner: &Arc<Inner>, tick: Duration, keepalive: Duration) {
         std::future::ready(())
     });
     spawn_periodic(Arc::downgrade(inner), keepalive, |inner| {
+        inner.closed.lock().forget_expired(Instant::now());
         let live: Vec<SessionId> = inner.live_sessions.lock().keys().copied().collect();
         let (sessions, ttl) = (inner.sessions.clone(), inner.config.session_ttl);
         // The store requests below do not keep the hub alive.
@@ -260,6 +278,8 @@ async fn record_closed(inner: Arc<Inner>) {
             let mut closed = inner.closed.lock();
             if closed.waiting.is_empty() {
                 closed.recording = false;
+                // A mass disconnect's room goes with it.
+                closed.waiting = Vec::new();
                 return;
             }
             let n = closed.waiting.len().min(CURSOR_BATCH);

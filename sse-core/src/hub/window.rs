@@ -240,6 +240,7 @@ impl Drop for Watch {
             let mut streams = hub.streams.lock();
             if self.state.watchers.fetch_sub(1, Ordering::AcqRel) == 1 {
                 streams.remove(&self.state.name);
+                crate::collections::shrink_when_sparse(&mut streams);
             }
         }
     }
