@@ -173,7 +173,8 @@ impl ClientBuilder {
 
     /// Statuses other than 200 to treat like a network error (reconnect with backoff)
     /// instead of stopping, e.g. `|s| s.is_server_error() || s == 429`. By default none:
-    /// like `EventSource`, any status other than 200 stops the client.
+    /// like `EventSource`, any status other than 200 stops the client. A `Retry-After` in
+    /// seconds on such an answer is waited out (at least; the backoff may ask for longer).
     pub fn retry_on_status(
         mut self,
         retry: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
@@ -183,7 +184,8 @@ impl ClientBuilder {
     }
 
     /// Stops with [`Error::GaveUp`] after this many attempts in a row that got no event
-    /// (at least 1). By default the client tries for ever, like `EventSource`.
+    /// (at least 1; a connection the server [refused](crate::Event::Refused) got none). By
+    /// default the client tries for ever, like `EventSource`.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = Some(attempts.max(1));
         self

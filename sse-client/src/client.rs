@@ -55,8 +55,34 @@ pub struct Client {
     retry: Option<Duration>,
     /// Attempts in a row that got no event.
     failures: u32,
-    /// Whether the current connection delivered an event.
+    /// Whether the current connection delivered an event (a refusal is not one).
     delivered: bool,
+    /// The wait the server asked for before the next attempt.
+    asked_wait: Option<Asked>,
+}
+
+/// A wait the server asked for.
+#[derive(Clone, Copy, Debug)]
+enum Asked {
+    /// A `refused` event's `retry_ms`: the server grows and jitters it per client already.
+    Exactly(Duration),
+    /// A retried status's `Retry-After`: no sooner than that, and no sooner than the backoff.
+    AtLeast(Duration),
+}
+
+/// The longest wait a server may ask for; a longer `Retry-After` is taken as this.
+const LONGEST_ASKED_WAIT: Duration = Duration::from_secs(3600);
+
+/// A `Retry-After` in seconds (an HTTP date is not read: the backoff applies).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
 }
 
 enum State {
@@ -154,6 +180,7 @@ impl Client {
             retry: None,
             failures: 0,
             delivered: false,
+            asked_wait: None,
         })
     }
 
@@ -234,6 +261,7 @@ impl Client {
                 .as_ref()
                 .is_some_and(|retry| retry(status))
             {
+                self.asked_wait = retry_after(response.headers()).map(Asked::AtLeast);
                 return Ok(false);
             }
             return Err(Some(Error::Status { status }));
@@ -283,7 +311,12 @@ impl Client {
                 last: error.map(Box::new),
             });
         }
-        let retry_in = self.backoff.delay(self.retry, self.failures);
+        let backoff = self.backoff.delay(self.retry, self.failures);
+        let retry_in = match self.asked_wait.take() {
+            Some(Asked::Exactly(asked)) => asked.min(LONGEST_ASKED_WAIT),
+            Some(Asked::AtLeast(asked)) => asked.min(LONGEST_ASKED_WAIT).max(backoff),
+            None => backoff,
+        };
         self.state = State::Waiting(Box::pin(tokio::time::sleep(retry_in)));
         self.queue.push_back(Event::Disconnected(Disconnected {
             error,
@@ -297,8 +330,13 @@ impl Client {
         for item in self.parser.feed(chunk) {
             match item {
                 Item::Event(event) => {
-                    self.delivered = true;
-                    self.queue.push_back(self.markers.classify(event));
+                    let event = self.markers.classify(event);
+                    if let Event::Refused(refused) = &event {
+                        self.asked_wait = Some(Asked::Exactly(refused.retry_in));
+                    } else {
+                        self.delivered = true;
+                    }
+                    self.queue.push_back(event);
                 }
                 Item::Retry(ms) => self.retry = Some(Duration::from_millis(ms)),
                 Item::Comment(_) => {}

@@ -31,6 +31,10 @@ pub enum Event {
     /// ones). The response ends next; the cursor is unchanged, so the next connection
     /// resumes exactly.
     Ended(Ended),
+    /// The server refused the connection for now (a limit, an overload, a store outage) and
+    /// said when to come back: the response ends next, and the client waits
+    /// [`Refused::retry_in`] before it tries again. Nothing is lost: the cursor is unchanged.
+    Refused(Refused),
     /// The connection ended or could not be made; the client reconnects after
     /// [`Disconnected::retry_in`].
     Disconnected(Disconnected),
@@ -157,6 +161,16 @@ pub struct Ended {
     pub reason: String,
 }
 
+/// The server's `refused` marker: `{"reason": …, "retry_ms": …}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Refused {
+    /// Why, as sent (`max_connections_per_ip`, `connect_rate`, `store_unavailable`, …).
+    pub reason: String,
+    /// When to come back, as the server asked (it grows and is jittered per client).
+    pub retry_in: Duration,
+}
+
 /// A connection ended or could not be made.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -185,6 +199,12 @@ struct ConnectedData {
 #[derive(Deserialize)]
 struct EndedData {
     reason: String,
+}
+
+#[derive(Deserialize)]
+struct RefusedData {
+    reason: String,
+    retry_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +257,14 @@ impl Markers {
         {
             return Event::Ended(Ended {
                 reason: data.reason,
+            });
+        }
+        if event.event == "refused"
+            && let Ok(data) = serde_json::from_str::<RefusedData>(&event.data)
+        {
+            return Event::Refused(Refused {
+                reason: data.reason,
+                retry_in: Duration::from_millis(data.retry_ms),
             });
         }
         Event::Message(event.into())
@@ -305,6 +333,20 @@ mod tests {
         assert_eq!(e.reason, "authorization_expired");
         assert!(matches!(
             m.classify(parsed("ended", "bye")),
+            Event::Message(_)
+        ));
+        let Event::Refused(r) = m.classify(parsed(
+            "refused",
+            r#"{"reason":"max_connections_per_ip","retry_ms":4500}"#,
+        )) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.reason.as_str(), r.retry_in),
+            ("max_connections_per_ip", Duration::from_millis(4500))
+        );
+        assert!(matches!(
+            m.classify(parsed("refused", r#"{"reason":"busy"}"#)),
             Event::Message(_)
         ));
         let off = Markers {

@@ -83,5 +83,5 @@ pub use backoff::Backoff;
 pub use builder::{ClientBuilder, DEFAULT_SESSION_HEADER};
 pub use client::Client;
 pub use error::Error;
-pub use event::{Connected, Disconnected, Ended, Event, Message, Reset, ResetReason};
+pub use event::{Connected, Disconnected, Ended, Event, Message, Refused, Reset, ResetReason};
 pub use resume::Resume;

@@ -115,6 +115,15 @@ async fn flaky(
     Sse::new(events.chain(stream::pending())).into_response()
 }
 
+/// The first request gets 429 with `Retry-After: 1`, later ones an event stream.
+async fn busy(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if shared.record(&headers) == 1 {
+        return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")]).into_response();
+    }
+    let events = stream::iter([Ok::<_, Infallible>(SseEvent::default().data("after"))]);
+    Sse::new(events.chain(stream::pending())).into_response()
+}
+
 struct TestServer {
     base: String,
     shared: Arc<Shared>,
@@ -133,6 +142,7 @@ async fn serve() -> TestServer {
         .route("/numbered", get(numbered))
         .route("/silent", get(silent))
         .route("/flaky/{status}", get(flaky))
+        .route("/busy", get(busy))
         .route(
             "/status/{status}",
             get(|Path(status): Path<u16>| async move {
@@ -330,6 +340,32 @@ async fn statuses_and_content_types() {
     assert!(matches!(next(&mut opted).await, Some(Ok(Event::Opened))));
     let Some(Ok(Event::Message(m))) = next(&mut opted).await else {
         panic!("the event after the retry")
+    };
+    assert_eq!(m.data, "after");
+}
+
+/// A retried status's `Retry-After` (seconds) is waited out, though the backoff is quicker.
+#[tokio::test]
+async fn retry_after_is_waited_out() {
+    let server = serve().await;
+    let mut client = Client::builder(format!("{}/busy", server.base))
+        .backoff(quick())
+        .retry_on_status(|s| s == StatusCode::TOO_MANY_REQUESTS)
+        .build()
+        .expect("a client");
+    let started = Instant::now();
+    let Some(Ok(Event::Disconnected(d))) = next(&mut client).await else {
+        panic!("429 retried")
+    };
+    assert_eq!(d.retry_in, Duration::from_secs(1), "{d:?}");
+    assert!(matches!(next(&mut client).await, Some(Ok(Event::Opened))));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "came back after {:?}",
+        started.elapsed()
+    );
+    let Some(Ok(Event::Message(m))) = next(&mut client).await else {
+        panic!("the event after the wait")
     };
     assert_eq!(m.data, "after");
 }

@@ -147,6 +147,83 @@ async fn message(client: &mut Client, what: &str) -> Message {
     }
 }
 
+/// A connection over a cap is refused in-band: the client yields a typed `Refused`, waits
+/// what the server asked (not its own quick backoff), counts the attempt as one that got no
+/// event, and once the cap allows it resumes with exactly what was published meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_wait_as_asked_and_lose_nothing() {
+    let server = Server::start_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--max-connections-per-ip",
+        "1",
+        "--refusal-retry",
+        "300ms",
+        "--refusal-retry-max",
+        "3s",
+    ])
+    .unwrap_or_else(|err| panic!("{err}"));
+    let proxy = Proxy::start(server.addr.parse().expect("an address"))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let stream = unique("refused");
+    let what = "the refused client";
+    // Through the proxy, so that its connection can be cut and kept away while another
+    // client (same address: the proxy connects from 127.0.0.1 too) takes the only place.
+    let mut client = Client::builder(format!("http://{}/events?stream={stream}", proxy.addr))
+        .backoff(quick())
+        .build()
+        .expect("a client");
+    connected(&mut client, what).await;
+    publish(&server, json!({"stream": stream, "data": "before"})).await;
+    assert_eq!(message(&mut client, what).await.data, "before");
+
+    proxy.refuse(true);
+    proxy.cut_all();
+    loop {
+        if let Event::Disconnected(_) = next(&mut client, what).await {
+            break;
+        }
+    }
+    let mut other = Client::builder(server.url(&format!("/events?stream={stream}")))
+        .backoff(quick())
+        .build()
+        .expect("a client");
+    connected(&mut other, "the client holding the place").await;
+    proxy.refuse(false);
+
+    // Refused at least twice in a row: each wait is the one asked for, and grows.
+    let mut waits = Vec::new();
+    while waits.len() < 2 {
+        match next(&mut client, what).await {
+            Event::Refused(refused) => {
+                assert_eq!(refused.reason, "max_connections_per_ip", "{refused:?}");
+                let Event::Disconnected(gone) = next(&mut client, what).await else {
+                    panic!("{what}: the response ends after `refused`");
+                };
+                assert!(gone.error.is_none(), "{gone:?}");
+                assert_eq!(gone.retry_in, refused.retry_in, "the wait asked for");
+                assert!(gone.failures as usize > waits.len(), "{gone:?}");
+                waits.push(refused.retry_in);
+            }
+            Event::Opened | Event::Disconnected(_) => {}
+            other => panic!("{what}: {other:?} while over the cap"),
+        }
+    }
+    assert!(
+        waits.iter().all(|w| *w >= Duration::from_millis(150)),
+        "far above the client's own 50 ms: {waits:?}"
+    );
+    publish(&server, json!({"stream": stream, "data": "while refused"})).await;
+    drop(other);
+
+    let back = connected(&mut client, what).await;
+    assert!(back.resumed && !back.reset, "{back:?}");
+    assert_eq!(message(&mut client, what).await.data, "while refused");
+    publish(&server, json!({"stream": stream, "data": "after"})).await;
+    assert_eq!(message(&mut client, what).await.data, "after");
+}
+
 /// What one chaos client saw.
 #[derive(Default)]
 struct Seen {
