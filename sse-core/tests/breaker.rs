@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use resumable_sse_core::{
     Appended, BreakerConfig, Config, ConnectRequest, Error, EventBuffer, Hub, LiveFeed, NewEvent,
-    ReadPage, Result, StreamName,
+    ReadPage, Result, SessionId, SessionRecord, SessionStore, StreamName,
 };
 use resumable_sse_store_memory::MemoryStore;
 use tokio::time::Instant;
@@ -89,6 +89,53 @@ impl EventBuffer for Flaky {
     }
 }
 
+/// The memory store's sessions, down (every operation `Unavailable`) while `down` is set.
+#[derive(Debug, Default)]
+struct FlakySessions {
+    store: MemoryStore,
+    down: AtomicBool,
+}
+
+impl FlakySessions {
+    fn check(&self) -> Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::unavailable(std::io::Error::other(
+                "the session store is down",
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for FlakySessions {
+    async fn create(&self, record: &SessionRecord) -> Result<()> {
+        self.check()?;
+        self.store.create(record).await
+    }
+    async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>> {
+        self.check()?;
+        self.store.load(id).await
+    }
+    async fn touch(&self, id: &SessionId, expires_at: SystemTime) -> Result<bool> {
+        self.check()?;
+        self.store.touch(id, expires_at).await
+    }
+    async fn record_cursor(
+        &self,
+        id: &SessionId,
+        cursor: &str,
+        expires_at: SystemTime,
+    ) -> Result<bool> {
+        self.check()?;
+        self.store.record_cursor(id, cursor, expires_at).await
+    }
+    async fn delete(&self, id: &SessionId) -> Result<()> {
+        self.check()?;
+        self.store.delete(id).await
+    }
+}
+
 async fn until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !condition() {
@@ -158,6 +205,39 @@ async fn opens_after_failed_store_operations_refuses_at_once_and_closes_when_a_p
     until("a probe closes the breaker", || !hub.store_failing()).await;
     let appended = hub.publish(&news, NewEvent::new("back")).await.unwrap();
     assert_eq!(appended.position, 1, "nothing refused was stored");
+}
+
+/// A session store that fails opens the breaker like an event store that fails, and the
+/// breaker stays open, the event store answering its pings, until the session store answers
+/// too: it does not close at the first probe to open again a few requests later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stays_open_while_the_session_store_fails() {
+    let sessions = Arc::new(FlakySessions::default());
+    let config = Config::default().with_breaker(BreakerConfig::new(2, Duration::from_millis(10)));
+    let hub = Hub::builder(Arc::new(MemoryStore::default()), sessions.clone())
+        .config(config)
+        .build();
+    sessions.down.store(true, Ordering::SeqCst);
+    for _ in 0..2 {
+        let err = hub.resolve_session(None, None).await.unwrap_err();
+        assert!(err.is_unavailable() && !err.is_circuit_open(), "{err:?}");
+    }
+    assert!(hub.store_failing(), "two failed session operations open it");
+    // Many probes' worth of time, the event store answering every ping.
+    let probes = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < probes {
+        assert!(
+            hub.store_failing(),
+            "closed while the session store is down"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let err = hub.resolve_session(None, None).await.unwrap_err();
+    assert!(err.is_circuit_open(), "{err:?}");
+
+    sessions.down.store(false, Ordering::SeqCst);
+    until("a probe closes the breaker", || !hub.store_failing()).await;
+    hub.resolve_session(None, None).await.unwrap();
 }
 
 #[tokio::test]

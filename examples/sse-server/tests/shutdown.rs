@@ -100,8 +100,26 @@ impl RawStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_every_stream_with_retry_and_exits_zero() {
-    let mut server = Server::start_with(&["--listen", "127.0.0.1:0", "--retry", "1500ms"])
-        .unwrap_or_else(|err| panic!("{err}"));
+    sigterm_ends_every_stream(true).await;
+}
+
+/// The same with every request through hyper (`--fast-path false`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_every_stream_with_retry_and_exits_zero_through_hyper() {
+    sigterm_ends_every_stream(false).await;
+}
+
+async fn sigterm_ends_every_stream(fast_path: bool) {
+    let fast_path = fast_path.to_string();
+    let mut server = Server::start_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--retry",
+        "1500ms",
+        "--fast-path",
+        &fast_path,
+    ])
+    .unwrap_or_else(|err| panic!("{err}"));
     let deadline = Instant::now() + WAIT;
     let mut clients = Vec::new();
     for i in 0..6 {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::{Error, EventBuffer, Result};
+use crate::{Error, EventBuffer, Result, SessionId, SessionStore};
 
 /// When the store circuit breaker opens and how often it probes the store while open. Set with
 /// [`Config::with_breaker`](crate::Config::with_breaker).
@@ -159,12 +159,22 @@ impl Breaker {
         }
     }
 
-    /// One probe while open: a ping that answers closes the breaker.
-    pub(crate) async fn probe(&self, buffer: &Arc<dyn EventBuffer>) {
+    /// One probe while open: when both stores answer (a ping of the event store, a lookup
+    /// of an unknown session), the breaker closes. Asking only the event store would close it
+    /// while a separate session store is still down, to open again a few requests later.
+    pub(crate) async fn probe(
+        &self,
+        buffer: &Arc<dyn EventBuffer>,
+        sessions: &Arc<dyn SessionStore>,
+    ) {
         if !self.is_open() {
             return;
         }
-        match buffer.ping().await {
+        let answered = match buffer.ping().await {
+            Ok(()) => sessions.load(&SessionId::random()).await.map(drop),
+            Err(err) => Err(err),
+        };
+        match answered {
             Ok(()) => {
                 self.failures.store(0, Ordering::Release);
                 if self.open.swap(false, Ordering::AcqRel) {

@@ -107,7 +107,7 @@ impl HubBuilder {
             crate::task::spawn_periodic(
                 Arc::downgrade(&inner),
                 inner.breaker.config().probe,
-                |inner| async move { inner.breaker.probe(&inner.buffer).await },
+                |inner| async move { inner.breaker.probe(&inner.buffer, &inner.sessions).await },
             );
         }
         metrics::gauge!(crate::metrics::FEED_CONNECTED).set(1.0);
