@@ -919,6 +919,50 @@ pub async fn buffer_duplicates_stay_off_the_live_feed<B: EventBuffer>(store: B) 
     feed.until(&store, epoch, 5).await;
 }
 
+/// A publisher id frees up when its event leaves retention by bytes too, swept yet or not:
+/// with [`BYTES_RETENTION`] (1000 bytes), an event of 600 bytes with an id is pushed out by
+/// another of 600 bytes; the same id then appends a new event. A store that still matched
+/// the trimmed event would answer `duplicate` and drop the new one: a silent loss.
+///
+/// The store must be built with [`BYTES_RETENTION`].
+pub async fn buffer_publisher_id_reusable_after_byte_trim<B: EventBuffer>(store: B) {
+    let stream = unique_stream("reuse-bytes");
+    let first = store
+        .append(&stream, with_id(&"a".repeat(600), "reused"))
+        .await
+        .expect("append succeeds");
+    assert_eq!(first.position, 1);
+    store
+        .append(&stream, NewEvent::new("b".repeat(600)))
+        .await
+        .expect("append succeeds");
+    eventually("the event with the publisher id is trimmed", async || {
+        let page = read(&store, &stream, 0, 100).await;
+        (page.oldest > 1).then_some(())
+    })
+    .await;
+
+    let reused = store
+        .append(&stream, with_id("second", "reused"))
+        .await
+        .expect("append succeeds");
+    assert_eq!(
+        reused,
+        Appended {
+            epoch: first.epoch,
+            position: 3,
+            duplicate: false
+        },
+        "the id of an event trimmed by bytes appends a new event"
+    );
+    let page = read(&store, &stream, 0, 100).await;
+    assert_eq!(
+        page.events.last().map(|e| &*e.data),
+        Some("second"),
+        "the new event is stored"
+    );
+}
+
 /// A publisher id is an idempotency key only while its event is retained: once that event
 /// has been trimmed (by count here), the same id appends a new event, which the id then
 /// names (a further append with it is a duplicate of the new one).
@@ -1633,6 +1677,11 @@ macro_rules! event_buffer_tests {
         $crate::__conformance_test!($setup, buffer_retention_by_count, COUNT_RETENTION);
         $crate::__conformance_test!($setup, buffer_retention_by_age, AGE_RETENTION);
         $crate::__conformance_test!($setup, buffer_retention_by_bytes, BYTES_RETENTION);
+        $crate::__conformance_test!(
+            $setup,
+            buffer_publisher_id_reusable_after_byte_trim,
+            BYTES_RETENTION
+        );
         $crate::__conformance_test!($setup, buffer_idempotent_publisher_id, DEFAULT_RETENTION);
         $crate::__conformance_test!(
             $setup,

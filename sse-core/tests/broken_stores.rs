@@ -359,6 +359,17 @@ async fn a_publisher_id_never_freed_is_rejected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_id_kept_after_a_byte_trim_is_rejected() {
+    let store = Faulty::new(Fault::IdNeverFreed, testing::BYTES_RETENTION);
+    rejects(
+        "buffer_publisher_id_reusable_after_byte_trim",
+        "the id of an event trimmed by bytes appends a new event",
+        testing::buffer_publisher_id_reusable_after_byte_trim(store),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_on_the_feed_are_rejected() {
     let store = faulty(Fault::DuplicatesOnFeed);
     rejects(

@@ -35,10 +35,15 @@ const MIGRATIONS: &[Migration] = &[
         description: "retention by bytes",
         sql: include_str!("../migrations/0003_retention_by_bytes.sql"),
     },
+    Migration {
+        version: 4,
+        description: "publisher ids free after retention by bytes",
+        sql: include_str!("../migrations/0004_ids_free_after_byte_trim.sql"),
+    },
 ];
 
 /// The version the newest embedded migration brings the schema to.
-pub(crate) const LATEST: i32 = 3;
+pub(crate) const LATEST: i32 = 4;
 
 fn checksum(sql: &str) -> String {
     Sha256::digest(sql.as_bytes())

@@ -75,7 +75,7 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
     applied.sort();
     assert_eq!(
         applied,
-        [vec![], vec![], vec![1, 2, 3]],
+        [vec![], vec![], vec![1, 2, 3, 4]],
         "exactly one run applies them"
     );
     assert_eq!(
