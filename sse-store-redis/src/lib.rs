@@ -150,8 +150,10 @@ impl fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to Redis at `url` (`redis://[user:password@]host[:port][/db]`, `rediss://`
-    /// for TLS, `redis+unix:///path`), subscribes the live feed, and returns the store.
+    /// Connects to Redis at `url` (`redis://[user:password@]host[:port][/db]`; `rediss://`
+    /// for TLS once a TLS feature of the `redis` crate is enabled in the application, e.g.
+    /// `tokio-rustls-comp`; `redis+unix:///path`), subscribes the live feed, and returns the
+    /// store.
     ///
     /// # Errors
     ///

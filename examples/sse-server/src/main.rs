@@ -108,7 +108,8 @@ struct Args {
     #[arg(long, env = "SSE_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
     cookie_secure: bool,
     /// An HS256 secret (at least 32 bytes) that verifies JWTs; repeatable (several: rotation,
-    /// a token verified by any of them is accepted).
+    /// a token verified by any of them is accepted). A comma separates secrets, here as in
+    /// the environment variable: a secret cannot contain one.
     #[arg(
         long = "jwt-key",
         value_name = "SECRET",

@@ -28,7 +28,8 @@ pub enum OpenStoreError {
         /// The backend's name.
         backend: &'static str,
     },
-    /// Not `memory`, `redis://…` or `postgres://…`.
+    /// Not `memory`, `redis://…` or `postgres://…`. Holds the URL's scheme only: the rest may
+    /// hold a password.
     #[error("unknown store {0:?}: use memory, redis://… or postgres://…")]
     Unknown(String),
     /// The backend could not be opened.
@@ -48,7 +49,10 @@ pub enum OpenStoreError {
 /// use resumable_sse_core::Retention;
 ///
 /// let stores = resumable_sse_axum::open_store("memory", Retention::default()).await.unwrap();
-/// assert!(resumable_sse_axum::open_store("carrier-pigeon://", Retention::default()).await.is_err());
+/// let err = resumable_sse_axum::open_store("pigeon://user:secret@loft", Retention::default())
+///     .await
+///     .unwrap_err();
+/// assert!(!format!("{err} {err:?}").contains("secret"), "never the password");
 /// # }
 /// ```
 pub async fn open_store(url: &str, retention: Retention) -> Result<Stores, OpenStoreError> {
@@ -83,7 +87,17 @@ pub async fn open_store(url: &str, retention: Retention) -> Result<Stores, OpenS
             backend: "postgres",
         });
     }
-    Err(OpenStoreError::Unknown(url.to_owned()))
+    Err(OpenStoreError::Unknown(scheme_only(url)))
+}
+
+/// `scheme://…` of a URL, or the whole of a string without a scheme but only if it cannot
+/// hold credentials: what an error may repeat of a store URL.
+fn scheme_only(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, _)) => format!("{scheme}://…"),
+        None if url.contains(['@', ':']) => "…".to_owned(),
+        None => url.to_owned(),
+    }
 }
 
 /// A hub over a fresh in-memory store: the quickest start, one process only.
