@@ -144,6 +144,13 @@ pub struct PostgresConfig {
     /// fails with [`resumable_sse_core::Error::Unavailable`] (default 3 s). Keeps publishers from
     /// hanging while PostgreSQL is down.
     pub acquire_timeout: Duration,
+    /// How long an operation (its connection acquired) waits for PostgreSQL's answer before
+    /// it fails with [`resumable_sse_core::Error::Unavailable`] (default 5 s): a network that
+    /// drops packets silently, or a server that stopped answering, does not hang publishers
+    /// and readers until TCP gives up, and the hub's circuit breaker sees the failures. An
+    /// append that times out may have been stored (like one whose connection broke); it is
+    /// not retried.
+    pub operation_timeout: Duration,
     /// Pause between attempts of a live feed to reconnect its LISTEN connection (default
     /// 500 ms; each attempt itself waits up to `acquire_timeout`).
     pub listen_retry: Duration,
@@ -164,6 +171,7 @@ impl Default for PostgresConfig {
             page_size: 1024,
             max_connections: 10,
             acquire_timeout: Duration::from_secs(3),
+            operation_timeout: Duration::from_secs(5),
             listen_retry: Duration::from_millis(500),
             idle_stream_ttl: Some(Duration::from_secs(24 * 3600)),
         }
@@ -210,6 +218,21 @@ impl PostgresConfig {
     #[must_use]
     pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PostgresConfig::operation_timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resumable_sse_store_postgres::PostgresConfig;
+    ///
+    /// let config = PostgresConfig::default().with_operation_timeout(Duration::from_secs(2));
+    /// assert_eq!(config.operation_timeout, Duration::from_secs(2));
+    /// ```
+    #[must_use]
+    pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
         self
     }
 

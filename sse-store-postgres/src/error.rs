@@ -39,6 +39,10 @@ pub enum PostgresStoreError {
         /// What it does.
         description: String,
     },
+    /// PostgreSQL did not answer within
+    /// [`PostgresConfig::operation_timeout`](crate::PostgresConfig::operation_timeout).
+    #[error("PostgreSQL did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
     /// The database holds something this build cannot read (a row that breaks the store's
     /// invariants, a stream name that does not validate).
     #[error("unexpected data in the database: {0}")]
@@ -47,13 +51,16 @@ pub enum PostgresStoreError {
 
 impl PostgresStoreError {
     /// `true` when the error means "PostgreSQL cannot be reached right now; the operation may
-    /// succeed later": I/O and TLS errors, pool timeouts, a closed pool, and the server's
+    /// succeed later": I/O and TLS errors, pool and operation timeouts, a closed pool, and the
+    /// server's
     /// connection-class answers (SQLSTATE class `08`, `57P01` admin shutdown, `57P02` crash
     /// shutdown, `57P03` cannot connect now, `53300` too many connections, `25006` a read-only
     /// standby during a failover).
     pub fn is_unavailable(&self) -> bool {
-        let PostgresStoreError::Sqlx(err) = self else {
-            return false;
+        let err = match self {
+            PostgresStoreError::Sqlx(err) => err,
+            PostgresStoreError::TimedOut(_) => return true,
+            _ => return false,
         };
         match err {
             sqlx::Error::Io(_)
@@ -82,7 +89,8 @@ impl PostgresStoreError {
             {
                 true
             }
-            PostgresStoreError::Sqlx(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => false,
+            PostgresStoreError::Sqlx(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+            | PostgresStoreError::TimedOut(_) => false,
             _ => idempotent && self.is_unavailable(),
         }
     }

@@ -310,7 +310,8 @@ impl PostgresStore {
         self.shared.sweep().await
     }
 
-    /// Runs an operation for the traits. A connection-level failure marks every pooled
+    /// Runs an operation for the traits, each attempt bounded by
+    /// [`PostgresConfig::operation_timeout`]. A connection-level failure marks every pooled
     /// connection opened before it for a test before its next use, and the operation is run
     /// once more when that is safe: always when the server said it terminated the session
     /// (nothing was committed), and for idempotent operations (everything but appends) after
@@ -320,6 +321,12 @@ impl PostgresStore {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, PostgresStoreError>>,
     {
+        let limit = self.shared.config.operation_timeout;
+        let operation = || async {
+            tokio::time::timeout(limit, operation())
+                .await
+                .unwrap_or(Err(PostgresStoreError::TimedOut(limit)))
+        };
         match operation().await {
             Ok(value) => Ok(value),
             Err(err) if err.is_unavailable() => {

@@ -209,3 +209,80 @@ async fn an_outage_fails_fast_and_everything_recovers() {
     assert_eq!(four.position, 4);
     assert!(matches!(next_item(&mut feed).await, FeedItem::Appended(n) if n.position == 4));
 }
+
+/// A server that takes no answer back (here: the tables locked by another transaction, so
+/// every statement waits): operations fail with `Unavailable` within `operation_timeout`
+/// instead of waiting for as long as the server does, and work again once it answers. An
+/// append that timed out may still be stored when the server gets to it (it is not retried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_does_not_answer_fails_within_the_operation_timeout() {
+    use sqlx::Connection as _;
+
+    let limit = Duration::from_millis(500);
+    let store = temp_store(PostgresConfig::default().with_operation_timeout(limit)).await;
+    let stream = StreamName::new("stuck").expect("a name");
+    store
+        .append(&stream, NewEvent::new("1"))
+        .await
+        .expect("append");
+
+    let mut locker = testing::require_server(&testing::url()).await;
+    let mut lock = locker.begin().await.expect("a transaction");
+    let schema = store.schema().as_str().to_owned();
+    for table in ["streams", "events", "sessions"] {
+        // The schema name is the test's own (validated by `Schema`).
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "LOCK TABLE {schema}.{table} IN ACCESS EXCLUSIVE MODE"
+        )))
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    }
+    for (what, started, result) in [
+        (
+            "append",
+            Instant::now(),
+            store
+                .append(&stream, NewEvent::new("maybe"))
+                .await
+                .map(drop),
+        ),
+        (
+            "read",
+            Instant::now(),
+            store.read(&stream, 0, 10).await.map(drop),
+        ),
+        (
+            "session",
+            Instant::now(),
+            store.load(&SessionId::random()).await.map(drop),
+        ),
+    ] {
+        let took = started.elapsed();
+        assert!(
+            matches!(result, Err(resumable_sse_core::Error::Unavailable(_))),
+            "{what}: {result:?}"
+        );
+        // One attempt, or two for a read (idempotent), each bounded by the timeout.
+        assert!(took < limit * 4, "{what} took {took:?} to fail");
+    }
+
+    lock.rollback().await.expect("rollback");
+    let deadline = Instant::now() + DEADLINE;
+    let after = loop {
+        match store.append(&stream, NewEvent::new("after")).await {
+            Ok(appended) => break appended,
+            Err(err) => assert!(
+                Instant::now() < deadline,
+                "appends do not work again: {err:?}"
+            ),
+        }
+    };
+    let page = store.read(&stream, 0, 10).await.expect("read");
+    let data: Vec<&str> = page.events.iter().map(|e| &*e.data).collect();
+    assert!(
+        data == ["1", "after"] || data == ["1", "maybe", "after"],
+        "in order, the timed-out append stored at most once: {data:?}"
+    );
+    assert_eq!(after.position, page.head);
+}
