@@ -503,3 +503,83 @@ async fn sessions_are_shared_between_instances() {
     b.delete(&record.id).await.expect("delete");
     assert_eq!(a.load(&record.id).await.expect("load"), None);
 }
+
+/// A role with only the run-time privileges docs/postgres.md lists (on a schema migrated by
+/// another role) can do everything the store does: append (with ids, so retention and the
+/// notification run), read, listen, keep sessions, sweep.
+#[tokio::test]
+async fn the_documented_run_time_privileges_suffice() {
+    let store = temp_store(PostgresConfig::default()).await;
+    let schema = store.schema().as_str().to_owned();
+    let role = format!("sse_app_{:016x}", rand::random::<u64>());
+    let password = format!("{:032x}", rand::random::<u128>());
+    let mut admin = testing::require_server(&testing::url()).await;
+    // Names made here from hex digits and a validated schema name.
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+        format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}"),
+    ] {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .expect("set up the role");
+    }
+    let url = testing::url();
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let as_role = format!("{scheme}://{role}:{password}@{host}");
+
+    let checked = tokio::spawn(async move {
+        let app = PostgresStore::connect(
+            &as_role,
+            PostgresConfig::default().with_schema(Schema::new(schema.clone()).expect("valid")),
+        )
+        .await
+        .expect("connect as the application's role");
+        let mut feed = app.live_feed();
+        let stream = StreamName::new("privileges").expect("a name");
+        app.append(&stream, NewEvent::new("one"))
+            .await
+            .expect("append");
+        // The feed listens (a resync first, as after every connect), then hears appends.
+        let mut heard = next_feed_item(&mut feed, &stream).await;
+        if heard == FeedItem::Resync {
+            app.append(&stream, NewEvent::new("again"))
+                .await
+                .expect("append");
+            heard = next_feed_item(&mut feed, &stream).await;
+        }
+        assert!(matches!(heard, FeedItem::Appended(_)), "{heard:?}");
+        let with_id = NewEvent::new("two").with_id("p1").expect("an id");
+        app.append(&stream, with_id)
+            .await
+            .expect("append with an id");
+        let page = app.read(&stream, 0, 10).await.expect("read");
+        assert_eq!(page.events.last().map(|e| &*e.data), Some("two"));
+        let record = SessionRecord::new(None, Duration::from_secs(60));
+        app.create(&record).await.expect("create a session");
+        assert!(app.load(&record.id).await.expect("load").is_some());
+        let later = SystemTime::now() + Duration::from_secs(120);
+        assert!(app.touch(&record.id, later).await.expect("touch"));
+        assert!(
+            app.record_cursor(&record.id, "AQAAAAEAAAAAAAAAAQ", later)
+                .await
+                .expect("record a cursor")
+        );
+        app.delete(&record.id).await.expect("delete a session");
+        app.sweep().await.expect("sweep");
+        app.ping().await.expect("ping");
+    });
+    let checked = checked.await;
+    // The role goes, whatever happened; the schema goes with the store.
+    for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .expect("drop the role");
+    }
+    if let Err(failed) = checked {
+        std::panic::resume_unwind(failed.into_panic());
+    }
+}
