@@ -379,3 +379,48 @@ async fn publishes_over_the_rate_get_429_and_store_nothing() {
         );
     }
 }
+
+/// A publisher over its rate is answered before its body is read: a request that declares
+/// 10 MB and sends none of it gets its 429 at once (no body read, nothing stored).
+#[tokio::test]
+async fn an_over_rate_publish_is_answered_before_its_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let limits = Limits::new().publish_rate(NonZeroU32::new(1).unwrap());
+    for (name, server) in both(|| app(limits.clone())).await {
+        let alice = [("x-user", "alice")];
+        assert_eq!(
+            publish(&server, &alice, "one").await.status(),
+            200,
+            "{name}"
+        );
+        let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        socket
+            .write_all(
+                format!(
+                    "POST /publish HTTP/1.1\r\nhost: {}\r\nx-user: alice\r\n\
+                     content-type: application/json\r\ncontent-length: 10000000\r\n\r\n",
+                    server.addr
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(WAIT, socket.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{name}: no answer without the body"))
+                .unwrap();
+            assert!(n > 0, "{name}: closed without an answer");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 429"), "{name}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after:"),
+            "{name}: {head}"
+        );
+    }
+}
