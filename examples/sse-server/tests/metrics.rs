@@ -472,6 +472,55 @@ async fn readyz_follows_the_store() {
     until_status(&server, "/readyz", 200).await;
 }
 
+/// `/readyz` says not ready when the hub's live feed is down though the store answers: the
+/// instance would deliver nothing live. The feed's connection is killed and its role may
+/// open no new one, while the pool's connections still work; once it may, ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_live_feed() {
+    let cluster = Cluster::init();
+    cluster.start();
+    // A role of its own: connection limits do not hold for superusers.
+    let role = "sse_app";
+    cluster.psql(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT CREATE ON DATABASE postgres TO {role}"
+    ));
+    let url = cluster
+        .url()
+        .replace("postgres://postgres@", &format!("postgres://{role}@"));
+    let server = Server::start_with(&["--listen", "127.0.0.1:0", "--store", &url])
+        .unwrap_or_else(|err| panic!("{err}"));
+    until_status(&server, "/readyz", 200).await;
+
+    // No new connection for the role from now on; then the feed loses its own.
+    let open = cluster.psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'"
+    ));
+    let open: u32 = open.parse().expect("a count");
+    cluster.psql(&format!("ALTER ROLE {role} CONNECTION LIMIT {}", open - 1));
+    let killed = cluster.psql(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE usename = '{role}' AND application_name LIKE 'sse-feed:%'"
+    ));
+    assert_eq!(killed, "1", "the live feed's connection");
+    until_status(&server, "/readyz", 503).await;
+    let body: Value = reqwest::get(server.url("/readyz"))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        (&body["store"], &body["live_feed"]),
+        (&json!("ok"), &json!("disconnected")),
+        "{body}"
+    );
+    let (status, answer) = publish(&server, None, json!({"stream": "news", "data": "x"})).await;
+    assert_eq!(status, 200, "the store still answers: {answer}");
+
+    cluster.psql(&format!("ALTER ROLE {role} CONNECTION LIMIT -1"));
+    until_status(&server, "/readyz", 200).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_log_line_of_a_connection_names_its_request_and_session() {
     let server = Server::start_with(&["--listen", "127.0.0.1:0", "--log-format", "json"])

@@ -220,6 +220,32 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// Runs `sql` as the superuser; its output, trimmed (one value per line).
+    pub(crate) fn psql(&self, sql: &str) -> String {
+        let mut psql = self.command("psql");
+        psql.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-tAX",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ])
+            .args(["-c", sql]);
+        let output = psql
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run psql: {err}"));
+        assert!(
+            output.status.success(),
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     pub(crate) fn data_dir(&self) -> &Path {
         &self.data
     }
