@@ -79,13 +79,17 @@ local state = redis.call('HMGET', meta, 'epoch', 'head', 'bytes')
 local epoch, head = state[1], tonumber(state[2]) or 0
 -- `bytes` is the sum of `sizes`: the data lengths of the retained entries, oldest first.
 local bytes = tonumber(state[3]) or 0
-if not epoch then
+local new = not epoch
+if new then epoch, head, bytes = ARGV[1], 0, 0 end
+-- The script's first write, and one Redis refuses when over `maxmemory` (`noeviction`):
+-- Redis checks memory only before a script's first write, so with a `DEL` or `XTRIM` first
+-- an append to a full Redis would go through. This way it fails with OOM, writing nothing.
+redis.call('HSET', meta, 'epoch', epoch, 'head', id(head))
+if new then
   -- A new incarnation of the stream (first append, or the meta was lost: Redis restarted
   -- without persistence, flushed, or the meta's idle TTL ran out). Whatever an earlier
   -- incarnation left must not leak into it.
   redis.call('DEL', log, ids, sizes)
-  epoch, head, bytes = ARGV[1], 0, 0
-  redis.call('HSET', meta, 'epoch', epoch, 'head', 0)
 end
 -- The oldest retained position: entries are contiguous up to the head.
 local oldest = head + 1

@@ -16,7 +16,7 @@ use resumable_sse_core::{
     Appended, Error, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification, StreamName,
 };
 use resumable_sse_store_redis::testing::{HOW_TO_START, PrivateRedis};
-use resumable_sse_store_redis::{RedisConfig, RedisStore, RedisStoreError};
+use resumable_sse_store_redis::{MAX_BATCH, RedisConfig, RedisStore, RedisStoreError};
 
 /// How long anything that should happen may take.
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -90,6 +90,37 @@ async fn append_when_back(store: &RedisStore, stream: &StreamName, data: &str) -
     })
     .await;
     appended.unwrap()
+}
+
+/// A field of `INFO <section>` as a number (0 when absent).
+async fn info_number(
+    conn: &mut redis::aio::MultiplexedConnection,
+    section: &str,
+    prefix: &str,
+) -> u64 {
+    let info: String = query(conn, &["INFO", section]).await;
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .map_or(0, |rest| {
+            rest.split([',', '\r']).next().unwrap().parse().unwrap()
+        })
+}
+
+/// How many scripts Redis has run (`EVALSHA` and `EVAL`), from `INFO commandstats`.
+async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    info_number(conn, "commandstats", "cmdstat_evalsha:calls=").await
+        + info_number(conn, "commandstats", "cmdstat_eval:calls=").await
+}
+
+/// Asserts that a key's `PTTL`, read `elapsed` after the moment its expiry was computed
+/// from, is `expected` less at most that time (and the millisecond Redis truncates).
+fn assert_expires_in(what: &str, pttl: i64, expected: Duration, elapsed: Duration) {
+    let expected = i64::try_from(expected.as_millis()).unwrap();
+    let slack = i64::try_from(elapsed.as_millis()).unwrap() + 1;
+    assert!(
+        (expected - slack..=expected).contains(&pttl),
+        "{what}: PTTL {pttl} ms, expected {expected} ms less at most {slack} ms"
+    );
 }
 
 /// Events whose data are these numbers.
@@ -596,4 +627,275 @@ async fn feed_pings_detect_a_server_that_stops_answering() {
     ));
     store.append(&news, NewEvent::new("after")).await.unwrap();
     assert_eq!(next_notification(&mut feed, &news).await.position, 11);
+}
+
+/// With `maxmemory` reached under `noeviction`, an append fails with Redis's `OOM` as
+/// [`Error::Unavailable`] (503 over HTTP, counted by the breaker), stores nothing of the
+/// refused event, reads still work, and once there is room appends work again at the next
+/// position. A new stream's first append and a quiet stream's next one are refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_appends_as_unavailable() {
+    let redis = PrivateRedis::start(false);
+    let store = RedisStore::connect(
+        &redis.url(),
+        RedisConfig::default().with_retention(
+            resumable_sse_core::Retention::new(100_000, Duration::from_secs(3600))
+                .with_max_bytes(1 << 30),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut conn = raw(&redis.url()).await;
+    let news = stream("news");
+    store.append(&news, NewEvent::new("first")).await.unwrap();
+    // A stream whose log expired while its meta lives on (a quiet stream): its next append
+    // starts by deleting what is left, and a new stream's by writing its meta.
+    let max_age = Duration::from_millis(100);
+    let short = RedisStore::connect(
+        &redis.url(),
+        RedisConfig::default()
+            .with_retention(resumable_sse_core::Retention::new(1000, max_age))
+            .with_stream_ttl(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    let quiet = stream("quiet");
+    short.append(&quiet, NewEvent::new("old")).await.unwrap();
+    let quiet_log = short.key_layout().log(&quiet);
+    eventually("the quiet stream's log expires", async || {
+        let exists: i64 = query(&mut conn, &["EXISTS", &quiet_log]).await;
+        exists == 0
+    })
+    .await;
+    // A megabyte of room above what the server uses now, so the test does not depend on
+    // how much an empty server takes.
+    let used = info_number(&mut conn, "memory", "used_memory:").await;
+    let limit = (used + (1 << 20)).to_string();
+    let _: () = query(
+        &mut conn,
+        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+    )
+    .await;
+    let _: () = query(&mut conn, &["CONFIG", "SET", "maxmemory", &limit]).await;
+
+    let event = |n: u64| format!("{n:04} {}", "x".repeat(64 << 10));
+    let mut last = store.read(&news, 0, 0).await.unwrap().head;
+    let (refused, err) = loop {
+        let n = last + 1;
+        // 200 events of 64 KiB are 12 MiB: far past the limit.
+        assert!(n <= 200, "appends never failed with maxmemory {limit}");
+        match store.append(&news, NewEvent::new(event(n))).await {
+            Ok(appended) => {
+                assert_eq!(appended.position, n);
+                last = n;
+            }
+            Err(err) => break (n, err),
+        }
+    };
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(err.is_unavailable() && !err.is_circuit_open(), "{err:?}");
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("OOM"), "Redis's OOM error: {source}");
+    assert!(last > 1, "at least one large event fitted before the limit");
+
+    // Nothing of the refused event: not readable, and not half-written in any key.
+    let page = store.read(&news, 0, 1000).await.unwrap();
+    assert_eq!(page.head, last, "the refused event took no position");
+    let positions: Vec<u64> = page.events.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (1..=last).collect::<Vec<_>>());
+    assert!(
+        page.events.iter().all(|e| *e.data != *event(refused)),
+        "the refused event is not readable"
+    );
+    let keys = store.key_layout().clone();
+    let xlen: u64 = query(&mut conn, &["XLEN", &keys.log(&news)]).await;
+    let sizes: u64 = query(&mut conn, &["LLEN", &keys.sizes(&news)]).await;
+    let head: String = query(&mut conn, &["HGET", &keys.meta(&news), "head"]).await;
+    let bytes: String = query(&mut conn, &["HGET", &keys.meta(&news), "bytes"]).await;
+    let data: usize = page.events.iter().map(|e| e.data.len()).sum();
+    assert_eq!(
+        (xlen, sizes, head, bytes),
+        (last, last, last.to_string(), data.to_string())
+    );
+
+    // Every append is refused while Redis is full, whatever its first write would be. The
+    // limit goes below what Redis uses: the refused append's freed buffers may have made
+    // room for a small one.
+    let used = info_number(&mut conn, "memory", "used_memory:").await;
+    let half = (used / 2).to_string();
+    let _: () = query(&mut conn, &["CONFIG", "SET", "maxmemory", &half]).await;
+    let err = store
+        .append(&news, NewEvent::new("small"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable(_)),
+        "a small event: {err:?}"
+    );
+    let fresh = stream("fresh");
+    let err = store
+        .append(&fresh, NewEvent::new("new"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable(_)),
+        "a new stream: {err:?}"
+    );
+    assert_eq!(
+        store.read(&fresh, 0, 10).await.unwrap(),
+        resumable_sse_core::ReadPage::missing(),
+        "a refused first append creates nothing"
+    );
+    let err = short
+        .append(&quiet, NewEvent::new("new"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable(_)),
+        "a quiet stream: {err:?}"
+    );
+    let kept = short.read(&quiet, 0, 10).await.unwrap();
+    assert_eq!((kept.head, kept.events.len()), (1, 0), "{kept:?}");
+
+    let _: () = query(&mut conn, &["CONFIG", "SET", "maxmemory", "0"]).await;
+    assert_eq!(
+        store
+            .append(&fresh, NewEvent::new("new"))
+            .await
+            .unwrap()
+            .position,
+        1
+    );
+    assert_eq!(
+        short
+            .append(&quiet, NewEvent::new("new"))
+            .await
+            .unwrap()
+            .position,
+        2
+    );
+    let after = store.append(&news, NewEvent::new("after")).await.unwrap();
+    assert_eq!(
+        (after.epoch, after.position),
+        (page.epoch.unwrap(), last + 1)
+    );
+    let page = store.read(&news, last, 10).await.unwrap();
+    let data: Vec<&str> = page.events.iter().map(|e| &*e.data).collect();
+    assert_eq!(data, ["after"]);
+}
+
+/// A session's key expires `session_grace` (5 s by default) after the session: from its
+/// creation, and moved (later or earlier) by every touch.
+#[tokio::test]
+async fn session_keys_expire_a_grace_after_their_session() {
+    use resumable_sse_core::{SessionRecord, SessionStore};
+
+    let grace = Duration::from_secs(5);
+    let store = shared_store(RedisConfig::default().with_key_prefix(unique_prefix("grace"))).await;
+    assert_eq!(
+        store.config().session_grace,
+        grace,
+        "the documented default"
+    );
+    let keys = store.key_layout().clone();
+    let mut conn = raw(&shared_url()).await;
+
+    let ttl = Duration::from_secs(60);
+    let started = Instant::now();
+    let session = SessionRecord::new(None, ttl);
+    store.create(&session).await.unwrap();
+    let key = keys.session(&session.id);
+    let pttl: i64 = query(&mut conn, &["PTTL", &key]).await;
+    assert!(
+        u128::try_from(pttl).unwrap() > ttl.as_millis(),
+        "the key outlives the session: PTTL {pttl}"
+    );
+    assert_expires_in("after create", pttl, ttl + grace, started.elapsed());
+
+    let started = Instant::now();
+    let later = std::time::SystemTime::now() + Duration::from_secs(120);
+    assert!(store.touch(&session.id, later).await.unwrap());
+    let pttl: i64 = query(&mut conn, &["PTTL", &key]).await;
+    assert_expires_in(
+        "after touch",
+        pttl,
+        Duration::from_secs(120) + grace,
+        started.elapsed(),
+    );
+
+    let other = SessionRecord::new(None, ttl);
+    store.create(&other).await.unwrap();
+    let started = Instant::now();
+    let sooner = std::time::SystemTime::now() + Duration::from_secs(30);
+    let touched = store
+        .touch_many(&[session.id, other.id], sooner)
+        .await
+        .unwrap();
+    assert_eq!(touched, 2);
+    let mut pttls = Vec::new();
+    for id in [session.id, other.id] {
+        let pttl: i64 = query(&mut conn, &["PTTL", &keys.session(&id)]).await;
+        pttls.push(pttl);
+    }
+    let elapsed = started.elapsed();
+    for pttl in pttls {
+        let expected = Duration::from_secs(30) + grace;
+        assert_expires_in("after touch_many", pttl, expected, elapsed);
+    }
+}
+
+/// `append_many` splits a batch over [`MAX_BATCH`] events, or over 8 MiB of data, into as
+/// few script calls as fit those limits, and answers as one call would: every event, in
+/// order, at gap-free positions of one epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_are_split_into_several_calls() {
+    assert_eq!(MAX_BATCH, 1000, "docs/redis.md states 1000");
+    // A server of its own, so that its script count is this test's.
+    let redis = PrivateRedis::start(false);
+    let store = RedisStore::connect(
+        &redis.url(),
+        RedisConfig::default().with_retention(
+            resumable_sse_core::Retention::new(10_000, Duration::from_secs(3600))
+                .with_max_bytes(64 << 20),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut conn = raw(&redis.url()).await;
+    // Loads the script, so that every later call is exactly one EVALSHA.
+    store
+        .append(&stream("warm-up"), NewEvent::new("0"))
+        .await
+        .unwrap();
+
+    let check =
+        async |conn: &mut redis::aio::MultiplexedConnection, events: Vec<NewEvent>, calls: u64| {
+            let news = stream("news");
+            let expected: Vec<String> = events.iter().map(|e| e.data().to_owned()).collect();
+            let n = u64::try_from(events.len()).unwrap();
+            let before = script_calls(conn).await;
+            let appended = store.append_many(&news, events).await.unwrap();
+            assert_eq!(script_calls(conn).await - before, calls, "script calls");
+            let positions: Vec<u64> = appended.iter().map(|a| a.position).collect();
+            assert_eq!(positions, (1..=n).collect::<Vec<_>>());
+            let epoch = appended[0].epoch;
+            assert!(appended.iter().all(|a| a.epoch == epoch && !a.duplicate));
+            let page = store.read(&news, 0, expected.len() + 1).await.unwrap();
+            assert_eq!((page.epoch, page.oldest, page.head), (Some(epoch), 1, n));
+            let positions: Vec<u64> = page.events.iter().map(|e| e.position).collect();
+            assert_eq!(positions, (1..=n).collect::<Vec<_>>());
+            let data: Vec<&str> = page.events.iter().map(|e| &*e.data).collect();
+            assert!(
+                data == expected,
+                "the events read back are the batch, in order"
+            );
+        };
+    check(&mut conn, numbered(1..=1000), 1).await;
+    // 1000 + 1000 + 500.
+    check(&mut conn, numbered(1..=2500), 3).await;
+    // 20 events of 1 MiB: 8 MiB + 8 MiB + 4 MiB.
+    let mib = (1..=20)
+        .map(|i| NewEvent::new(format!("{i:02}{}", "x".repeat((1 << 20) - 2))))
+        .collect();
+    check(&mut conn, mib, 3).await;
 }
