@@ -7,7 +7,10 @@
 //!   `--public-streams` only and publish nothing (401).
 //! - Forged, expired, wrong-algorithm (the HS256-with-the-public-key confusion among them),
 //!   wrong-issuer and wrong-audience tokens are refused with 401 `invalid_token`.
-//! - Several keys verify (rotation); a token in the URL is refused.
+//! - Several keys verify (rotation); a token in the URL is refused; the header wins over the
+//!   cookie; `nbf` is honoured with 60 s of skew; `iss`/`aud` are ignored unless configured; a
+//!   token without `sse` grants nothing; unusable keys stop the server with exit code 2.
+//! - Every refusal (403s included) carries its `WWW-Authenticate` and echoes no token.
 //! - A session is bound to its `sub`: another principal presenting it gets 403.
 //! - A subscriber whose token expires gets `event: ended` (`authorization_expired`) and the
 //!   stream ends; with a fresh token and its `Last-Event-ID` it resumes exactly.
@@ -95,12 +98,22 @@ async fn refused(
     headers: &[(&str, &str)],
     publish: Option<Value>,
 ) -> (u16, String, Value) {
+    let (status, challenge, body) = refused_raw(&server.url(path), headers, publish).await;
+    let body = serde_json::from_str(&body)
+        .unwrap_or_else(|_| panic!("{path}: the refusal is not JSON: {body}"));
+    (status, challenge, body)
+}
+
+/// [`refused`] at any URL, the body as it was sent.
+async fn refused_raw(
+    url: &str,
+    headers: &[(&str, &str)],
+    publish: Option<Value>,
+) -> (u16, String, String) {
     let client = reqwest::Client::new();
     let mut request = match &publish {
-        Some(body) => client.post(server.url(path)).json(body),
-        None => client
-            .get(server.url(path))
-            .header("accept", "text/event-stream"),
+        Some(body) => client.post(url).json(body),
+        None => client.get(url).header("accept", "text/event-stream"),
     };
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -110,14 +123,12 @@ async fn refused(
         .expect("an answer in time")
         .expect("an answer");
     let status = response.status().as_u16();
-    assert_ne!(status, 200, "{path}: expected a refusal, got 200");
+    assert_ne!(status, 200, "{url}: expected a refusal, got 200");
     let challenge = header(response.headers(), "www-authenticate");
     let body = tokio::time::timeout(WAIT, response.text())
         .await
         .expect("a whole body in time")
         .expect("a body");
-    let body = serde_json::from_str(&body)
-        .unwrap_or_else(|_| panic!("{path}: the refusal is not JSON: {body}"));
     (status, challenge, body)
 }
 
@@ -350,6 +361,11 @@ async fn forged_expired_and_misissued_tokens_are_refused() {
         ),
         ("no issuer", hs256(KEY, &good(json!({"iss": null}))), "iss"),
         (
+            "no audience",
+            hs256(KEY, &good(json!({"aud": null}))),
+            "aud",
+        ),
+        (
             "wrong audience",
             hs256(KEY, &good(json!({"aud": "other"}))),
             "audience",
@@ -534,7 +550,7 @@ async fn public_keys_verify_with_their_own_algorithm_only() {
         (rsa_private.to_str().unwrap(), "private key"),
     ] {
         let (code, stderr) = run_to_exit(&["--listen", "127.0.0.1:0", "--jwt-public-key", file]);
-        assert_ne!(code, Some(0));
+        assert_eq!(code, Some(2), "{stderr}");
         assert!(stderr.contains(says) && stderr.contains(file), "{stderr}");
     }
 }
@@ -743,8 +759,14 @@ fn own_address() -> std::net::IpAddr {
 
 /// Runs the binary until it exits (within [`WAIT`]): its exit code and standard error.
 fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    run_to_exit_with_env(args, &[])
+}
+
+/// [`run_to_exit`] with these environment variables set.
+fn run_to_exit_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut child = Server::command()
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -935,4 +957,499 @@ async fn tokens_never_reach_the_log() {
         lines.iter().all(|l| !l.contains(KEY)),
         "the secret in the log"
     );
+}
+
+#[tokio::test]
+async fn the_header_wins_over_the_cookie() {
+    let server = start(&["--jwt-key", KEY]);
+    let alice = hs256(KEY, &claims("alice", &["room:*"], &["room:*"], 600));
+    let bob = hs256(KEY, &claims("bob", &["hall:*"], &["hall:*"], 600));
+    let forged = hs256(
+        "someone-elses-secret-0123456789abcdefgh",
+        &claims("mallory", &["*"], &["*"], 600),
+    );
+    let (alice_auth, bob_auth, forged_auth) = (bearer(&alice), bearer(&bob), bearer(&forged));
+    let alice_cookie = format!("sse_token={alice}");
+    let bob_cookie = format!("sse_token={bob}");
+
+    // A valid header and another principal's cookie: the header's grants and principal.
+    let header_alice = [
+        ("authorization", alice_auth.as_str()),
+        ("cookie", &bob_cookie),
+    ];
+    let (mut room, info) = subscribe(&server, "stream=room:1", &header_alice).await;
+    assert_refused(
+        &server,
+        "/events?stream=hall:1",
+        &header_alice,
+        None,
+        403,
+        "insufficient_scope",
+    )
+    .await;
+    let (status, body) = publish(
+        &server,
+        json!({"stream": "room:1", "data": "a"}),
+        &header_alice,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(next_message(&mut room).await, "a");
+    assert_refused(
+        &server,
+        "/publish",
+        &header_alice,
+        Some(json!({"stream": "hall:1", "data": "no"})),
+        403,
+        "insufficient_scope",
+    )
+    .await;
+    // The session it opened is Alice's: refused to Bob, resumed by Alice.
+    let session = room.token().expect("a session token");
+    assert_refused(
+        &server,
+        "/events?stream=hall:1",
+        &[("authorization", &bob_auth), ("x-sse-session", &session)],
+        None,
+        403,
+        "insufficient_scope",
+    )
+    .await;
+    let (_again, again) = subscribe(
+        &server,
+        "stream=room:1",
+        &[("authorization", &alice_auth), ("x-sse-session", &session)],
+    )
+    .await;
+    assert_eq!(again["session"], info["session"], "{again}");
+
+    // A valid header and a forged or malformed cookie: the cookie is not even looked at.
+    for cookie in [
+        format!("sse_token={forged}"),
+        "sse_token=not-a-jwt".to_owned(),
+    ] {
+        let headers = [("authorization", alice_auth.as_str()), ("cookie", &cookie)];
+        subscribe(&server, "stream=room:1", &headers).await;
+        let (status, body) =
+            publish(&server, json!({"stream": "room:1", "data": "b"}), &headers).await;
+        assert_eq!(status, 200, "{cookie}: {body}");
+        assert_eq!(next_message(&mut room).await, "b");
+    }
+
+    // The converse: a bad header is refused although the cookie is valid (no fallback)...
+    for auth in [
+        forged_auth.as_str(),
+        "Bearer not-a-jwt",
+        "Basic YWxpY2U6c2VjcmV0",
+    ] {
+        let headers = [("authorization", auth), ("cookie", &alice_cookie)];
+        assert_refused(
+            &server,
+            "/events?stream=room:1",
+            &headers,
+            None,
+            401,
+            "invalid_token",
+        )
+        .await;
+        assert_refused(
+            &server,
+            "/publish",
+            &headers,
+            Some(json!({"stream": "room:1", "data": "no"})),
+            401,
+            "invalid_token",
+        )
+        .await;
+    }
+    // ... and another principal's valid header brings its own grants, not the cookie's.
+    let header_bob = [
+        ("authorization", bob_auth.as_str()),
+        ("cookie", &alice_cookie),
+    ];
+    assert_refused(
+        &server,
+        "/events?stream=room:1",
+        &header_bob,
+        None,
+        403,
+        "insufficient_scope",
+    )
+    .await;
+    assert_refused(
+        &server,
+        "/publish",
+        &header_bob,
+        Some(json!({"stream": "room:1", "data": "no"})),
+        403,
+        "insufficient_scope",
+    )
+    .await;
+    subscribe(&server, "stream=hall:1", &header_bob).await;
+    // The cookie alone is accepted: the refusals above are the header's doing.
+    subscribe(&server, "stream=room:1", &[("cookie", &alice_cookie)]).await;
+    // Nothing refused reached the stream.
+    let (status, _) = publish(
+        &server,
+        json!({"stream": "room:1", "data": "last"}),
+        &[("authorization", &alice_auth)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(next_message(&mut room).await, "last");
+}
+
+#[tokio::test]
+async fn nbf_is_honoured_with_a_minute_for_the_issuers_clock() {
+    let server = start(&["--jwt-key", KEY]);
+    let starting_at = |nbf: u64| {
+        let mut claims = claims("alice", &["room:*"], &["room:*"], 600);
+        claims["nbf"] = json!(nbf);
+        bearer(&hs256(KEY, &claims))
+    };
+    // Up to 60 s ahead is the issuer's clock running fast. The server reads its clock after
+    // `now()` here, so `now() + 60` is within its 60 s whenever it checks.
+    for nbf in [now() - 3600, now(), now() + 30, now() + 60] {
+        let auth = starting_at(nbf);
+        subscribe(&server, "stream=room:1", &[("authorization", &auth)]).await;
+        let (status, body) = publish(
+            &server,
+            json!({"stream": "room:1", "data": "x"}),
+            &[("authorization", &auth)],
+        )
+        .await;
+        assert_eq!(
+            status,
+            200,
+            "nbf = now + {}: {body}",
+            nbf as i64 - now() as i64
+        );
+    }
+    // Beyond: not valid yet, for reading and publishing alike.
+    for ahead in [90, 120] {
+        let auth = starting_at(now() + ahead);
+        let headers = [("authorization", auth.as_str())];
+        let message = assert_refused(
+            &server,
+            "/events?stream=room:1",
+            &headers,
+            None,
+            401,
+            "invalid_token",
+        )
+        .await;
+        assert!(message.contains("nbf"), "nbf = now + {ahead}: {message}");
+        assert_refused(
+            &server,
+            "/publish",
+            &headers,
+            Some(json!({"stream": "room:1", "data": "no"})),
+            401,
+            "invalid_token",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn iss_and_aud_are_ignored_unless_configured() {
+    let server = start(&["--jwt-key", KEY]);
+    for (iss, aud) in [
+        (json!("https://anyone.example"), Value::Null),
+        (Value::Null, json!("some-other-api")),
+        (Value::Null, json!(["sse", "another-api"])),
+        (json!("https://anyone.example"), json!("some-other-api")),
+    ] {
+        let mut claims = claims("alice", &["room:*"], &["room:*"], 600);
+        if !iss.is_null() {
+            claims["iss"] = iss;
+        }
+        if !aud.is_null() {
+            claims["aud"] = aud;
+        }
+        let auth = bearer(&hs256(KEY, &claims));
+        let (mut stream, _) =
+            subscribe(&server, "stream=room:1", &[("authorization", &auth)]).await;
+        let (status, body) = publish(
+            &server,
+            json!({"stream": "room:1", "data": "x"}),
+            &[("authorization", &auth)],
+        )
+        .await;
+        assert_eq!(status, 200, "{claims}: {body}");
+        assert_eq!(next_message(&mut stream).await, "x");
+    }
+}
+
+#[tokio::test]
+async fn a_token_without_sse_grants_nothing() {
+    let server = start(&["--jwt-key", KEY, "--public-streams", "news"]);
+    for sse in [None, Some(Value::Null), Some(json!({}))] {
+        let mut claims = json!({"sub": "alice", "exp": now() + 600});
+        if let Some(sse) = &sse {
+            claims["sse"] = sse.clone();
+        }
+        let auth = bearer(&hs256(KEY, &claims));
+        let headers = [("authorization", auth.as_str())];
+        // A genuine token: it reads what anyone may read, with a session of its own.
+        let (_news, info) = subscribe(&server, "stream=news", &headers).await;
+        let session = info["session"].as_str().expect("a session id");
+        // And nothing more: 403, not 401.
+        for query in ["stream=room:1", "stream=alice", "stream=news&stream=room:1"] {
+            assert_refused(
+                &server,
+                &format!("/events?{query}"),
+                &headers,
+                None,
+                403,
+                "insufficient_scope",
+            )
+            .await;
+        }
+        for target in [
+            json!({"stream": "room:1", "data": "no"}),
+            json!({"stream": "news", "data": "no"}),
+            json!({"session": session, "data": "no"}),
+        ] {
+            let message = assert_refused(
+                &server,
+                "/publish",
+                &headers,
+                Some(target.clone()),
+                403,
+                "insufficient_scope",
+            )
+            .await;
+            assert!(
+                message.contains("sse.publish"),
+                "sse = {sse:?}, {target}: {message}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unusable_keys_stop_the_server_with_exit_code_2() {
+    let short = "thirty-one-bytes-is-one-too-few";
+    assert_eq!(short.len(), 31);
+    for (args, says) in [
+        (vec!["--jwt-key", short], "--jwt-key #1"),
+        (vec!["--jwt-key", KEY, "--jwt-key", short], "--jwt-key #2"),
+    ] {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend(args);
+        let (code, stderr) = run_to_exit(&all);
+        assert_eq!(code, Some(2), "{all:?}: {stderr}");
+        assert!(
+            stderr.contains(says) && stderr.contains("at least 32 bytes"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(short), "the secret is printed: {stderr}");
+    }
+    let keys = format!("{KEY},{short}");
+    let (code, stderr) =
+        run_to_exit_with_env(&["--listen", "127.0.0.1:0"], &[("SSE_JWT_KEYS", &keys)]);
+    assert_eq!(code, Some(2), "SSE_JWT_KEYS: {stderr}");
+    assert!(
+        stderr.contains("--jwt-key #2") && !stderr.contains(short),
+        "{stderr}"
+    );
+    // 32 bytes are enough.
+    Server::start_with(&["--listen", "127.0.0.1:0", "--jwt-key", &"k".repeat(32)])
+        .unwrap_or_else(|err| panic!("a 32-byte secret: {err}"));
+
+    // Public key files that cannot be read, or hold no public key.
+    let dir = TempDir::new("sse-auth-unreadable").unwrap();
+    let garbage = dir.0.join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let missing = dir.0.join("missing.pem");
+    for file in [&missing, &dir.0, &garbage] {
+        let file = file.to_str().expect("a UTF-8 temp path");
+        let (code, stderr) = run_to_exit(&["--listen", "127.0.0.1:0", "--jwt-public-key", file]);
+        assert_eq!(code, Some(2), "{file}: {stderr}");
+        assert!(
+            stderr.contains(&format!("--jwt-public-key {file}")),
+            "{stderr}"
+        );
+    }
+}
+
+/// One request to refuse: what it shows, where it goes, how, the credentials it presents
+/// (none may come back), and the status expected.
+struct Refused {
+    what: &'static str,
+    path: String,
+    headers: Vec<(&'static str, String)>,
+    publish: Option<Value>,
+    presents: Vec<String>,
+    status: u16,
+}
+
+impl Refused {
+    /// `token` presented as `Authorization: Bearer` to `path` (a publish when it is `/publish`).
+    fn bearer(what: &'static str, path: &str, token: &str, status: u16) -> Self {
+        Refused {
+            what,
+            path: path.to_owned(),
+            headers: vec![("authorization", bearer(token))],
+            publish: path
+                .starts_with("/publish")
+                .then(|| json!({"stream": "room:1", "data": "no"})),
+            presents: vec![token.to_owned()],
+            status,
+        }
+    }
+
+    /// Sends it to `base`; asserts the RFC 6750 answer and that it echoes no credential.
+    /// Returns the body's message.
+    async fn check(&self, base: &str) -> String {
+        let Refused { what, status, .. } = self;
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        let url = format!("{base}{}", self.path);
+        let (got, challenge, text) = refused_raw(&url, &headers, self.publish.clone()).await;
+        let code = match status {
+            403 => "insufficient_scope",
+            _ => "invalid_token",
+        };
+        assert_eq!(got, *status, "{what}: {text}");
+        assert!(
+            challenge.starts_with(&format!("Bearer error=\"{code}\", error_description=\"")),
+            "{what}: WWW-Authenticate is {challenge:?}"
+        );
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
+        assert_eq!(body["error"], code, "{what}: {text}");
+        for token in &self.presents {
+            // The whole token, and the parts of a JWT that are its own.
+            let parts: Vec<&str> = token.split('.').collect();
+            let own = match parts.as_slice() {
+                [_, payload, signature] => vec![*payload, *signature],
+                _ => vec![],
+            };
+            for part in std::iter::once(token.as_str()).chain(own) {
+                assert!(
+                    !text.contains(part) && !challenge.contains(part),
+                    "{what}: the token is echoed: {challenge} {text}"
+                );
+            }
+        }
+        body["message"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+#[tokio::test]
+async fn refusals_carry_their_challenge_and_never_echo_the_token() {
+    let server = start(&["--jwt-key", KEY]);
+    let base = server.url("");
+    let alice = hs256(KEY, &claims("alice", &["room:*"], &["room:*"], 600));
+    let bob = hs256(KEY, &claims("bob", &["room:*"], &[], 600));
+    let (first, _) = subscribe(
+        &server,
+        "stream=room:1",
+        &[("authorization", &bearer(&alice))],
+    )
+    .await;
+    let session = first.token().expect("a session token");
+    let tweaked = |change: Value| {
+        let mut claims = claims("alice", &["room:*"], &["room:*"], 600);
+        for (name, value) in change.as_object().into_iter().flatten() {
+            claims[name] = value.clone();
+        }
+        hs256(KEY, &claims)
+    };
+    let refused_tokens = [
+        (
+            "forged",
+            hs256(
+                "someone-elses-secret-0123456789abcdefgh",
+                &claims("alice", &["*"], &["*"], 600),
+            ),
+        ),
+        ("expired", tweaked(json!({"exp": now() - 5}))),
+        ("not valid yet", tweaked(json!({"nbf": now() + 600}))),
+        (
+            "malformed claims",
+            tweaked(json!({"sse": {"subscribe": "room:1"}})),
+        ),
+        (
+            "another algorithm",
+            mint(
+                Algorithm::HS512,
+                &EncodingKey::from_secret(KEY.as_bytes()).expect("an HS512 key"),
+                &claims("alice", &["*"], &["*"], 600),
+            ),
+        ),
+        ("not a JWT", "opaque-credential-4f9c2e7a1b3d5f60".to_owned()),
+    ];
+
+    let mut cases = vec![
+        // The 403s, among them a genuine session token presented by another principal.
+        Refused {
+            headers: vec![
+                ("authorization", bearer(&bob)),
+                ("x-sse-session", session.clone()),
+            ],
+            presents: vec![bob.clone(), session.clone()],
+            ..Refused::bearer(
+                "another principal's session",
+                "/events?stream=room:1",
+                &bob,
+                403,
+            )
+        },
+        Refused::bearer("no subscribe grant", "/events?stream=hall:1", &alice, 403),
+        Refused::bearer("no publish grant", "/publish", &bob, 403),
+        // In the URL.
+        Refused {
+            headers: vec![],
+            ..Refused::bearer(
+                "in the URL",
+                &format!("/events?stream=room:1&access_token={alice}"),
+                &alice,
+                401,
+            )
+        },
+        Refused {
+            headers: vec![],
+            ..Refused::bearer(
+                "in the URL",
+                &format!("/publish?token={alice}"),
+                &alice,
+                401,
+            )
+        },
+    ];
+    for (what, token) in &refused_tokens {
+        cases.push(Refused::bearer(what, "/events?stream=room:1", token, 401));
+        cases.push(Refused::bearer(what, "/publish", token, 401));
+        cases.push(Refused {
+            headers: vec![("cookie", format!("sse_token={token}"))],
+            ..Refused::bearer(what, "/events?stream=room:1", token, 401)
+        });
+    }
+    for case in &cases {
+        case.check(&base).await;
+    }
+
+    // Development mode: a publish from another machine gets the same form of 403.
+    let open = Server::start_with(&["--listen", "0.0.0.0:0", "--insecure"])
+        .unwrap_or_else(|err| panic!("{err}"));
+    let port = open.addr.rsplit(':').next().expect("a port");
+    let remote = format!("http://{}:{port}", own_address());
+    let cookie = ("cookie", format!("sse_token={alice}"));
+    let message = Refused {
+        headers: vec![("authorization", bearer(&alice)), cookie],
+        ..Refused::bearer("development mode, remote", "/publish", &alice, 403)
+    }
+    .check(&remote)
+    .await;
+    assert!(message.contains("development mode"), "{message}");
 }
