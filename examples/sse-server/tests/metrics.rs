@@ -425,6 +425,16 @@ async fn status(server: &Server, path: &str) -> u16 {
 }
 
 /// Polls `path` until it answers `expected`, checking `/livez` stays 200 meanwhile.
+/// The body of `/readyz`.
+async fn readyz(server: &Server) -> Value {
+    reqwest::get(server.url("/readyz"))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON")
+}
+
 async fn until_status(server: &Server, path: &str, expected: u16) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -450,12 +460,7 @@ async fn readyz_follows_the_store() {
     until_status(&server, "/readyz", 200).await;
     redis.kill();
     until_status(&server, "/readyz", 503).await;
-    let body: Value = reqwest::get(server.url("/readyz"))
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    let body = readyz(&server).await;
     assert_eq!(body["status"], "not_ready", "{body}");
     redis.restart();
     until_status(&server, "/readyz", 200).await;
@@ -503,12 +508,7 @@ async fn readyz_follows_the_live_feed() {
     ));
     assert_eq!(killed, "1", "the live feed's connection");
     until_status(&server, "/readyz", 503).await;
-    let body: Value = reqwest::get(server.url("/readyz"))
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    let body = readyz(&server).await;
     assert_eq!(
         (&body["store"], &body["live_feed"]),
         (&json!("ok"), &json!("disconnected")),
