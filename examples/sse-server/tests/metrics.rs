@@ -378,6 +378,73 @@ async fn counters_move_by_exactly_what_was_done() {
     );
 }
 
+/// A publish over its rate counts as `sse_refusals_total{reason="publish_rate"}`, and a
+/// client that never finishes its request head, dropped at the head timeout, as
+/// `sse_connections_dropped_total{reason="head_timeout"}`: each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_refusals_and_dropped_connections_are_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = Server::start_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--publish-rate",
+        "1",
+        "--head-timeout",
+        "500ms",
+    ])
+    .unwrap_or_else(|err| panic!("{err}"));
+    let before = Scrape::take(&server).await;
+    let body = json!({"stream": "news", "data": "x"});
+    let mut statuses = Vec::new();
+    while !statuses.contains(&429) {
+        let (status, _) = publish(&server, None, body.clone()).await;
+        statuses.push(status);
+        assert!(statuses.len() < 50, "never over the rate: {statuses:?}");
+    }
+    let refused = statuses.iter().filter(|s| **s == 429).count() as f64;
+
+    let mut slow = tokio::net::TcpStream::connect(&server.addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /events?stream=news HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("half a head");
+    // The server closes it at its head timeout (the read ends or fails).
+    let mut buf = [0u8; 256];
+    let _ = tokio::time::timeout(WAIT, slow.read(&mut buf))
+        .await
+        .expect("dropped within the head timeout");
+
+    let after = scrape_until(&server, "the dropped connection counted", |scrape| {
+        moved(
+            &before,
+            scrape,
+            names::CONNECTIONS_DROPPED_TOTAL,
+            &[("reason", "head_timeout")],
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        moved(
+            &before,
+            &after,
+            names::REFUSALS_TOTAL,
+            &[("reason", "publish_rate")]
+        ),
+        refused
+    );
+    assert_eq!(
+        moved(
+            &before,
+            &after,
+            names::CONNECTIONS_DROPPED_TOTAL,
+            &[("reason", "head_timeout")]
+        ),
+        1.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_on_an_admin_listener_or_off() {
     let server =
