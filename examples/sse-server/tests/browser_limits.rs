@@ -122,8 +122,11 @@ async fn scenario(env: &Env) -> Result<()> {
         .iter()
         .filter_map(|r| r["retry_ms"].as_u64())
         .collect();
+    // They grow from the base (400 ms, jittered into [200, 400]) towards the 2 s cap. The
+    // first one the page sees need not be the base: the test's own attempts to take the cut
+    // connection's place, before the server saw it go, were refusals of this address too.
     ensure!(
-        asked[0] <= 400 && asked[2] >= 800,
+        asked[2] >= 800 && (asked[2] > asked[0] || asked[0] >= 1000),
         "the delays grow: {asked:?}"
     );
     // Never a state that gives up: every error leaves it connecting (0), not closed (2).
