@@ -1,4 +1,4 @@
-//! Maps that give their memory back after a spike.
+//! Maps and queues that give their memory back after a spike.
 //!
 //! A `HashMap` keeps its capacity when entries leave: a map of open connections, sessions or
 //! client addresses that once held 100 000 entries keeps room for 100 000 for as long as the
@@ -6,7 +6,7 @@
 //! [`shrink_when_sparse`] after removing entries, so memory returns to its baseline once a
 //! wave of clients has gone; custom stores with maps of their own can do the same.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
 
 /// Below this capacity a map is left as it is: shrinking it would save little.
@@ -19,7 +19,7 @@ const SMALL: usize = 64;
 /// that fills up again grows as usual.
 ///
 /// ```
-/// use std::collections::HashMap;
+/// use std::collections::{HashMap, VecDeque};
 /// use resumable_sse_core::collections::shrink_when_sparse;
 ///
 /// let mut open: HashMap<u32, &str> = (0..10_000).map(|i| (i, "connection")).collect();
@@ -33,6 +33,26 @@ pub fn shrink_when_sparse<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, 
     let capacity = map.capacity();
     if capacity > SMALL && map.len() <= capacity / 4 {
         map.shrink_to(map.len() * 2);
+    }
+}
+
+/// [`shrink_when_sparse`] for a queue: shrinks `deque` to twice its length when it uses a
+/// quarter of its capacity or less (and more than 64).
+///
+/// ```
+/// use std::collections::VecDeque;
+/// use resumable_sse_core::collections::shrink_deque_when_sparse;
+///
+/// let mut queue: VecDeque<u32> = (0..10_000).collect();
+/// queue.drain(..9_990);
+/// shrink_deque_when_sparse(&mut queue);
+/// assert!(queue.capacity() < 100);
+/// assert_eq!(queue.len(), 10);
+/// ```
+pub fn shrink_deque_when_sparse<T>(deque: &mut VecDeque<T>) {
+    let capacity = deque.capacity();
+    if capacity > SMALL && deque.len() <= capacity / 4 {
+        deque.shrink_to(deque.len() * 2);
     }
 }
 

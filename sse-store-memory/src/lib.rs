@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use resumable_sse_core::collections::shrink_when_sparse;
+use resumable_sse_core::collections::{shrink_deque_when_sparse, shrink_when_sparse};
 use resumable_sse_core::task::spawn_periodic;
 use resumable_sse_core::time::unix_ms;
 use resumable_sse_core::{
@@ -282,9 +282,7 @@ impl Log {
     /// Gives back the room of events that have gone (a burst, then quiet), at each sweep.
     fn compact(&mut self) {
         shrink_when_sparse(&mut self.ids);
-        if self.events.capacity() > 64 && self.events.len() <= self.events.capacity() / 4 {
-            self.events.shrink_to(self.events.len() * 2);
-        }
+        shrink_deque_when_sparse(&mut self.events);
     }
 
     /// What appending `new` (data length and cost of each, appended now) would add to the

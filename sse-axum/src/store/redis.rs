@@ -1,7 +1,8 @@
 //! `redis://` URLs: a [`RedisStore`] serving as both halves of the backend.
 //!
 //! The URL is redis-rs's (`redis://[user:password@]host[:port][/db]`; `rediss://…` needs a
-//! TLS feature of the `redis` crate, which this build does not enable), plus an optional `key_prefix` query parameter
+//! TLS feature of the `redis` crate, which this build does not enable), plus an optional
+//! `key_prefix` query parameter
 //! (`redis://host/0?key_prefix=app1:`; default `sse:`) so several deployments can share one
 //! Redis database.
 

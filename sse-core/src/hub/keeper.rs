@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{Hub, Inner};
 use crate::SessionId;
-use crate::collections::shrink_when_sparse;
+use crate::collections::{shrink_deque_when_sparse, shrink_when_sparse};
 use crate::signal::Signal;
 use crate::task::spawn_periodic;
 
@@ -64,9 +64,7 @@ impl ClosedCursors {
             }
         }
         shrink_when_sparse(&mut self.recent);
-        if self.expiry.len() <= self.expiry.capacity() / 4 {
-            self.expiry.shrink_to(self.expiry.len() * 2);
-        }
+        shrink_deque_when_sparse(&mut self.expiry);
     }
 }
 
