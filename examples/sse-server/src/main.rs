@@ -27,7 +27,8 @@
 //! and it refuses to listen beyond loopback unless `--insecure`.
 //!
 //! Memory in bytes (docs/limits.md, "Memory"): `--max-pending`, `--max-bytes`,
-//! `--max-event-bytes`, `--memory-budget`, `--memory-max-streams` (memory.rs).
+//! `--max-event-bytes`, `--memory-budget`, `--memory-max-streams` (memory.rs); freed memory
+//! goes back to the system after a spike unless `--release-memory false` (trim.rs).
 //!
 //! Limits (docs/limits.md): `--max-connections`, `--max-connections-per-ip`,
 //! `--max-connections-per-session`, `--max-connections-per-principal`,
@@ -46,6 +47,7 @@ mod lifecycle;
 mod memory;
 mod ops;
 mod pattern;
+mod trim;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -306,6 +308,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let retention = args.memory.retention(args.max_len, args.max_age);
     let stores = args.memory.open_store(&args.store, retention).await?;
+    args.memory.spawn_release();
     let config = args
         .memory
         .config(Config::default())
@@ -323,17 +326,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The fan-out (the hub's feed task waking connections, and the SSE responses) runs on its
     // own runtime: a burst of thousands of woken connections never queues the requests the
     // main runtime serves (publishing, health checks) behind it.
-    let streams = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("sse-streams")
-        .enable_all()
-        .build()?;
+    let streams = Streams(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .thread_name("sse-streams")
+            .enable_all()
+            .build()?,
+    ));
     let hub = {
         let _on_streams = streams.enter();
         builder.build()
     };
 
     let ops_routes = args.ops.routes(hub.clone(), metrics.as_ref());
-    let listener = connections::listen(args.listen)?;
+    let listener = connections::listen(args.listen)
+        .map_err(|err| format!("cannot listen on {}: {err}", args.listen))?;
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find the port.
     println!("listening on http://{addr}");
@@ -398,8 +404,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SSE responses never finish by themselves: end them with a retry hint so clients
     // reconnect (elsewhere, or here once we are back), and wait until they are written.
     args.lifecycle.drain(&shutdown_hub).await;
-    streams.shutdown_background();
     Ok(())
+}
+
+/// The runtime event streams run on, shut down without waiting for its tasks when `main`
+/// returns, whether it ends or fails (a port in use): dropping a runtime within another one
+/// panics.
+struct Streams(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for Streams {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("taken only on drop")
+    }
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// The backend's kind without credentials from the URL.

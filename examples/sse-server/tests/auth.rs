@@ -555,6 +555,21 @@ async fn public_keys_verify_with_their_own_algorithm_only() {
     }
 }
 
+/// A port in use (or any failure once the server's runtimes run) is an error naming the
+/// address, not a panic: the event streams' runtime was dropped inside the main one.
+#[test]
+fn a_port_in_use_is_an_error_not_a_panic() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = run_to_exit(&["--listen", &addr]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+}
+
 fn hs256_bytes(secret: &[u8], claims: &Value) -> String {
     mint(
         Algorithm::HS256,
