@@ -11,5 +11,7 @@
 //!
 //! Results and method are in `docs/benchmarks.md`.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod proc;

@@ -49,6 +49,7 @@
 //! The README (the project's front page) shows an axum application; its example is compiled
 //! as a test of this crate.
 
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use resumable_sse_core::*;

@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::{Authorize, Target};
 use crate::limits::{Admission, Limiter};
+use crate::request_id::RequestId;
 use crate::session::{SessionRejection, SessionSlot};
 use crate::{ApiError, SseLayer};
 
@@ -141,6 +142,18 @@ async fn open_events(parts: &Parts) -> Result<(Hub, Connection, Option<Admission
         .session(session.resolved().context());
     if let Some(at) = identity.expires_at() {
         request = request.expires_at(at);
+    }
+    // With request ids (`RequestIdLayer`), the connection's lines go under the request's
+    // span, made again for each line rather than kept open for hours.
+    if let Some(id) = parts.extensions.get::<RequestId>() {
+        let (id, method, path, session) = (
+            id.clone(),
+            parts.method.clone(),
+            parts.uri.path().to_owned(),
+            session.id(),
+        );
+        request = request
+            .log_span(move || crate::request_id::request_span(&id, &method, &path, Some(&session)));
     }
     match hub.connect(request).await {
         Ok(connection) => Ok((hub.clone(), connection, admission)),

@@ -43,6 +43,8 @@
 //! }
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod auth;
 pub mod body_timeout;
 #[cfg(feature = "cors")]

@@ -96,10 +96,24 @@ impl fmt::Display for RequestId {
     }
 }
 
-/// The span of one request, in its response's extensions: the fast path of
-/// [`serve`](crate::serve()) writes the event stream in this span.
-#[derive(Clone, Debug)]
-pub(crate) struct RequestSpan(pub(crate) tracing::Span);
+/// The span of one request: its id, method and path, and (recorded by the session layer, or
+/// given here) its session. The event stream a request opens makes it again for each of its
+/// log lines (`ConnectRequest::log_span`) rather than keeping it open (ADR 0030).
+pub(crate) fn request_span(
+    id: &RequestId,
+    method: &http::Method,
+    path: &str,
+    session: Option<&dyn fmt::Display>,
+) -> tracing::Span {
+    // The path only: a query may hold a `lastEventId`, and nothing secret belongs in logs.
+    tracing::info_span!(
+        "request",
+        request_id = %id,
+        session = session.map(tracing::field::display),
+        method = %method,
+        path = path,
+    )
+}
 
 /// Gives every request an id and a span (see the [module docs](self)).
 ///
@@ -171,15 +185,8 @@ where
             .get(&HEADER)
             .and_then(RequestId::from_header)
             .unwrap_or_else(RequestId::generate);
-        // The path only: a query may hold a `lastEventId`, and nothing secret belongs in
-        // logs. `session` is filled in by the session layer once it knows the session.
-        let span = tracing::info_span!(
-            "request",
-            request_id = %id,
-            session = tracing::field::Empty,
-            method = %request.method(),
-            path = request.uri().path(),
-        );
+        // `session` is filled in by the session layer once it knows the session.
+        let span = request_span(&id, request.method(), request.uri().path(), None);
         request.extensions_mut().insert(id.clone());
         let inner = {
             let _entered = span.enter();
@@ -229,9 +236,6 @@ where
         if let Some(id) = this.id.take() {
             response.headers_mut().insert(HEADER, id.0);
         }
-        response
-            .extensions_mut()
-            .insert(RequestSpan(this.span.clone()));
         Poll::Ready(Ok(response))
     }
 }

@@ -70,6 +70,7 @@
 //! own manifest — Cargo unifies the features — or hand a configured client to
 //! [`ClientBuilder::http_client`]. Without one, `https://` URLs fail to connect.
 
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;

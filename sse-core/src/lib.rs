@@ -73,6 +73,8 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod appender;
 mod buffer;
 pub mod codec;

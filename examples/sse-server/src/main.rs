@@ -293,10 +293,24 @@ fn app(layer: SseLayer, origins: CorsOrigins) -> Router {
     router.layer(resumable_sse_axum::RequestIdLayer::new())
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    // Before any thread starts: it may start the process again (same id, same arguments).
+    let restart = args.memory.prepare_release();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args, restart))
+}
+
+async fn run(
+    args: Args,
+    restart: Option<std::io::Error>,
+) -> Result<(), Box<dyn std::error::Error>> {
     args.ops.init_logging();
+    if let Some(err) = restart {
+        tracing::warn!(error = %err, "could not start again without glibc's per-thread caches: memory freed after a spike stays partly resident");
+    }
     let metrics = args.ops.install_metrics()?;
     // Before anything is opened: a configuration that is refused changes nothing.
     let tokens = match authorization(&args) {

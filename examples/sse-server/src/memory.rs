@@ -38,9 +38,33 @@ pub(crate) struct MemoryArgs {
         default_value_t = 100_000
     )]
     memory_max_streams: usize,
+    /// Give memory freed after a spike back to the system: with glibc, its per-thread caches
+    /// off (`GLIBC_TUNABLES`, set by starting the process again) and `malloc_trim` once a
+    /// quarter of the most in use since the last time has been freed (checked every 5 s);
+    /// elsewhere nothing (other allocators do it themselves).
+    #[arg(long, value_name = "BOOL", env = "SSE_RELEASE_MEMORY", default_value_t = true, action = clap::ArgAction::Set)]
+    release_memory: bool,
 }
 
 impl MemoryArgs {
+    /// Turns glibc's per-thread caches off for `--release-memory` (the process starts again
+    /// with them off, see [`trim::without_thread_caches`](crate::trim::without_thread_caches)):
+    /// why not, when that failed. Call it first thing, before any thread starts.
+    pub(crate) fn prepare_release(&self) -> Option<std::io::Error> {
+        if self.release_memory {
+            crate::trim::without_thread_caches()
+        } else {
+            None
+        }
+    }
+
+    /// Starts giving freed memory back to the system, unless `--release-memory false`.
+    pub(crate) fn spawn_release(&self) {
+        if self.release_memory {
+            crate::trim::spawn();
+        }
+    }
+
     /// The retention of every backend: by count and age as given, by bytes from here.
     pub(crate) fn retention(&self, max_len: usize, max_age: std::time::Duration) -> Retention {
         Retention::new(max_len, max_age).with_max_bytes(self.max_bytes)

@@ -23,11 +23,9 @@ use resumable_sse_core::Connection;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
-use tracing::Instrument;
 
 use crate::ApiError;
 use crate::body_timeout::BodyTimeout;
-use crate::request_id::RequestSpan;
 use crate::response::Takeover;
 use admission::{Admission, Conn, Settings};
 use wire::{Framing, Head, Rewind};
@@ -467,21 +465,10 @@ async fn connection(
         }
         return;
     };
-    // The request's span (its id and session, from `RequestIdLayer`) follows the stream to
-    // whichever task writes it.
-    let span = response
-        .extensions()
-        .get::<RequestSpan>()
-        .map_or_else(tracing::Span::none, |s| s.0.clone());
     let mut head = Vec::with_capacity(256);
     wire::write_head(&mut head, &response.into_parts().0, Framing::Close);
     let Some(runtime) = shared.streams_on.clone() else {
-        if let Err(err) = write_events(stream, head, connection)
-            .instrument(span.clone())
-            .await
-        {
-            tracing::debug!(parent: &span, error = %err, "SSE connection ended");
-        }
+        write_events(stream, head, connection).await;
         return;
     };
     // Re-registered with the other runtime's I/O driver, so that runtime alone drives the
@@ -489,18 +476,12 @@ async fn connection(
     let Ok(socket) = stream.into_std() else {
         return;
     };
-    runtime.spawn(
-        async move {
-            let result = match TcpStream::from_std(socket) {
-                Ok(stream) => write_events(stream, head, connection).await,
-                Err(err) => Err(err),
-            };
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "SSE connection ended");
-            }
+    runtime.spawn(async move {
+        match TcpStream::from_std(socket) {
+            Ok(stream) => write_events(stream, head, connection).await,
+            Err(err) => tracing::debug!(parent: &connection.log_span(), error = %err, "SSE connection ended"),
         }
-        .instrument(span),
-    );
+    });
 }
 
 /// Serves a connection with hyper (every request the fast path does not take), under the
@@ -678,11 +659,18 @@ fn take_event_stream(response: &mut Response) -> Option<Connection> {
 }
 
 /// Writes an event stream's head, then its batches as they come, until it ends (the hub
-/// closes connections) or the client goes away.
-async fn write_events(
+/// closes connections) or the client goes away. Its lines go under the connection's span
+/// (the request's id and session, with `RequestIdLayer`).
+async fn write_events(stream: TcpStream, head: Vec<u8>, mut connection: Connection) {
+    if let Err(err) = stream_events(stream, head, &mut connection).await {
+        tracing::debug!(parent: &connection.log_span(), error = %err, "SSE connection ended");
+    }
+}
+
+async fn stream_events(
     mut stream: TcpStream,
     head: Vec<u8>,
-    mut connection: Connection,
+    connection: &mut Connection,
 ) -> io::Result<()> {
     stream.write_all(&head).await?;
     drop(head);
@@ -704,7 +692,7 @@ async fn write_events(
                 match stream.try_read(&mut probe) {
                     Ok(0) => return Ok(()),
                     Ok(_) => {
-                        tracing::debug!("bytes after an event-stream request: closing");
+                        tracing::debug!(parent: &connection.log_span(), "bytes after an event-stream request: closing");
                         return Ok(());
                     }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}

@@ -12,11 +12,13 @@
 //! Connections use the hub (its windows, its registry, its feed task); the hub knows nothing
 //! of connections.
 
+mod log;
 mod open;
 mod state;
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -43,6 +45,7 @@ pub struct ConnectRequest {
     last_event_id: Option<String>,
     session: Option<SessionContext>,
     expires_at: Option<SystemTime>,
+    log_span: Option<log::MakeSpan>,
 }
 
 impl ConnectRequest {
@@ -53,6 +56,7 @@ impl ConnectRequest {
             last_event_id: None,
             session: None,
             expires_at: None,
+            log_span: None,
         }
     }
 
@@ -83,6 +87,26 @@ impl ConnectRequest {
     /// ```
     pub fn expires_at(mut self, at: SystemTime) -> Self {
         self.expires_at = Some(at);
+        self
+    }
+
+    /// The span the connection's log lines go under, made afresh for each line (a connection
+    /// logs rarely after it opened: when it closes, resets a stream or cannot read the
+    /// store). Without it, the span current when the connection opens is kept for the
+    /// connection's life; a subscriber's registry (`tracing-subscriber`'s) keeps room for
+    /// every span open at once, and after a spike of connections that room stays allocated,
+    /// scattered among the freed memory, long after they left.
+    ///
+    /// ```
+    /// use resumable_sse_core::{ConnectRequest, StreamName};
+    ///
+    /// let request_id = "a1b2c3".to_owned();
+    /// let request = ConnectRequest::new(vec![StreamName::new("news")?])
+    ///     .log_span(move || tracing::info_span!("request", request_id = %request_id));
+    /// # Ok::<(), resumable_sse_core::Error>(())
+    /// ```
+    pub fn log_span(mut self, make: impl Fn() -> tracing::Span + Send + Sync + 'static) -> Self {
+        self.log_span = Some(log::MakeSpan(Arc::new(make)));
         self
     }
 }
@@ -139,6 +163,7 @@ pub struct ConnectedInfo {
 /// connections.
 pub struct Connection {
     info: ConnectedInfo,
+    log: log::ConnectionLog,
     inner: Pin<Box<dyn Stream<Item = Bytes> + Send>>,
 }
 
@@ -154,6 +179,28 @@ impl Connection {
     /// What the `connected` frame says.
     pub fn info(&self) -> &ConnectedInfo {
         &self.info
+    }
+
+    /// A span for a log line about this connection, the one its own lines go under (see
+    /// [`ConnectRequest::log_span`]). Made on each call: name it as the line's parent, so that
+    /// it is made only when the line is logged.
+    ///
+    /// ```
+    /// # use resumable_sse_core::{ConnectRequest, Hub, StreamName};
+    /// # use std::sync::Arc;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> resumable_sse_core::Result<()> {
+    /// # let store = Arc::new(resumable_sse_store_memory::MemoryStore::default());
+    /// # let hub = Hub::builder(store.clone(), store).build();
+    /// let connection = hub
+    ///     .connect(ConnectRequest::new(vec![StreamName::new("news")?]).log_span(|| {
+    ///         tracing::info_span!("request", request_id = "a1b2c3")
+    ///     }))
+    ///     .await?;
+    /// tracing::debug!(parent: &connection.log_span(), "the client went away");
+    /// # Ok(()) }
+    /// ```
+    pub fn log_span(&self) -> tracing::Span {
+        self.log.span()
     }
 
     /// Keeps `value` alive as long as the connection: it is dropped when the connection is

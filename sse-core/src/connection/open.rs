@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use bytes::BytesMut;
 use serde::Serialize;
 
+use super::log::ConnectionLog;
 use super::state::{Opened, State};
 use super::{ConnectRequest, ConnectedInfo, Connection, ResetReason};
 use crate::cursor::{Cursor, SessionRef, fingerprint};
@@ -258,22 +259,13 @@ pub(super) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
         metrics::histogram!(crate::metrics::REPLAYED_EVENTS).record(replay as f64);
     }
 
-    // A debug-level span (a live span per connection costs memory in the subscriber's
-    // registry), a child of the request's span (its request id); when it is disabled, the
-    // request's span is the connection's: the lifecycle events name it as their parent
-    // explicitly, so they carry the request id on whatever task polls the connection. The
-    // lifecycle events are info-level and carry the session id themselves. The token is
-    // never logged.
-    let session_field = session.map(|s| s.id.to_string()).unwrap_or_default();
-    let span =
-        tracing::debug_span!("sse.connection", session = %session_field, streams = names.len());
-    let span = if span.is_disabled() {
-        tracing::Span::current()
-    } else {
-        span
-    };
+    // The lines go under the request's span, made afresh for each when the server gave a way
+    // to (`ConnectRequest::log_span`), and, with debug spans on, a `sse.connection` span in
+    // it; they carry the session id themselves. The token is never logged.
+    let log = ConnectionLog::new(request.log_span.clone(), session.map(|s| s.id), names.len());
+    let session_field = log.session();
     tracing::info!(
-        parent: &span,
+        parent: &log.span(),
         session = %session_field,
         resumed = info.resumed,
         replay,
@@ -281,7 +273,7 @@ pub(super) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
         "connected"
     );
     for (reason, streams) in &resets {
-        tracing::info!(parent: &span, session = %session_field, reason = reason.as_str(), ?streams, "reset");
+        tracing::info!(parent: &log.span(), session = %session_field, reason = reason.as_str(), ?streams, "reset");
     }
 
     let mut pending = BytesMut::new();
@@ -315,7 +307,7 @@ pub(super) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
     if let Some(s) = session {
         let expires = SystemTime::now() + config.session_ttl;
         if let Err(err) = hub.sessions().touch(&s.id, expires).await {
-            tracing::warn!(parent: &span, session = %session_field, error = %err, "could not extend the session");
+            tracing::warn!(parent: &log.span(), session = %session_field, error = %err, "could not extend the session");
         }
     }
 
@@ -329,11 +321,12 @@ pub(super) async fn open(hub: Hub, request: ConnectRequest) -> Result<Connection
         first_frames: pending,
         session,
         signal,
-        span,
+        log: log.clone(),
         expires_at: request.expires_at,
     });
     Ok(Connection {
         info,
+        log,
         inner: Box::pin(state),
     })
 }

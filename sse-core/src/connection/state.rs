@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 
+use super::log::ConnectionLog;
 use super::open::check;
 use crate::cursor::Cursor;
 use crate::hub::{FRAME_OVERHEAD, Hub, Registration, Taken, Watch};
@@ -42,7 +43,7 @@ pub(super) struct Opened {
     pub(super) session: Option<SessionId>,
     /// The wake-up every stream in `subs` raises.
     pub(super) signal: Arc<Signal>,
-    pub(super) span: tracing::Span,
+    pub(super) log: ConnectionLog,
     /// When the client's authorization ends.
     pub(super) expires_at: Option<SystemTime>,
 }
@@ -66,7 +67,7 @@ pub(super) struct State {
     last_write_tick: u64,
     delivered: u64,
     done: bool,
-    span: tracing::Span,
+    log: ConnectionLog,
     id: String,
     expires_at: Option<SystemTime>,
     /// The size of an event's frame as last seen in a page from the store, for sizing the
@@ -88,7 +89,7 @@ impl State {
             first_frames,
             session,
             signal,
-            span,
+            log,
             expires_at,
         } = opened;
         let registration = hub.register(&signal, session);
@@ -108,7 +109,7 @@ impl State {
             _registration: registration,
             delivered: 0,
             done: false,
-            span,
+            log,
             id: String::with_capacity(48),
             expires_at,
             event_bytes,
@@ -151,7 +152,7 @@ impl Stream for State {
                 let retry = Some(hub.config().retry);
                 hub.transport()
                     .write_frame(&mut this.out, &Frame::Close { retry });
-                tracing::info!(parent: &this.span, "closed by the server");
+                tracing::info!(parent: &this.log.span(), "closed by the server");
                 this.done = true;
                 return Poll::Ready(Some(this.flush(delivered_before)));
             }
@@ -165,7 +166,7 @@ impl Stream for State {
                     },
                 );
                 transport.write_frame(&mut this.out, &Frame::Close { retry: None });
-                tracing::info!(parent: &this.span, "authorization expired");
+                tracing::info!(parent: &this.log.span(), "authorization expired");
                 this.done = true;
                 return Poll::Ready(Some(this.flush(delivered_before)));
             }
@@ -273,7 +274,7 @@ impl State {
         let page = match page {
             Ok(page) => page,
             Err(err) => {
-                tracing::warn!(parent: &self.span, stream = %self.names[i], error = %err, "could not read the store; will retry");
+                tracing::warn!(parent: &self.log.span(), stream = %self.names[i], error = %err, "could not read the store; will retry");
                 self.hub.retry_later(&self.signal);
                 return 0;
             }
@@ -282,7 +283,7 @@ impl State {
         self.cursor.entries_mut()[i] = entry;
         if let Some(reason) = reason {
             let name = self.names[i].as_str();
-            tracing::info!(parent: &self.span, stream = %name, reason = reason.as_str(), "reset");
+            tracing::info!(parent: &self.log.span(), stream = %name, reason = reason.as_str(), "reset");
             metrics::counter!(crate::metrics::RESETS_TOTAL, "reason" => reason.as_str())
                 .increment(1);
             self.id.clear();
@@ -328,7 +329,7 @@ impl State {
             }
             if event.position != self.cursor.entries()[i].1 + 1 {
                 // Never skip: a store that returned a hole is read again later.
-                tracing::error!(parent: &self.span, stream = %self.names[i], position = event.position, "store returned a non-contiguous page");
+                tracing::error!(parent: &self.log.span(), stream = %self.names[i], position = event.position, "store returned a non-contiguous page");
                 self.hub.retry_later(&self.signal);
                 break;
             }
@@ -363,8 +364,7 @@ impl State {
 impl Drop for State {
     fn drop(&mut self) {
         metrics::gauge!(crate::metrics::CONNECTIONS_ACTIVE).decrement(1.0);
-        let session = self.session.map(|s| s.to_string()).unwrap_or_default();
-        tracing::info!(parent: &self.span, session = %session, delivered = self.delivered, "disconnected");
+        tracing::info!(parent: &self.log.span(), session = %self.log.session(), delivered = self.delivered, "disconnected");
         let Some(id) = self.session else { return };
         let mut wire = String::new();
         self.cursor.encode_into(self.fp, &mut wire);
