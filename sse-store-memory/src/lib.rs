@@ -468,6 +468,12 @@ impl EventBuffer for MemoryStore {
             streams.used += STREAM_OVERHEAD;
         }
         let Streams { logs, used } = streams;
+        // The log's own name, shared by its events: the caller's copy (one per publish) would
+        // be kept with each event for as long as it is retained.
+        let name = logs
+            .get_key_value(stream)
+            .map(|(name, _)| name.clone())
+            .expect("inserted above");
         let log = logs.get_mut(stream).expect("inserted above");
         *used -= log.trim(&config.retention, now_ms);
         // All or nothing: the batch is checked whole against the budget, net of what its own
@@ -500,7 +506,7 @@ impl EventBuffer for MemoryStore {
                 continue;
             }
             log.head += 1;
-            let event = event.into_event(stream.clone(), log.head, now);
+            let event = event.into_event(name.clone(), log.head, now);
             if let Some(id) = &event.id {
                 log.ids.insert(id.clone(), log.head);
             }
@@ -509,7 +515,7 @@ impl EventBuffer for MemoryStore {
             *used -= log.trim(&config.retention, now_ms);
             // Sent under the lock so notifications leave in position order.
             let _ = shared.feed.send(Notification {
-                stream: stream.clone(),
+                stream: name.clone(),
                 epoch: log.epoch,
                 position: log.head,
                 event: Some(event),

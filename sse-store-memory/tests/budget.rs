@@ -89,3 +89,23 @@ async fn expired_events_and_streams_give_back_their_room() {
     assert_eq!(store.used_bytes(), 0);
     store.append(&b, event(20 * KIB)).await.unwrap();
 }
+
+/// Retained events share their stream's name: the copy each publish parses is not kept with
+/// its event (1 000 events of a stream would keep 1 000 copies, scattered over the heap).
+#[tokio::test]
+async fn events_share_their_streams_name() {
+    let store = MemoryStore::default();
+    let name = unique_stream("shared");
+    for _ in 0..3 {
+        // A fresh copy of the name for each append, as each publish request parses its own.
+        let copy = resumable_sse_core::StreamName::new(name.as_str()).unwrap();
+        store.append(&copy, event(8)).await.unwrap();
+    }
+    let page = store.read(&name, 0, 10).await.unwrap();
+    assert_eq!(page.events.len(), 3);
+    let first = page.events[0].stream.as_str().as_ptr();
+    for event in &page.events {
+        assert_eq!(event.stream, name);
+        assert_eq!(event.stream.as_str().as_ptr(), first, "a copy of the name per event");
+    }
+}
