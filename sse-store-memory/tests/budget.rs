@@ -106,6 +106,10 @@ async fn events_share_their_streams_name() {
     let first = page.events[0].stream.as_str().as_ptr();
     for event in &page.events {
         assert_eq!(event.stream, name);
-        assert_eq!(event.stream.as_str().as_ptr(), first, "a copy of the name per event");
+        assert_eq!(
+            event.stream.as_str().as_ptr(),
+            first,
+            "a copy of the name per event"
+        );
     }
 }
