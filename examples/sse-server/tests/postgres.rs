@@ -361,3 +361,69 @@ async fn breaker_fails_fast_while_postgres_is_down_and_nothing_is_lost() {
     assert_eq!(live.messages(1).await, ["e4"]);
     assert_eq!(back.messages(1).await, ["e4"]);
 }
+
+/// Events older than `--max-age` are gone: a client that was behind them gets a `reset`
+/// (`retention`); one that had read them all lost nothing and resumes without one, on an
+/// instance whose hot window is empty too (the database alone answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aged_out_events_reset_only_the_clients_that_missed_them() {
+    let schema = Schema::new();
+    let url = schema.store_url();
+    let server = start(&url, &["--max-age", "1s"]);
+    let path = "/events?stream=aging";
+    let behind = Client::open(&server, path, None, None).await;
+    let (behind_id, behind_token) = (behind.last_id.clone(), behind.token.clone());
+    drop(behind);
+    let mut reader = Client::open(&server, path, None, None).await;
+    for i in 1..=5 {
+        publish_ok(&server, "aging", &format!("old {i}")).await;
+    }
+    let published = Instant::now();
+    assert_eq!(reader.messages(5).await.len(), 5);
+    let (read_id, read_token) = (reader.last_id.clone(), reader.token.clone());
+    drop(reader);
+
+    // The client that was behind comes back once the events have aged out.
+    let deadline = published + WAIT;
+    let mut back = loop {
+        let back = Client::open(&server, path, Some(&behind_token), Some(&behind_id)).await;
+        let replay = back.info["replay"].as_u64().expect("replay");
+        if back.info["reset"] == true {
+            // Events age out one by one: a reset for those gone, the rest replayed.
+            if replay == 0 {
+                break back;
+            }
+            assert!(replay < 5, "{}", back.info);
+        } else {
+            assert_eq!(replay, 5, "{}", back.info);
+        }
+        assert!(Instant::now() < deadline, "the events did not age out");
+        drop(back);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        published.elapsed() >= Duration::from_millis(900),
+        "aged out too early"
+    );
+    assert_eq!(back.info["replay"], 0, "{}", back.info);
+    let reset = back.next().await;
+    assert_eq!(reset.event, "reset");
+    let reset: Value = serde_json::from_str(&reset.data).expect("JSON");
+    assert_eq!(reset["reason"], "retention", "{reset}");
+
+    let other = start(&url, &["--max-age", "1s"]);
+    for server in [&server, &other] {
+        let quiet = Client::open(server, path, Some(&read_token), Some(&read_id)).await;
+        assert_eq!(quiet.info["reset"], false, "{}", quiet.info);
+        assert_eq!(quiet.info["resumed"], true, "{}", quiet.info);
+        assert_eq!(quiet.info["replay"], 0, "{}", quiet.info);
+    }
+    let mut quiet = Client::open(&other, path, Some(&read_token), Some(&read_id)).await;
+    assert_eq!(
+        publish_ok(&server, "aging", "fresh").await,
+        6,
+        "the same epoch goes on"
+    );
+    assert_eq!(back.messages(1).await, ["fresh"]);
+    assert_eq!(quiet.messages(1).await, ["fresh"], "no reset before it");
+}

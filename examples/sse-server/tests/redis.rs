@@ -525,10 +525,15 @@ async fn events_older_than_max_age_are_gone() {
     let first = Client::open(&server, &news, None, None).await;
     let (start_id, token) = (first.id.clone(), first.token.clone());
     drop(first);
+    // A second client reads everything before it leaves.
+    let mut reader = Client::open(&server, &news, None, None).await;
     for i in 1..=5 {
         publish_ok(&server, &news, &format!("old {i}")).await;
     }
     let published = Instant::now();
+    assert_eq!(reader.messages(5).await.len(), 5);
+    let (read_id, read_token) = (reader.id.clone(), reader.token.clone());
+    drop(reader);
     let deadline = published + WAIT;
     while command(SHARED_PORT, &["EXISTS", &log_key(&news)])
         .expect("EXISTS")
@@ -554,12 +559,23 @@ async fn events_older_than_max_age_are_gone() {
     assert_eq!(reset.event, "reset");
     let reset: Value = serde_json::from_str(&reset.data).expect("JSON");
     assert_eq!(reset["reason"], "retention", "{reset}");
+    // The client that saw everything lost nothing: it resumes without a reset, in a new
+    // instance too (whose hot window is empty: the store alone answers).
+    let other = start(&url);
+    for server in [&server, &other] {
+        let quiet = Client::open(server, &news, Some(&read_token), Some(&read_id)).await;
+        assert_eq!(quiet.info["reset"], false, "{}", quiet.info);
+        assert_eq!(quiet.info["resumed"], true, "{}", quiet.info);
+        assert_eq!(quiet.info["replay"], 0, "{}", quiet.info);
+    }
+    let mut quiet = Client::open(&other, &news, Some(&read_token), Some(&read_id)).await;
     assert_eq!(
         publish_ok(&server, &news, "fresh").await,
         6,
         "the same epoch goes on"
     );
     assert_eq!(back.messages(1).await, ["fresh"]);
+    assert_eq!(quiet.messages(1).await, ["fresh"], "no reset before it");
 }
 
 /// `?key_prefix=` in the store URL separates deployments sharing one Redis: the same stream
