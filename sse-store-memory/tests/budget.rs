@@ -113,3 +113,39 @@ async fn events_share_their_streams_name() {
         );
     }
 }
+
+/// The budget counts an event's name and publisher id with its data (docs/limits.md): a
+/// budget that fits the data alone refuses the event once its name and id are counted.
+#[tokio::test]
+async fn names_and_ids_count_against_the_budget() {
+    let store = MemoryStore::default();
+    let s = unique_stream("named");
+    let named = NewEvent::new("x".repeat(100))
+        .with_event("tick".repeat(10))
+        .unwrap()
+        .with_id("i".repeat(30))
+        .unwrap();
+    store.append(&s, named).await.unwrap();
+    assert_eq!(
+        store.used_bytes(),
+        STREAM_OVERHEAD + 100 + 40 + 30 + EVENT_OVERHEAD
+    );
+
+    let exact = STREAM_OVERHEAD + 100 + EVENT_OVERHEAD;
+    let store = MemoryStore::new(MemoryConfig::default().with_budget(exact + 69));
+    let refused = store
+        .append(
+            &s,
+            NewEvent::new("x".repeat(100))
+                .with_event("tick".repeat(10))
+                .unwrap()
+                .with_id("i".repeat(30))
+                .unwrap(),
+        )
+        .await;
+    assert!(matches!(refused, Err(Error::Full(_))), "{refused:?}");
+    assert_eq!(store.stream_count(), 0);
+    // The data alone fits.
+    store.append(&s, event(100)).await.unwrap();
+    assert_eq!(store.used_bytes(), exact);
+}
