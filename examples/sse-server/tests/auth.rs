@@ -140,6 +140,35 @@ fn header(headers: &HeaderMap, name: &str) -> String {
         .to_owned()
 }
 
+/// This `Authorization` may read and publish `room:1`: a subscription receives what it
+/// publishes.
+async fn accepted(server: &Server, authorization: &str) {
+    let (mut stream, _) =
+        subscribe(server, "stream=room:1", &[("authorization", authorization)]).await;
+    let (status, body) = publish(
+        server,
+        json!({"stream": "room:1", "data": "x"}),
+        &[("authorization", authorization)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(next_message(&mut stream).await, "x");
+}
+
+/// `GET /events?stream=room:1` with this `Authorization` is refused: 401 `invalid_token`;
+/// the error's message.
+async fn invalid_token(server: &Server, authorization: &str) -> String {
+    assert_refused(
+        server,
+        "/events?stream=room:1",
+        &[("authorization", authorization)],
+        None,
+        401,
+        "invalid_token",
+    )
+    .await
+}
+
 /// Asserts an RFC 6750 refusal: `status`, the `code` in the challenge and in the body.
 async fn assert_refused(
     server: &Server,
@@ -483,14 +512,7 @@ async fn public_keys_verify_with_their_own_algorithm_only() {
         hs256(KEY, &claims),
     ] {
         let auth = bearer(&token);
-        subscribe(&server, "stream=room:1", &[("authorization", &auth)]).await;
-        let (status, body) = publish(
-            &server,
-            json!({"stream": "room:1", "data": "x"}),
-            &[("authorization", &auth)],
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
+        accepted(&server, &auth).await;
     }
     // The confusion attack: HS256 with a public key's PEM as the secret. The public keys
     // only ever verify RS256 and ES256, so this is checked against the HS256 secret, and fails.
@@ -505,15 +527,7 @@ async fn public_keys_verify_with_their_own_algorithm_only() {
     ];
     for token in &confused {
         let auth = bearer(token);
-        assert_refused(
-            &server,
-            "/events?stream=room:1",
-            &[("authorization", &auth)],
-            None,
-            401,
-            "invalid_token",
-        )
-        .await;
+        invalid_token(&server, &auth).await;
     }
 
     // With an RSA key alone, no HS256 token is even tried.
@@ -524,15 +538,7 @@ async fn public_keys_verify_with_their_own_algorithm_only() {
         &mint(Algorithm::ES256, &ec_key, &claims),
     ] {
         let auth = bearer(token);
-        let message = assert_refused(
-            &rsa_only,
-            "/events?stream=room:1",
-            &[("authorization", &auth)],
-            None,
-            401,
-            "invalid_token",
-        )
-        .await;
+        let message = invalid_token(&rsa_only, &auth).await;
         assert!(message.contains("algorithm"), "{message}");
     }
     let auth = bearer(&mint(Algorithm::RS256, &rsa_key, &claims));
@@ -584,25 +590,10 @@ async fn several_keys_rotate() {
     let claims = claims("alice", &["room:*"], &["room:*"], 600);
     for secret in [KEY, KEY2] {
         let auth = bearer(&hs256(secret, &claims));
-        subscribe(&server, "stream=room:1", &[("authorization", &auth)]).await;
-        let (status, body) = publish(
-            &server,
-            json!({"stream": "room:1", "data": "x"}),
-            &[("authorization", &auth)],
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
+        accepted(&server, &auth).await;
     }
     let retired = bearer(&hs256("a-retired-secret-no-longer-configured-000", &claims));
-    assert_refused(
-        &server,
-        "/events?stream=room:1",
-        &[("authorization", &retired)],
-        None,
-        401,
-        "invalid_token",
-    )
-    .await;
+    invalid_token(&server, &retired).await;
 }
 
 /// Rotation between public keys: a token signed by either configured RSA key is accepted, one
@@ -619,26 +610,11 @@ async fn several_public_keys_rotate() {
     for private in [&new, &old] {
         let key = EncodingKey::from_rsa_pem(private).unwrap();
         let auth = bearer(&mint(Algorithm::RS256, &key, &claims));
-        subscribe(&server, "stream=room:1", &[("authorization", &auth)]).await;
-        let (status, body) = publish(
-            &server,
-            json!({"stream": "room:1", "data": "x"}),
-            &[("authorization", &auth)],
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
+        accepted(&server, &auth).await;
     }
     let key = EncodingKey::from_rsa_pem(&retired).unwrap();
     let auth = bearer(&mint(Algorithm::RS256, &key, &claims));
-    assert_refused(
-        &server,
-        "/events?stream=room:1",
-        &[("authorization", &auth)],
-        None,
-        401,
-        "invalid_token",
-    )
-    .await;
+    invalid_token(&server, &auth).await;
 }
 
 #[tokio::test]
@@ -1219,16 +1195,7 @@ async fn iss_and_aud_are_ignored_unless_configured() {
             claims["aud"] = aud;
         }
         let auth = bearer(&hs256(KEY, &claims));
-        let (mut stream, _) =
-            subscribe(&server, "stream=room:1", &[("authorization", &auth)]).await;
-        let (status, body) = publish(
-            &server,
-            json!({"stream": "room:1", "data": "x"}),
-            &[("authorization", &auth)],
-        )
-        .await;
-        assert_eq!(status, 200, "{claims}: {body}");
-        assert_eq!(next_message(&mut stream).await, "x");
+        accepted(&server, &auth).await;
     }
 }
 
