@@ -509,34 +509,7 @@ async fn sessions_are_shared_between_instances() {
 /// notification run), read, listen, keep sessions, sweep.
 #[tokio::test]
 async fn the_documented_run_time_privileges_suffice() {
-    let store = temp_store(PostgresConfig::default()).await;
-    let schema = store.schema().as_str().to_owned();
-    let role = format!("sse_app_{:016x}", rand::random::<u64>());
-    let password = format!("{:032x}", rand::random::<u128>());
-    let mut admin = testing::require_server(&testing::url()).await;
-    // Names made here from hex digits and a validated schema name.
-    for sql in [
-        format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
-        format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
-        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}"),
-    ] {
-        sqlx::query(AssertSqlSafe(sql))
-            .execute(&mut admin)
-            .await
-            .expect("set up the role");
-    }
-    let url = testing::url();
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let as_role = format!("{scheme}://{role}:{password}@{host}");
-
-    let checked = tokio::spawn(async move {
-        let app = PostgresStore::connect(
-            &as_role,
-            PostgresConfig::default().with_schema(Schema::new(schema.clone()).expect("valid")),
-        )
-        .await
-        .expect("connect as the application's role");
+    as_app_role(&[], |app: PostgresStore| async move {
         let mut feed = app.live_feed();
         let stream = StreamName::new("privileges").expect("a name");
         app.append(&stream, NewEvent::new("one"))
@@ -570,8 +543,78 @@ async fn the_documented_run_time_privileges_suffice() {
         app.delete(&record.id).await.expect("delete a session");
         app.sweep().await.expect("sweep");
         app.ping().await.expect("ping");
-    });
-    let checked = checked.await;
+    })
+    .await;
+}
+
+/// A read-only server (a standby after a failover, here a role whose transactions are
+/// read-only: `25006`) is an outage, not a client's error: appends and session writes answer
+/// `Unavailable`, so the hub's breaker and the server's 503 and retry hints apply; reads go on.
+#[tokio::test]
+async fn a_read_only_server_is_unavailable() {
+    as_app_role(
+        &["ALTER ROLE {role} SET default_transaction_read_only = on"],
+        |app: PostgresStore| async move {
+            let stream = StreamName::new("read-only").expect("a name");
+            let appended = app.append(&stream, NewEvent::new("one")).await;
+            assert!(
+                matches!(appended, Err(resumable_sse_core::Error::Unavailable(_))),
+                "{appended:?}"
+            );
+            let record = SessionRecord::new(None, Duration::from_secs(60));
+            let created = app.create(&record).await;
+            assert!(
+                matches!(created, Err(resumable_sse_core::Error::Unavailable(_))),
+                "{created:?}"
+            );
+            let page = app.read(&stream, 0, 10).await.expect("reads go on");
+            assert!(page.events.is_empty());
+        },
+    )
+    .await;
+}
+
+/// Runs `check` with a store connected as a new role holding exactly the run-time privileges
+/// docs/postgres.md lists (plus `extra` statements, `{role}` replaced by its name), on a
+/// schema migrated by the administrator; the role is dropped afterwards, whatever happened.
+async fn as_app_role<F, Fut>(extra: &[&str], check: F)
+where
+    F: FnOnce(PostgresStore) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let store = temp_store(PostgresConfig::default()).await;
+    let schema = store.schema().as_str().to_owned();
+    let role = format!("sse_app_{:016x}", rand::random::<u64>());
+    let password = format!("{:032x}", rand::random::<u128>());
+    let mut admin = testing::require_server(&testing::url()).await;
+    // Names made here from hex digits and a validated schema name.
+    let mut setup = vec![
+        format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+        format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}"),
+    ];
+    setup.extend(extra.iter().map(|sql| sql.replace("{role}", &role)));
+    for sql in setup {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .expect("set up the role");
+    }
+    let url = testing::url();
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let as_role = format!("{scheme}://{role}:{password}@{host}");
+
+    let checked = tokio::spawn(async move {
+        let app = PostgresStore::connect(
+            &as_role,
+            PostgresConfig::default().with_schema(Schema::new(schema.clone()).expect("valid")),
+        )
+        .await
+        .expect("connect as the application's role");
+        check(app).await;
+    })
+    .await;
     // The role goes, whatever happened; the schema goes with the store.
     for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
         sqlx::query(AssertSqlSafe(sql))
@@ -579,6 +622,7 @@ async fn the_documented_run_time_privileges_suffice() {
             .await
             .expect("drop the role");
     }
+    drop(store);
     if let Err(failed) = checked {
         std::panic::resume_unwind(failed.into_panic());
     }
