@@ -442,6 +442,38 @@ async fn notifications_carry_small_events_only() {
     assert_eq!((large.position, large.event), (2, None));
 }
 
+/// One notification carries at most `feed_inline_budget` (64 KiB) of event data: in a batch of
+/// 7 KiB events (each under `feed_inline_max`) the first ones travel inline, the rest are
+/// announced by position only, and readers get them all the same.
+#[tokio::test]
+async fn one_notification_carries_at_most_its_budget() {
+    let store = shared_store(RedisConfig::default().with_key_prefix(unique_prefix("budget"))).await;
+    let news = stream("news");
+    let mut feed = store.live_feed();
+    let batch: Vec<NewEvent> = (0..20)
+        .map(|i| NewEvent::new(format!("{i:02}{}", "x".repeat(7 * 1024 - 2))))
+        .collect();
+    store.append_many(&news, batch).await.unwrap();
+    let mut inline = Vec::new();
+    for position in 1..=20 {
+        let notification = next_notification(&mut feed, &news).await;
+        assert_eq!(notification.position, position);
+        inline.push(notification.event.map(|e| e.data.len()));
+    }
+    let carried = inline.iter().take_while(|d| d.is_some()).count();
+    assert!(
+        inline[carried..].iter().all(Option::is_none),
+        "inline data after an event announced by position: {inline:?}"
+    );
+    let bytes: usize = inline.iter().flatten().sum();
+    assert!(
+        (1..20).contains(&carried) && bytes <= 64 * 1024,
+        "{carried} events inline, {bytes} bytes: {inline:?}"
+    );
+    let page = store.read(&news, 0, 100).await.unwrap();
+    assert_eq!(page.events.len(), 20, "every event is in the log");
+}
+
 /// A prefix with braces is refused; `Debug` names the server but never credentials.
 #[tokio::test]
 async fn configuration_and_debug() {
