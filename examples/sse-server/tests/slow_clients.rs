@@ -437,7 +437,8 @@ fn publisher_token() -> String {
 
 /// A server limited to 1 024 open files, and one host opening 1 200 connections that never
 /// send a request (half of them after one request, kept alive): `/healthz` and a publish
-/// authorised by a JWT still answer within 100 ms, and the log says so in a few lines, not one per failure. On
+/// authorised by a JWT still answer within 100 ms, an event stream opened before keeps
+/// receiving, and the log says so in a few lines, not one per failure. On
 /// both paths, with the default reserve and with none (then only failed accepts make room).
 #[tokio::test(flavor = "current_thread")]
 async fn connections_up_to_the_descriptor_limit() {
@@ -461,12 +462,16 @@ async fn up_to_the_descriptor_limit(fast_path: bool, reserve: &str) {
             reserve,
             "--jwt-key",
             KEY,
+            "--public-streams",
+            "slow",
             &fast,
         ],
         1024,
     )
     .unwrap_or_else(|err| panic!("{err}"));
     let addr = addr(&server);
+    // An event stream open before the flood: never dropped to make room.
+    let mut subscriber = Subscriber::open(addr).await;
     let baseline = open_descriptors(server.pid());
     let gate = Arc::new(Semaphore::new(100));
     let mut tasks = JoinSet::new();
@@ -534,6 +539,9 @@ async fn up_to_the_descriptor_limit(fast_path: bool, reserve: &str) {
         assert!(times[19] < Duration::from_secs(1), "{what}: {times:?}");
     }
     assert!(lines <= 4, "the log floods: {lines} lines");
+    for i in 0..20 {
+        assert_eq!(subscriber.next().await, format!("under pressure {i}"));
+    }
     drop(held);
 }
 
