@@ -152,8 +152,9 @@ async fn open_events(parts: &Parts) -> Result<(Hub, Connection, Option<Admission
             parts.uri.path().to_owned(),
             session.id(),
         );
-        request = request
-            .log_span(move || crate::request_id::request_span(&id, &method, &path, Some(&session)));
+        request = request.log_span(move || {
+            crate::request_id::request_span(&id, &method, &path, Some(&session), true)
+        });
     }
     match hub.connect(request).await {
         Ok(connection) => Ok((hub.clone(), connection, admission)),

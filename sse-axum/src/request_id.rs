@@ -98,15 +98,24 @@ impl fmt::Display for RequestId {
 
 /// The span of one request: its id, method and path, and (recorded by the session layer, or
 /// given here) its session. The event stream a request opens makes it again for each of its
-/// log lines (`ConnectRequest::log_span`) rather than keeping it open (ADR 0030).
+/// log lines (`ConnectRequest::log_span`) rather than keeping it open (ADR 0030); those are
+/// `root` spans, not children of whatever span is current where the line is logged (the
+/// request's own while the connection opens).
 pub(crate) fn request_span(
     id: &RequestId,
     method: &http::Method,
     path: &str,
     session: Option<&dyn fmt::Display>,
+    root: bool,
 ) -> tracing::Span {
+    let parent = if root {
+        None
+    } else {
+        tracing::Span::current().id()
+    };
     // The path only: a query may hold a `lastEventId`, and nothing secret belongs in logs.
     tracing::info_span!(
+        parent: parent,
         "request",
         request_id = %id,
         session = session.map(tracing::field::display),
@@ -186,7 +195,7 @@ where
             .and_then(RequestId::from_header)
             .unwrap_or_else(RequestId::generate);
         // `session` is filled in by the session layer once it knows the session.
-        let span = request_span(&id, request.method(), request.uri().path(), None);
+        let span = request_span(&id, request.method(), request.uri().path(), None, false);
         request.extensions_mut().insert(id.clone());
         let inner = {
             let _entered = span.enter();

@@ -27,23 +27,58 @@ impl Write for Captured {
     }
 }
 
-fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
+/// For every event logged, how many `request` spans it is in (its parent, theirs, …).
+#[derive(Clone, Default)]
+struct Nesting(Arc<Mutex<Vec<(String, usize)>>>);
+
+impl<S> tracing_subscriber::Layer<S> for Nesting
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let requests = ctx
+            .event_scope(event)
+            .map_or(0, |scope| scope.filter(|s| s.name() == "request").count());
+        let mut message = String::new();
+        event.record(
+            &mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
+                if field.name() == "message" {
+                    message = format!("{value:?}");
+                }
+            },
+        );
+        self.0
+            .lock()
+            .expect("the nesting")
+            .push((message, requests));
+    }
+}
+
+fn logs() -> &'static (Captured, Nesting) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    static LOGS: OnceLock<(Captured, Nesting)> = OnceLock::new();
     LOGS.get_or_init(|| {
         let captured = Captured::default();
+        let nesting = Nesting::default();
         let writer = captured.clone();
-        tracing_subscriber::fmt()
-            .json()
-            .with_current_span(true)
-            .with_env_filter("info")
-            .with_writer(move || writer.clone())
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_writer(move || writer.clone()),
+            )
+            .with(nesting.clone())
+            .with(tracing_subscriber::EnvFilter::new("info"))
             .init();
-        captured
+        (captured, nesting)
     })
 }
 
 async fn check(fast: bool, request_id: &str) {
-    let captured = logs();
+    let (captured, nesting) = logs();
     let app = resumable_sse_axum::router(SseLayer::new(resumable_sse_axum::memory_hub(
         Config::default(),
     )))
@@ -89,6 +124,16 @@ async fn check(fast: bool, request_id: &str) {
         assert_eq!(line["span"]["request_id"], request_id, "{line}");
         assert_eq!(line["span"]["session"], session.as_str(), "{line}");
     }
+    // No line is in two `request` spans (the one made for the line inside the request's own).
+    let nested: Vec<_> = nesting
+        .0
+        .lock()
+        .expect("the nesting")
+        .iter()
+        .filter(|(_, requests)| *requests > 1)
+        .cloned()
+        .collect();
+    assert!(nested.is_empty(), "{nested:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

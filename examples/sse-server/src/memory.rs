@@ -39,9 +39,9 @@ pub(crate) struct MemoryArgs {
     )]
     memory_max_streams: usize,
     /// Give memory freed after a spike back to the system: with glibc, its per-thread caches
-    /// off (`GLIBC_TUNABLES`, set by starting the process again) and `malloc_trim` once a
-    /// quarter of the most in use since the last time has been freed (checked every 5 s);
-    /// elsewhere nothing (other allocators do it themselves).
+    /// off (`GLIBC_TUNABLES`, set by starting the process again, once) and `malloc_trim`
+    /// once the freed memory glibc holds grew by a quarter of what is in use (checked every
+    /// 5 s); elsewhere nothing (other allocators do it themselves).
     #[arg(long, value_name = "BOOL", env = "SSE_RELEASE_MEMORY", default_value_t = true, action = clap::ArgAction::Set)]
     release_memory: bool,
 }

@@ -6,9 +6,11 @@
 //! Two things bring it back:
 //!
 //! - **`malloc_trim(0)`**, which gives back every whole free page of every arena. Every
-//!   [`CHECK_EVERY`] a task reads glibc's count of bytes in use; once a quarter of the most it
-//!   saw since it last trimmed (and at least [`MIN_FREED`]) has been freed, it trims. A
-//!   steady server never trims; one that shrank trims once or twice.
+//!   [`CHECK_EVERY`] a task reads how many freed bytes glibc holds; once that has grown since
+//!   the last trim (from the least it held since) by a quarter of the bytes in use, and at
+//!   least [`MIN_FREED`], it trims. Free bytes count what a spike left however short it was
+//!   (a peak sampled every few seconds could miss it). A steady server never trims; one that
+//!   shrank trims once or twice.
 //! - **No per-thread caches** (glibc's tcache: up to 7 freed blocks of each size up to 1 KiB,
 //!   per thread, never given back). The blocks freed last are scattered over the pages a
 //!   spike used, and each pins its page: measured after 1 000 connections, 2.5 MB of a
@@ -25,10 +27,11 @@ pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// The least freed memory worth a trim.
 pub(crate) const MIN_FREED: usize = 256 << 10;
 
-/// Whether a trim is due: `in_use` bytes now, `peak` the most seen since the last trim.
-pub(crate) fn due(peak: usize, in_use: usize) -> bool {
-    let freed = peak.saturating_sub(in_use);
-    freed >= MIN_FREED && freed >= peak / 4
+/// Whether a trim is due: glibc holds `free` bytes freed and not given back, at least `low`
+/// at every check since the last trim, with `in_use` bytes in use.
+pub(crate) fn due(low: usize, free: usize, in_use: usize) -> bool {
+    let freed = free.saturating_sub(low);
+    freed >= MIN_FREED && freed >= in_use / 4
 }
 
 /// Starts the task on the current runtime.
@@ -36,24 +39,25 @@ pub(crate) fn spawn() {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(CHECK_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut peak = 0;
+        let mut low = usize::MAX;
         loop {
             every.tick().await;
-            let Some(in_use) = glibc::in_use() else {
+            let Some(glibc::Counts { in_use, free }) = glibc::counts() else {
                 return;
             };
-            peak = peak.max(in_use);
-            if due(peak, in_use) {
+            low = low.min(free);
+            if due(low, free, in_use) {
                 // It walks and locks each arena in turn: well under a millisecond for a
                 // heap of a few MB (docs/limits.md).
                 let released = glibc::trim();
                 tracing::debug!(
-                    peak,
                     in_use,
+                    free,
                     released,
                     "gave freed memory back to the system"
                 );
-                peak = in_use;
+                // The pages are given back, the blocks stay free in glibc's count.
+                low = free;
             }
         }
     });
@@ -72,22 +76,44 @@ fn tunables(current: Option<&str>) -> Option<String> {
     }
 }
 
+/// Set in the environment of the process started again: it is started again once at most
+/// (glibc drops tunables from the environment of a privileged program, say one given
+/// `cap_net_bind_service`; without this it would start itself again forever).
+const RESTARTED: &str = "SSE_SERVER_RESTARTED";
+
 /// Starts this process again (`exec`: the same process id, arguments and descriptors) with
-/// glibc's per-thread caches off, unless `GLIBC_TUNABLES` already sets their size. Returns
-/// only when it did not: `None` when nothing was needed, the error when `exec` failed (the
-/// server then runs with the caches). Call it before any thread starts.
+/// glibc's per-thread caches off, unless `GLIBC_TUNABLES` already sets their size or this is
+/// the process started again. Returns only when it did not: `None` when nothing was needed,
+/// the error when `exec` failed (the server then runs with the caches). Call it before any
+/// thread starts.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub(crate) fn without_thread_caches() -> Option<std::io::Error> {
     use std::os::unix::process::CommandExt;
 
+    if std::env::var_os(RESTARTED).is_some() {
+        return None;
+    }
     let current = std::env::var_os("GLIBC_TUNABLES");
     let value = tunables(current.as_ref().map(|v| v.to_string_lossy()).as_deref())?;
+    // The binary's path (not `/proc/self/exe`, which would rename the process `exe`).
+    let binary = match std::env::current_exe() {
+        Ok(binary) => binary,
+        Err(err) => return Some(err),
+    };
     let mut args = std::env::args_os();
-    let mut command = std::process::Command::new("/proc/self/exe");
+    let mut command = std::process::Command::new(binary);
     if let Some(name) = args.next() {
         command.arg0(name);
     }
-    Some(command.args(args).env("GLIBC_TUNABLES", value).exec())
+    let err = command
+        .args(args)
+        .env("GLIBC_TUNABLES", value)
+        .env(RESTARTED, "1")
+        .exec();
+    // `exec` set SIGPIPE back to its default before it failed: ignored again, as Rust's
+    // runtime has it, or a client closing its socket would end the server.
+    glibc::ignore_sigpipe();
+    Some(err)
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -98,13 +124,24 @@ pub(crate) fn without_thread_caches() -> Option<std::io::Error> {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 mod glibc {
-    /// The bytes glibc's arenas have handed out and not had back (`mallinfo2`; blocks it
-    /// maps on their own are given back when freed and not counted).
-    pub(super) fn in_use() -> Option<usize> {
+    /// glibc's counts of its arenas' bytes (blocks it maps on their own are given back when
+    /// freed and not counted).
+    pub(super) struct Counts {
+        /// Handed out and not had back.
+        pub(super) in_use: usize,
+        /// Freed and kept for reuse.
+        pub(super) free: usize,
+    }
+
+    /// The counts now (`mallinfo2`).
+    pub(super) fn counts() -> Option<Counts> {
         // SAFETY: `mallinfo2` takes no arguments and returns a plain struct by value; glibc
         // locks each arena while it counts.
         let info = unsafe { libc::mallinfo2() };
-        Some(info.uordblks)
+        Some(Counts {
+            in_use: info.uordblks,
+            free: info.fordblks,
+        })
     }
 
     /// `malloc_trim(0)`: whether anything was given back.
@@ -112,11 +149,25 @@ mod glibc {
         // SAFETY: `malloc_trim` takes no pointers; glibc locks each arena while it trims it.
         unsafe { libc::malloc_trim(0) == 1 }
     }
+
+    /// Ignores SIGPIPE, as Rust's runtime does at start.
+    pub(super) fn ignore_sigpipe() {
+        // SAFETY: installs the predefined "ignore" disposition, no handler of ours; called
+        // before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod glibc {
-    pub(super) fn in_use() -> Option<usize> {
+    pub(super) struct Counts {
+        pub(super) in_use: usize,
+        pub(super) free: usize,
+    }
+
+    pub(super) fn counts() -> Option<Counts> {
         None
     }
 
@@ -130,20 +181,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trims_once_a_quarter_of_the_peak_is_freed() {
+    fn trims_once_a_quarter_of_the_heap_is_freed() {
         let kib = 1 << 10;
         let mib = 1 << 20;
-        // A steady or growing server: never.
-        assert!(!due(8 * mib, 8 * mib));
-        assert!(!due(8 * mib, 7 * mib));
-        // A quarter of the peak freed.
-        assert!(due(8 * mib, 6 * mib));
+        // A steady server: its free bytes move a little.
+        assert!(!due(3 * mib, 3 * mib, 8 * mib));
+        assert!(!due(3 * mib, 4 * mib, 8 * mib));
+        // A quarter of what is in use freed since.
+        assert!(due(3 * mib, 5 * mib, 8 * mib));
         // A small heap: a quarter of it is not worth a trim below 256 KiB.
-        assert!(!due(mib, 800 * kib));
-        assert!(due(2 * mib, 1500 * kib));
+        assert!(!due(0, 200 * kib, 600 * kib));
+        assert!(due(0, 4 * mib, mib));
         // A large heap needs a quarter of it freed.
-        assert!(!due(1024 * mib, 1000 * mib));
-        assert!(due(1024 * mib, 700 * mib));
+        assert!(!due(0, 100 * mib, 1024 * mib));
+        assert!(due(0, 300 * mib, 1024 * mib));
     }
 
     #[test]

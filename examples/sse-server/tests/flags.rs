@@ -26,3 +26,51 @@ async fn retry_sets_the_reconnection_delay_clients_are_told() {
         );
     }
 }
+
+/// `--release-memory` (the default) starts the server again once, at start, without glibc's
+/// per-thread caches: the same process id, name and arguments, the tunable and the marker
+/// in its environment. A tcache size the operator set is kept, and `--release-memory false`
+/// starts it only once.
+#[test]
+fn release_memory_restarts_once_without_thread_caches() {
+    let environ = |server: &Server| -> Vec<String> {
+        let raw = std::fs::read(format!("/proc/{}/environ", server.pid())).expect("environ");
+        raw.split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .filter(|v| v.starts_with("GLIBC_TUNABLES=") || v.starts_with("SSE_SERVER_RESTARTED="))
+            .collect()
+    };
+    let args = ["--listen", "127.0.0.1:0", "--retry", "1s"];
+    let server = Server::start_with(&args).unwrap_or_else(|err| panic!("{err}"));
+    let mut seen = environ(&server);
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "GLIBC_TUNABLES=glibc.malloc.tcache_count=0",
+            "SSE_SERVER_RESTARTED=1"
+        ]
+    );
+    let pid = server.pid();
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm");
+    assert_eq!(name.trim(), "sse-server");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    let cmdline: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert_eq!(cmdline[1..], args, "{cmdline:?}");
+
+    let server =
+        Server::start_with_env(&args, &[("GLIBC_TUNABLES", "glibc.malloc.tcache_count=3")])
+            .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(
+        environ(&server),
+        ["GLIBC_TUNABLES=glibc.malloc.tcache_count=3"]
+    );
+
+    let off = ["--listen", "127.0.0.1:0", "--release-memory", "false"];
+    let server = Server::start_with(&off).unwrap_or_else(|err| panic!("{err}"));
+    assert!(environ(&server).is_empty(), "{:?}", environ(&server));
+}

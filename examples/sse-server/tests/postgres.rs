@@ -375,10 +375,11 @@ async fn aged_out_events_reset_only_the_clients_that_missed_them() {
     let (behind_id, behind_token) = (behind.last_id.clone(), behind.token.clone());
     drop(behind);
     let mut reader = Client::open(&server, path, None, None).await;
+    // Every event is written after this: none can age out less than `--max-age` after it.
+    let published = Instant::now();
     for i in 1..=5 {
         publish_ok(&server, "aging", &format!("old {i}")).await;
     }
-    let published = Instant::now();
     assert_eq!(reader.messages(5).await.len(), 5);
     let (read_id, read_token) = (reader.last_id.clone(), reader.token.clone());
     drop(reader);
