@@ -661,6 +661,20 @@ async fn feed_pings_detect_a_server_that_stops_answering() {
     assert_eq!(next_notification(&mut feed, &news).await.position, 11);
 }
 
+/// A store on a private Redis, keeping up to `max_len` events and `max_bytes` of data per
+/// stream for an hour.
+async fn private_store(redis: &PrivateRedis, max_len: usize, max_bytes: usize) -> RedisStore {
+    RedisStore::connect(
+        &redis.url(),
+        RedisConfig::default().with_retention(
+            resumable_sse_core::Retention::new(max_len, Duration::from_secs(3600))
+                .with_max_bytes(max_bytes),
+        ),
+    )
+    .await
+    .unwrap()
+}
+
 /// With `maxmemory` reached under `noeviction`, an append fails with Redis's `OOM` as
 /// [`Error::Unavailable`] (503 over HTTP, counted by the breaker), stores nothing of the
 /// refused event, reads still work, and once there is room appends work again at the next
@@ -668,15 +682,7 @@ async fn feed_pings_detect_a_server_that_stops_answering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_redis_refuses_appends_as_unavailable() {
     let redis = PrivateRedis::start(false);
-    let store = RedisStore::connect(
-        &redis.url(),
-        RedisConfig::default().with_retention(
-            resumable_sse_core::Retention::new(100_000, Duration::from_secs(3600))
-                .with_max_bytes(1 << 30),
-        ),
-    )
-    .await
-    .unwrap();
+    let store = private_store(&redis, 100_000, 1 << 30).await;
     let mut conn = raw(&redis.url()).await;
     let news = stream("news");
     store.append(&news, NewEvent::new("first")).await.unwrap();
@@ -884,15 +890,7 @@ async fn large_batches_are_split_into_several_calls() {
     assert_eq!(MAX_BATCH, 1000, "docs/redis.md states 1000");
     // A server of its own, so that its script count is this test's.
     let redis = PrivateRedis::start(false);
-    let store = RedisStore::connect(
-        &redis.url(),
-        RedisConfig::default().with_retention(
-            resumable_sse_core::Retention::new(10_000, Duration::from_secs(3600))
-                .with_max_bytes(64 << 20),
-        ),
-    )
-    .await
-    .unwrap();
+    let store = private_store(&redis, 10_000, 64 << 20).await;
     let mut conn = raw(&redis.url()).await;
     // Loads the script, so that every later call is exactly one EVALSHA.
     store

@@ -155,6 +155,30 @@ async fn accepted(server: &Server, authorization: &str) {
     assert_eq!(next_message(&mut stream).await, "x");
 }
 
+/// Refused with these headers both to read and to publish `room:1`: 401 `invalid_token`;
+/// the read's error message.
+async fn invalid_everywhere(server: &Server, headers: &[(&str, &str)]) -> String {
+    let message = assert_refused(
+        server,
+        "/events?stream=room:1",
+        headers,
+        None,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_refused(
+        server,
+        "/publish",
+        headers,
+        Some(json!({"stream": "room:1", "data": "no"})),
+        401,
+        "invalid_token",
+    )
+    .await;
+    message
+}
+
 /// `GET /events?stream=room:1` with this `Authorization` is refused: 401 `invalid_token`;
 /// the error's message.
 async fn invalid_token(server: &Server, authorization: &str) -> String {
@@ -421,36 +445,11 @@ async fn forged_expired_and_misissued_tokens_are_refused() {
     for (what, token, says) in cases {
         let auth = bearer(&token);
         let headers = [("authorization", auth.as_str())];
-        let message = assert_refused(
-            &server,
-            "/events?stream=room:1",
-            &headers,
-            None,
-            401,
-            "invalid_token",
-        )
-        .await;
+        let message = invalid_everywhere(&server, &headers).await;
         assert!(message.contains(says), "{what}: {message}");
-        assert_refused(
-            &server,
-            "/publish",
-            &headers,
-            Some(json!({"stream": "room:1", "data": "x"})),
-            401,
-            "invalid_token",
-        )
-        .await;
     }
     // Not a bearer token at all.
-    assert_refused(
-        &server,
-        "/events?stream=room:1",
-        &[("authorization", "Basic YWxpY2U6c2VjcmV0")],
-        None,
-        401,
-        "invalid_token",
-    )
-    .await;
+    invalid_token(&server, "Basic YWxpY2U6c2VjcmV0").await;
 }
 
 /// Makes a key pair with the `openssl` CLI: (private PEM, public PEM file).
@@ -1070,24 +1069,7 @@ async fn the_header_wins_over_the_cookie() {
         "Basic YWxpY2U6c2VjcmV0",
     ] {
         let headers = [("authorization", auth), ("cookie", &alice_cookie)];
-        assert_refused(
-            &server,
-            "/events?stream=room:1",
-            &headers,
-            None,
-            401,
-            "invalid_token",
-        )
-        .await;
-        assert_refused(
-            &server,
-            "/publish",
-            &headers,
-            Some(json!({"stream": "room:1", "data": "no"})),
-            401,
-            "invalid_token",
-        )
-        .await;
+        invalid_everywhere(&server, &headers).await;
     }
     // ... and another principal's valid header brings its own grants, not the cookie's.
     let header_bob = [
@@ -1156,25 +1138,8 @@ async fn nbf_is_honoured_with_a_minute_for_the_issuers_clock() {
     for ahead in [90, 120] {
         let auth = starting_at(now() + ahead);
         let headers = [("authorization", auth.as_str())];
-        let message = assert_refused(
-            &server,
-            "/events?stream=room:1",
-            &headers,
-            None,
-            401,
-            "invalid_token",
-        )
-        .await;
+        let message = invalid_everywhere(&server, &headers).await;
         assert!(message.contains("nbf"), "nbf = now + {ahead}: {message}");
-        assert_refused(
-            &server,
-            "/publish",
-            &headers,
-            Some(json!({"stream": "room:1", "data": "no"})),
-            401,
-            "invalid_token",
-        )
-        .await;
     }
 }
 
