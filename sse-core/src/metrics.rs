@@ -102,6 +102,10 @@ pub const CONNECTIONS_DROPPED_TOTAL: &str = "sse_connections_dropped_total";
 /// Gauge: 1 while the store circuit breaker is open (requests that need the store are
 /// refused at once), else 0.
 pub const STORE_CIRCUIT_OPEN: &str = "sse_store_circuit_open";
+/// Gauge: the allocator's heap in bytes, by `state`: `in_use` (allocated and not freed) and
+/// `free` (freed and kept by the allocator for reuse, still resident until given back). The
+/// reference server sets it on glibc when `/metrics` is read; the library never does.
+pub const HEAP_BYTES: &str = "sse_heap_bytes";
 
 /// Every metric: name, unit and description, as [`describe`] registers them.
 pub const ALL: &[(&str, Unit, &str)] = &[
@@ -193,6 +197,11 @@ pub const ALL: &[(&str, Unit, &str)] = &[
         STORE_CIRCUIT_OPEN,
         Unit::Count,
         "1 while the store circuit breaker is open.",
+    ),
+    (
+        HEAP_BYTES,
+        Unit::Bytes,
+        "The allocator's heap, by state (in_use, free); set by sse-server on glibc.",
     ),
 ];
 

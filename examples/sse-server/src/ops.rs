@@ -150,6 +150,7 @@ fn metrics_router(handle: PrometheusHandle) -> Router {
 }
 
 async fn render(State(handle): State<PrometheusHandle>) -> Response {
+    crate::trim::record_heap();
     (
         [(
             header::CONTENT_TYPE,

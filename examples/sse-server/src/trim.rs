@@ -42,7 +42,7 @@ pub(crate) fn spawn() {
         let mut low = usize::MAX;
         loop {
             every.tick().await;
-            let Some(glibc::Counts { in_use, free }) = glibc::counts() else {
+            let Some(glibc::Counts { in_use, free, .. }) = glibc::counts() else {
                 return;
             };
             low = low.min(free);
@@ -61,6 +61,22 @@ pub(crate) fn spawn() {
             }
         }
     });
+}
+
+/// Sets `sse_heap_bytes` from glibc's counts (nothing on other allocators): `in_use` counts
+/// the blocks glibc maps on their own too, as `malloc_stats` does.
+pub(crate) fn record_heap() {
+    use resumable_sse_core::metrics::HEAP_BYTES;
+
+    if let Some(glibc::Counts {
+        in_use,
+        mapped,
+        free,
+    }) = glibc::counts()
+    {
+        metrics::gauge!(HEAP_BYTES, "state" => "in_use").set((in_use + mapped) as f64);
+        metrics::gauge!(HEAP_BYTES, "state" => "free").set(free as f64);
+    }
 }
 
 /// The tunable that turns glibc's per-thread caches off.
@@ -124,11 +140,12 @@ pub(crate) fn without_thread_caches() -> Option<std::io::Error> {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 mod glibc {
-    /// glibc's counts of its arenas' bytes (blocks it maps on their own are given back when
-    /// freed and not counted).
+    /// glibc's counts of its arenas' bytes.
     pub(super) struct Counts {
-        /// Handed out and not had back.
+        /// Handed out from the arenas and not had back.
         pub(super) in_use: usize,
+        /// Blocks mapped on their own (large ones), given back when freed.
+        pub(super) mapped: usize,
         /// Freed and kept for reuse.
         pub(super) free: usize,
     }
@@ -140,6 +157,7 @@ mod glibc {
         let info = unsafe { libc::mallinfo2() };
         Some(Counts {
             in_use: info.uordblks,
+            mapped: info.hblkhd,
             free: info.fordblks,
         })
     }
@@ -164,6 +182,7 @@ mod glibc {
 mod glibc {
     pub(super) struct Counts {
         pub(super) in_use: usize,
+        pub(super) mapped: usize,
         pub(super) free: usize,
     }
 

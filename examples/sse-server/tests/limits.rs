@@ -60,44 +60,23 @@ fn rss_bytes(pid: u32) -> u64 {
     kb * 1024
 }
 
-/// The bytes the server's allocator has handed out and not had back (glibc's "in use", from
-/// `malloc_stats` called in the server through gdb, which pauses it for about a second): its
-/// live heap, which, unlike RSS, does not count the freed memory glibc keeps for reuse.
-fn heap_in_use(server: &Server) -> u64 {
-    let seen = server.log.lock().unwrap().len();
-    let status = std::process::Command::new("gdb")
-        .args(["-nx", "-batch", "-p", &server.pid().to_string()])
-        .args(["-ex", "call (void)malloc_stats()"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("gdb reads the server's heap: apt-get install gdb (scripts/test does, as root)");
-    assert!(
-        status.success(),
-        "gdb could not attach to the server: {status}"
-    );
-    // malloc_stats writes to the server's stderr, which a thread of the test reads.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let log = server.log.lock().unwrap();
-        let total = log[seen..]
-            .iter()
-            .position(|l| l.starts_with("Total (incl. mmap)"));
-        if let Some(in_use) = total.and_then(|at| {
-            log[seen + at..]
-                .iter()
-                .find_map(|l| l.strip_prefix("in use bytes"))
-                .and_then(|v| v.trim_start_matches([' ', '=']).trim().parse().ok())
-        }) {
-            return in_use;
-        }
-        drop(log);
-        assert!(
-            Instant::now() < deadline,
-            "no malloc_stats in the server's output"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// The bytes the server's allocator has handed out and not had back (glibc's count, which
+/// the server reports in `/metrics` as `sse_heap_bytes{state="in_use"}`): its live heap,
+/// which, unlike RSS, does not count the freed memory glibc keeps for reuse.
+async fn heap_in_use(http: &reqwest::Client, server: &Server) -> u64 {
+    let text = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix("sse_heap_bytes{state=\"in_use\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no sse_heap_bytes in /metrics:\n{text}"))
 }
 
 fn mb(bytes: u64) -> f64 {
@@ -350,7 +329,7 @@ async fn five_thousand_from_one_address_capped_at_a_thousand() {
     })
     .await;
     let baseline = rss_bytes(server.pid());
-    let heap_baseline = heap_in_use(&server);
+    let heap_baseline = heap_in_use(&http, &server).await;
 
     // Two waves: the second shows whether the first left anything behind.
     let (mut figures, mut peaks) = (Vec::new(), Vec::new());
@@ -359,7 +338,7 @@ async fn five_thousand_from_one_address_capped_at_a_thousand() {
         let (held, retries) = wave_of_5000(addr).await;
         let took = started.elapsed();
         let peak = rss_bytes(server.pid());
-        let heap_peak = heap_in_use(&server);
+        let heap_peak = heap_in_use(&http, &server).await;
         drop(held);
         // Their sessions expire after a second and go at the store's next sweep (every
         // 10 s), and the server gives freed memory back within 5 s of noticing it (ADR
@@ -369,7 +348,7 @@ async fn five_thousand_from_one_address_capped_at_a_thousand() {
         let kept = |resident: u64| resident.saturating_sub(baseline) as f64;
         let added = kept(peak);
         let (heap_after, after) = loop {
-            let (heap, resident) = (heap_in_use(&server), rss_bytes(server.pid()));
+            let (heap, resident) = (heap_in_use(&http, &server).await, rss_bytes(server.pid()));
             let now = Instant::now();
             let back =
                 heap <= heap_baseline + HEAP_KEPT && kept(resident) <= added * (1.0 - GIVEN_BACK);
@@ -380,12 +359,15 @@ async fn five_thousand_from_one_address_capped_at_a_thousand() {
         };
         eprintln!(
             "wave {wave}: 5000 connects from one address (cap 1000) answered in {took:.2?}; \
-             refusal retry_ms min {} median {} max {}; server with 1000 held: heap {:.2} MB, \
+             refusal retry_ms min {} median {} max {}; server before: heap {:.2} MB, anonymous \
+             RSS {:.2} MB; with 1000 held: heap {:.2} MB, \
              anonymous RSS {:.2} MB; after they left and their sessions expired: heap {:.2} MB, \
              anonymous RSS {:.2} MB",
             retries[0],
             retries[retries.len() / 2],
             retries[retries.len() - 1],
+            mb(heap_baseline),
+            mb(baseline),
             mb(heap_peak),
             mb(peak),
             mb(heap_after),
