@@ -34,6 +34,7 @@
 //! | [`time`] | millisecond timestamps as stores keep them |
 //! | [`metrics`] | the names of the metrics recorded (through the `metrics` facade) |
 //! | [`task`] | the periodic background task the hub and the stores run |
+//! | [`text`] | [`Text`], shared UTF-8, and the [`Chunks`](text::Chunks) stores keep it in |
 //! | `testing` | the backend conformance suite (feature `testing`) |
 //!
 //! ```
@@ -88,6 +89,7 @@ pub mod metrics;
 mod session;
 mod signal;
 pub mod task;
+pub mod text;
 mod token;
 mod transport;
 mod types;
@@ -103,6 +105,7 @@ pub use hub::{
     BreakerConfig, CircuitOpen, Hub, HubBuilder, ResolvedSession, SessionContext, SessionStatus,
 };
 pub use session::{ParseSessionIdError, SessionId, SessionRecord, SessionStore};
+pub use text::Text;
 pub use token::{KeyError, TokenClaims, TokenError, TokenKeys};
 pub use transport::{Frame, SseTransport, Transport};
 pub use types::{

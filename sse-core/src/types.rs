@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::{Error, Result};
+use crate::{Error, Result, Text};
 
 /// The place of an event in its stream: assigned by the store at append, starting at 1,
 /// strictly increasing and gap-free within a stream, in commit order. `0` means "before the
@@ -204,9 +204,9 @@ impl FromStr for Epoch {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewEvent {
-    event: Option<Arc<str>>,
-    id: Option<Arc<str>>,
-    data: Arc<str>,
+    event: Option<Text>,
+    id: Option<Text>,
+    data: Text,
 }
 
 impl NewEvent {
@@ -226,7 +226,7 @@ impl NewEvent {
         NewEvent {
             event: None,
             id: None,
-            data: Arc::from(data.into()),
+            data: Text::from(data.into()),
         }
     }
 
@@ -237,7 +237,7 @@ impl NewEvent {
     /// [`Error::InvalidField`] when the name is empty, longer than 256 bytes or holds CR, LF
     /// or NUL.
     pub fn with_event(mut self, name: impl AsRef<str>) -> Result<Self> {
-        self.event = Some(Arc::from(validate_field("event", name.as_ref())?));
+        self.event = Some(Text::from(validate_field("event", name.as_ref())?));
         Ok(self)
     }
 
@@ -248,7 +248,7 @@ impl NewEvent {
     /// [`Error::InvalidField`] when the id is empty, longer than 256 bytes or holds CR, LF
     /// or NUL.
     pub fn with_id(mut self, id: impl AsRef<str>) -> Result<Self> {
-        self.id = Some(Arc::from(validate_field("id", id.as_ref())?));
+        self.id = Some(Text::from(validate_field("id", id.as_ref())?));
         Ok(self)
     }
 
@@ -324,11 +324,11 @@ pub struct Event {
     /// Its position in the stream.
     pub position: Position,
     /// The SSE event name, if any.
-    pub event: Option<Arc<str>>,
+    pub event: Option<Text>,
     /// The publisher id, if any.
-    pub id: Option<Arc<str>>,
+    pub id: Option<Text>,
     /// The data.
-    pub data: Arc<str>,
+    pub data: Text,
     /// When it was appended, in milliseconds since the Unix epoch.
     pub time_ms: u64,
 }

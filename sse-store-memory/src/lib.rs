@@ -40,10 +40,12 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use resumable_sse_core::collections::{shrink_deque_when_sparse, shrink_when_sparse};
 use resumable_sse_core::task::spawn_periodic;
+use resumable_sse_core::text::Chunks;
 use resumable_sse_core::time::unix_ms;
 use resumable_sse_core::{
     Appended, Epoch, Error, Event, EventBuffer, FeedItem, LiveFeed, NewEvent, Notification,
     Position, ReadPage, Result, Retention, SessionId, SessionRecord, SessionStore, StreamName,
+    Text,
 };
 use tokio::sync::broadcast;
 
@@ -204,7 +206,10 @@ struct Log {
     epoch: Epoch,
     head: Position,
     events: VecDeque<Event>,
-    ids: HashMap<Arc<str>, Position>,
+    ids: HashMap<Text, Position>,
+    /// Where the retained events' text is kept: together, apart from the connections'
+    /// short-lived memory (ADR 0031).
+    chunks: Chunks,
     /// The sum of the retained events' data lengths (retention by bytes).
     data_bytes: usize,
     /// The sum of the retained events' [`cost`] (the budget).
@@ -237,8 +242,22 @@ impl Log {
             head: 0,
             events: VecDeque::new(),
             ids: HashMap::new(),
+            chunks: Chunks::new(),
             data_bytes: 0,
             cost: 0,
+        }
+    }
+
+    /// `event` with its text copied into the log's chunks, which are sized for the text the
+    /// log retains.
+    fn keep(&mut self, event: Event) -> Event {
+        let retained = self.cost - self.events.len() * EVENT_OVERHEAD;
+        let mut copy = |text: &Text| self.chunks.text(text, retained);
+        Event {
+            data: copy(&event.data),
+            event: event.event.as_ref().map(&mut copy),
+            id: event.id.as_ref().map(&mut copy),
+            ..event
         }
     }
 
@@ -506,7 +525,7 @@ impl EventBuffer for MemoryStore {
                 continue;
             }
             log.head += 1;
-            let event = event.into_event(name.clone(), log.head, now);
+            let event = log.keep(event.into_event(name.clone(), log.head, now));
             if let Some(id) = &event.id {
                 log.ids.insert(id.clone(), log.head);
             }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use resumable_sse_core::{Epoch, Event, FeedItem, LiveFeed, Notification, Position, StreamName};
+use resumable_sse_core::{
+    Epoch, Event, FeedItem, LiveFeed, Notification, Position, StreamName, Text,
+};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
 /// After this long without a notification the feed checks that its connection is alive: a
@@ -81,9 +83,9 @@ fn parse(payload: &str) -> Option<Pending> {
                     .map(|((event, id, data), position)| Event {
                         stream: stream.clone(),
                         position,
-                        event: event.map(Arc::from),
-                        id: id.map(Arc::from),
-                        data: Arc::from(data),
+                        event: event.map(Text::from),
+                        id: id.map(Text::from),
+                        data: Text::from(data),
                         time_ms,
                     })
                     .collect()

@@ -83,7 +83,7 @@ use resumable_sse_core::task::spawn_periodic;
 use resumable_sse_core::time::{from_unix_ms, unix_ms};
 use resumable_sse_core::{
     Appended, Epoch, Event, EventBuffer, LiveFeed, NewEvent, Position, ReadPage, Result, SessionId,
-    SessionRecord, SessionStore, StreamName,
+    SessionRecord, SessionStore, StreamName, Text,
 };
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -421,9 +421,9 @@ impl PostgresStore {
             events.push(Event {
                 stream: stream.clone(),
                 position: position(pos)?,
-                event: row.try_get::<Option<String>, _>(4)?.map(Arc::from),
-                id: row.try_get::<Option<String>, _>(5)?.map(Arc::from),
-                data: Arc::from(data),
+                event: row.try_get::<Option<String>, _>(4)?.map(Text::from),
+                id: row.try_get::<Option<String>, _>(5)?.map(Text::from),
+                data: Text::from(data),
                 time_ms: u64::try_from(row.try_get::<i64, _>(7)?).unwrap_or(0),
             });
         }

@@ -8,12 +8,11 @@
 //! [`FeedItem::Resync`]: notifications published meanwhile are lost, and the hub repairs the
 //! gap by reading the streams.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
-use resumable_sse_core::{Epoch, Event, FeedItem, Notification, Position, StreamName};
+use resumable_sse_core::{Epoch, Event, FeedItem, Notification, Position, StreamName, Text};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::{RedisConfig, RedisStoreError};
@@ -211,9 +210,9 @@ pub(crate) fn decode(payload: &[u8]) -> Option<Vec<Notification>> {
             Some(Event {
                 stream: stream.clone(),
                 position,
-                event: name.map(Arc::from),
-                id: id.map(Arc::from),
-                data: Arc::from(data),
+                event: name.map(Text::from),
+                id: id.map(Text::from),
+                data: Text::from(data),
                 time_ms,
             })
         };

@@ -93,7 +93,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use resumable_sse_core::time::{from_unix_ms, unix_ms};
 use resumable_sse_core::{
     Appended, Epoch, Event, EventBuffer, LiveFeed, NewEvent, Position, ReadPage, Result, SessionId,
-    SessionRecord, SessionStore, StreamName,
+    SessionRecord, SessionStore, StreamName, Text,
 };
 
 mod config;
@@ -592,9 +592,9 @@ fn parse_entry(stream: &StreamName, entry: Value) -> Result<Event, RedisStoreErr
     Ok(Event {
         stream: stream.clone(),
         position,
-        event: name.map(Arc::from),
-        id: publisher_id.map(Arc::from),
-        data: Arc::from(data),
+        event: name.map(Text::from),
+        id: publisher_id.map(Text::from),
+        data: Text::from(data),
         time_ms: u64::try_from(time_ms).map_err(|_| bad())?,
     })
 }

@@ -38,21 +38,22 @@ pub(crate) struct MemoryArgs {
         default_value_t = 100_000
     )]
     memory_max_streams: usize,
-    /// Give memory freed after a spike back to the system: with glibc, its per-thread caches
-    /// off (`GLIBC_TUNABLES`, set by starting the process again, once) and `malloc_trim`
-    /// once the freed memory glibc holds grew by a quarter of what is in use (checked every
-    /// 5 s); elsewhere nothing (other allocators do it themselves).
+    /// Give memory freed after a spike back to the system: with glibc, no per-thread caches
+    /// and no free top kept in its arenas (`GLIBC_TUNABLES`, set by starting the process
+    /// again, once; a tunable the variable already sets is kept) and `malloc_trim` once the
+    /// freed memory glibc holds grew by 16 KiB (checked every 5 s); elsewhere nothing (other
+    /// allocators do it themselves).
     #[arg(long, value_name = "BOOL", env = "SSE_RELEASE_MEMORY", default_value_t = true, action = clap::ArgAction::Set)]
     release_memory: bool,
 }
 
 impl MemoryArgs {
-    /// Turns glibc's per-thread caches off for `--release-memory` (the process starts again
-    /// with them off, see [`trim::without_thread_caches`](crate::trim::without_thread_caches)):
-    /// why not, when that failed. Call it first thing, before any thread starts.
+    /// Sets glibc's tunables for `--release-memory` (the process starts again with them, see
+    /// [`trim::with_tunables`](crate::trim::with_tunables)): why not, when that failed. Call
+    /// it first thing, before any thread starts.
     pub(crate) fn prepare_release(&self) -> Option<std::io::Error> {
         if self.release_memory {
-            crate::trim::without_thread_caches()
+            crate::trim::with_tunables()
         } else {
             None
         }

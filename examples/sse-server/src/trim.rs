@@ -3,19 +3,27 @@
 //! glibc keeps what a program frees in its arenas for reuse and returns pages to the system
 //! only from the top of a heap: after thousands of connections came and went, the server's
 //! live heap is back at its baseline but its resident memory stays near the high-water mark.
-//! Two things bring it back:
+//! Three things bring it back:
 //!
 //! - **`malloc_trim(0)`**, which gives back every whole free page of every arena. Every
-//!   [`CHECK_EVERY`] a task reads how many freed bytes glibc holds; once that has grown since
-//!   the last trim (from the least it held since) by a quarter of the bytes in use, and at
-//!   least [`MIN_FREED`], it trims. Free bytes count what a spike left however short it was
-//!   (a peak sampled every few seconds could miss it). A steady server never trims; one that
-//!   shrank trims once or twice.
+//!   [`CHECK_EVERY`] a task reads how many freed bytes glibc holds; once that has grown by
+//!   [`MIN_FREED`] since the last trim (from the least it held since), it trims. Free bytes
+//!   count what a spike left however short it was (a peak sampled every few seconds could
+//!   miss it), and a spike's memory is freed in steps (connections close, their sessions
+//!   expire later): each step is given back. A steady server trims rarely, and a trim of a
+//!   heap of a few MB takes well under a millisecond.
 //! - **No per-thread caches** (glibc's tcache: up to 7 freed blocks of each size up to 1 KiB,
 //!   per thread, never given back). The blocks freed last are scattered over the pages a
 //!   spike used, and each pins its page: measured after 1 000 connections, 2.5 MB of a
-//!   3.9 MB residue. glibc reads its tunables only when a process starts, so
-//!   [`without_thread_caches`] starts the server again with `glibc.malloc.tcache_count=0`.
+//!   3.9 MB residue.
+//! - **Arenas that keep no free top**: glibc keeps up to 128 KiB free at the top of each
+//!   arena (`top_pad`), more once its trim threshold has risen after large blocks were freed,
+//!   and `malloc_trim` does not give back the tops of the per-thread arenas. With
+//!   `top_pad=0` and `trim_threshold=4096` a free top goes back when it is freed.
+//!
+//! glibc reads its tunables only when a process starts, so [`with_tunables`] starts the
+//! server again with them ([`TUNABLES`]). What they and the trims cost is in
+//! docs/benchmarks.md; ADR 0030 says how each was measured.
 //!
 //! Other allocators (musl, macOS) return memory themselves: there none of this runs.
 
@@ -25,13 +33,12 @@ use std::time::Duration;
 pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The least freed memory worth a trim.
-pub(crate) const MIN_FREED: usize = 256 << 10;
+pub(crate) const MIN_FREED: usize = 16 << 10;
 
 /// Whether a trim is due: glibc holds `free` bytes freed and not given back, at least `low`
-/// at every check since the last trim, with `in_use` bytes in use.
-pub(crate) fn due(low: usize, free: usize, in_use: usize) -> bool {
-    let freed = free.saturating_sub(low);
-    freed >= MIN_FREED && freed >= in_use / 4
+/// at every check since the last trim.
+pub(crate) fn due(low: usize, free: usize) -> bool {
+    free.saturating_sub(low) >= MIN_FREED
 }
 
 /// Starts the task on the current runtime.
@@ -46,14 +53,15 @@ pub(crate) fn spawn() {
                 return;
             };
             low = low.min(free);
-            if due(low, free, in_use) {
-                // It walks and locks each arena in turn: well under a millisecond for a
-                // heap of a few MB (docs/limits.md).
+            if due(low, free) {
+                // It walks and locks each arena in turn.
+                let started = std::time::Instant::now();
                 let released = glibc::trim();
                 tracing::debug!(
                     in_use,
                     free,
                     released,
+                    took_us = started.elapsed().as_micros() as u64,
                     "gave freed memory back to the system"
                 );
                 // The pages are given back, the blocks stay free in glibc's count.
@@ -79,31 +87,49 @@ pub(crate) fn record_heap() {
     }
 }
 
-/// The tunable that turns glibc's per-thread caches off.
-const NO_TCACHE: &str = "glibc.malloc.tcache_count=0";
+/// The glibc tunables the server runs with: no per-thread caches, and no free top kept in
+/// any arena.
+pub(crate) const TUNABLES: [(&str, &str); 3] = [
+    ("glibc.malloc.tcache_count", "0"),
+    ("glibc.malloc.trim_threshold", "4096"),
+    ("glibc.malloc.top_pad", "0"),
+];
 
-/// `GLIBC_TUNABLES` with the per-thread caches off, or `None` when it already says how
-/// many blocks they keep (the operator's setting wins).
+/// `GLIBC_TUNABLES` with [`TUNABLES`] added, each unless the variable sets it already (the
+/// operator's setting wins), or `None` when it sets them all.
 fn tunables(current: Option<&str>) -> Option<String> {
-    match current {
-        Some(current) if current.contains("glibc.malloc.tcache_count") => None,
-        Some(current) if !current.is_empty() => Some(format!("{current}:{NO_TCACHE}")),
-        _ => Some(NO_TCACHE.to_owned()),
+    let current = current.unwrap_or("");
+    let set = |key: &str| {
+        current
+            .split(':')
+            .any(|t| t.split_once('=').is_some_and(|(k, _)| k == key))
+    };
+    let missing: Vec<String> = TUNABLES
+        .iter()
+        .filter(|(key, _)| !set(key))
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    match (missing.is_empty(), current.is_empty()) {
+        (true, _) => None,
+        (false, true) => Some(missing.join(":")),
+        (false, false) => Some(format!("{current}:{}", missing.join(":"))),
     }
 }
 
-/// Set in the environment of the process started again: it is started again once at most
-/// (glibc drops tunables from the environment of a privileged program, say one given
-/// `cap_net_bind_service`; without this it would start itself again forever).
+/// Set in the environment of the process started again, to the tunables it was given: it is
+/// started again once at most (glibc drops tunables from the environment of a privileged
+/// program, say one given `cap_net_bind_service`; without this it would start itself again
+/// forever). glibc also rewrites `GLIBC_TUNABLES` as it reads it (`/proc/PID/environ` then
+/// shows the first tunable only): this says what was asked.
 const RESTARTED: &str = "SSE_SERVER_RESTARTED";
 
 /// Starts this process again (`exec`: the same process id, arguments and descriptors) with
-/// glibc's per-thread caches off, unless `GLIBC_TUNABLES` already sets their size or this is
-/// the process started again. Returns only when it did not: `None` when nothing was needed,
+/// [`TUNABLES`], unless `GLIBC_TUNABLES` already sets them all or this is the process started
+/// again. Returns only when it did not: `None` when nothing was needed,
 /// the error when `exec` failed (the server then runs with the caches). Call it before any
 /// thread starts.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub(crate) fn without_thread_caches() -> Option<std::io::Error> {
+pub(crate) fn with_tunables() -> Option<std::io::Error> {
     use std::os::unix::process::CommandExt;
 
     if std::env::var_os(RESTARTED).is_some() {
@@ -123,8 +149,8 @@ pub(crate) fn without_thread_caches() -> Option<std::io::Error> {
     }
     let err = command
         .args(args)
-        .env("GLIBC_TUNABLES", value)
-        .env(RESTARTED, "1")
+        .env("GLIBC_TUNABLES", &value)
+        .env(RESTARTED, &value)
         .exec();
     // `exec` set SIGPIPE back to its default before it failed: ignored again, as Rust's
     // runtime has it, or a client closing its socket would end the server.
@@ -133,7 +159,7 @@ pub(crate) fn without_thread_caches() -> Option<std::io::Error> {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub(crate) fn without_thread_caches() -> Option<std::io::Error> {
+pub(crate) fn with_tunables() -> Option<std::io::Error> {
     None
 }
 
@@ -200,32 +226,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trims_once_a_quarter_of_the_heap_is_freed() {
+    fn trims_once_more_is_freed_than_a_few_blocks() {
         let kib = 1 << 10;
         let mib = 1 << 20;
         // A steady server: its free bytes move a little.
-        assert!(!due(3 * mib, 3 * mib, 8 * mib));
-        assert!(!due(3 * mib, 4 * mib, 8 * mib));
-        // A quarter of what is in use freed since.
-        assert!(due(3 * mib, 5 * mib, 8 * mib));
-        // A small heap: a quarter of it is not worth a trim below 256 KiB.
-        assert!(!due(0, 200 * kib, 600 * kib));
-        assert!(due(0, 4 * mib, mib));
-        // A large heap needs a quarter of it freed.
-        assert!(!due(0, 100 * mib, 1024 * mib));
-        assert!(due(0, 300 * mib, 1024 * mib));
+        assert!(!due(3 * mib, 3 * mib));
+        assert!(!due(3 * mib, 3 * mib + 15 * kib));
+        assert!(!due(3 * mib, 2 * mib));
+        // 16 KiB more free than the least since the last trim.
+        assert!(due(3 * mib, 3 * mib + 16 * kib));
+        assert!(due(0, 4 * mib));
     }
 
     #[test]
-    fn caches_off_unless_the_operator_sized_them() {
-        assert_eq!(tunables(None).as_deref(), Some(NO_TCACHE));
-        assert_eq!(tunables(Some("")).as_deref(), Some(NO_TCACHE));
+    fn tunables_are_added_unless_the_operator_set_them() {
+        let ours = "glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=4096:\
+                    glibc.malloc.top_pad=0";
+        assert_eq!(tunables(None).as_deref(), Some(ours));
+        assert_eq!(tunables(Some("")).as_deref(), Some(ours));
         assert_eq!(
-            tunables(Some("glibc.malloc.arena_max=2")).as_deref(),
-            Some("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0")
+            tunables(Some("glibc.malloc.arena_max=2")),
+            Some(format!("glibc.malloc.arena_max=2:{ours}"))
         );
-        assert_eq!(tunables(Some("glibc.malloc.tcache_count=3")), None);
+        assert_eq!(
+            tunables(Some("glibc.malloc.tcache_count=3")).as_deref(),
+            Some(
+                "glibc.malloc.tcache_count=3:glibc.malloc.trim_threshold=4096:\
+                 glibc.malloc.top_pad=0"
+            )
+        );
+        // A key is matched whole, not as a prefix of another.
+        assert_eq!(
+            tunables(Some(
+                "glibc.malloc.top_pad=65536:glibc.malloc.tcache_count_x=1"
+            ))
+            .as_deref(),
+            Some(
+                "glibc.malloc.top_pad=65536:glibc.malloc.tcache_count_x=1:\
+                 glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=4096"
+            )
+        );
         // Already restarted: no loop.
-        assert_eq!(tunables(Some(NO_TCACHE)), None);
+        assert_eq!(tunables(Some(ours)), None);
     }
 }

@@ -27,12 +27,12 @@ async fn retry_sets_the_reconnection_delay_clients_are_told() {
     }
 }
 
-/// `--release-memory` (the default) starts the server again once, at start, without glibc's
-/// per-thread caches: the same process id, name and arguments, the tunable and the marker
-/// in its environment. A tcache size the operator set is kept, and `--release-memory false`
-/// starts it only once.
+/// `--release-memory` (the default) starts the server again once, at start, with glibc's
+/// tunables (no per-thread caches, no free arena tops): the same process id, name and
+/// arguments, the tunables and the marker in its environment. A tunable the operator set is
+/// kept, and `--release-memory false` starts it only once.
 #[test]
-fn release_memory_restarts_once_without_thread_caches() {
+fn release_memory_restarts_once_with_glibc_tunables() {
     let environ = |server: &Server| -> Vec<String> {
         let raw = std::fs::read(format!("/proc/{}/environ", server.pid())).expect("environ");
         raw.split(|b| *b == 0)
@@ -44,11 +44,14 @@ fn release_memory_restarts_once_without_thread_caches() {
     let server = Server::start_with(&args).unwrap_or_else(|err| panic!("{err}"));
     let mut seen = environ(&server);
     seen.sort();
+    // glibc rewrites GLIBC_TUNABLES as it reads it (the first tunable is left); the
+    // marker says what the server asked for.
     assert_eq!(
         seen,
         [
             "GLIBC_TUNABLES=glibc.malloc.tcache_count=0",
-            "SSE_SERVER_RESTARTED=1"
+            "SSE_SERVER_RESTARTED=glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=4096:\
+             glibc.malloc.top_pad=0"
         ]
     );
     let pid = server.pid();
@@ -62,12 +65,27 @@ fn release_memory_restarts_once_without_thread_caches() {
         .collect();
     assert_eq!(cmdline[1..], args, "{cmdline:?}");
 
-    let server =
-        Server::start_with_env(&args, &[("GLIBC_TUNABLES", "glibc.malloc.tcache_count=3")])
-            .unwrap_or_else(|err| panic!("{err}"));
+    // The operator's settings are kept; the server adds none when they set all three.
+    let all = "glibc.malloc.tcache_count=3:glibc.malloc.trim_threshold=131072:\
+               glibc.malloc.top_pad=65536";
+    let server = Server::start_with_env(&args, &[("GLIBC_TUNABLES", all)])
+        .unwrap_or_else(|err| panic!("{err}"));
     assert_eq!(
         environ(&server),
         ["GLIBC_TUNABLES=glibc.malloc.tcache_count=3"]
+    );
+    let server =
+        Server::start_with_env(&args, &[("GLIBC_TUNABLES", "glibc.malloc.tcache_count=3")])
+            .unwrap_or_else(|err| panic!("{err}"));
+    let mut seen = environ(&server);
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "GLIBC_TUNABLES=glibc.malloc.tcache_count=3",
+            "SSE_SERVER_RESTARTED=glibc.malloc.tcache_count=3:glibc.malloc.trim_threshold=4096:\
+             glibc.malloc.top_pad=0"
+        ]
     );
 
     let off = ["--listen", "127.0.0.1:0", "--release-memory", "false"];

@@ -14,6 +14,7 @@ use slab::Slab;
 
 use super::Inner;
 use crate::signal::Signal;
+use crate::text::Chunks;
 use crate::{Epoch, Position, StreamName};
 
 /// The hot window of one stream: bodies of positions `start ..= start + len - 1`, contiguous.
@@ -24,6 +25,9 @@ pub(super) struct Window {
     entries: VecDeque<Bytes>,
     /// The bodies' total length.
     bytes: usize,
+    /// Where the bodies are kept: together, apart from the connections' short-lived memory
+    /// (ADR 0031).
+    chunks: Chunks,
 }
 
 impl Window {
@@ -34,6 +38,7 @@ impl Window {
             start: 1,
             entries: VecDeque::new(),
             bytes: 0,
+            chunks: Chunks::new(),
         }
     }
 
@@ -79,9 +84,11 @@ impl Window {
         self.bytes = 0;
     }
 
-    /// Appends the body of position `head + 1`, dropping the oldest beyond `cap` bodies or
-    /// `cap_bytes` bytes (the newest body stays whatever its size).
-    pub(super) fn push(&mut self, body: Bytes, cap: usize, cap_bytes: usize) {
+    /// Appends (a copy in the window's chunks of) the body of position `head + 1`, dropping
+    /// the oldest beyond `cap` bodies or `cap_bytes` bytes (the newest body stays whatever its
+    /// size).
+    pub(super) fn push(&mut self, body: &[u8], cap: usize, cap_bytes: usize) {
+        let body = self.chunks.bytes(body, self.bytes);
         self.bytes += body.len();
         self.entries.push_back(body);
         let mut dropped = 0;
