@@ -208,9 +208,10 @@ impl<'de> serde::Deserialize<'de> for Text {
 /// Each copy is a slice of the current chunk; a chunk is freed when the last value in it is
 /// dropped. A new chunk is sized for what its owner retains (`retained`, in bytes): a quarter
 /// of it, between the value's own length and [`Chunks::MAX_CHUNK`]. So a stream holding a few
-/// short events pays a few bytes, a busy one 64 KiB chunks, and the room a chunk holds beyond
-/// the values still alive in it stays under about a quarter of what is retained. Values of
-/// more than half a chunk get an allocation of their own.
+/// short events pays a few bytes, a busy one 64 KiB chunks, and the room chunks hold beyond
+/// the values still alive in them (the unused end of the current one, the dropped start of
+/// the oldest) stays under about half of what is retained. Values of more than half a chunk
+/// get an allocation of their own.
 ///
 /// ```
 /// use resumable_sse_core::text::Chunks;
