@@ -237,6 +237,37 @@ impl Chunks {
         Chunks::default()
     }
 
+    /// Keeps `value` with the others: a copy in the current chunk (or a new one sized for
+    /// `retained` bytes), or `value` itself, without a copy, when it is larger than half a
+    /// chunk (an allocation of its own already).
+    ///
+    /// ```
+    /// use resumable_sse_core::{text::Chunks, Text};
+    ///
+    /// let mut chunks = Chunks::new();
+    /// let large = Text::from("x".repeat(Chunks::MAX_CHUNK));
+    /// let kept = chunks.keep(large.clone(), 0);
+    /// assert_eq!(kept.as_ptr(), large.as_ptr()); // not copied
+    /// let small = Text::from("y");
+    /// assert_ne!(chunks.keep(small.clone(), 0).as_ptr(), small.as_ptr()); // copied
+    /// ```
+    pub fn keep(&mut self, value: Text, retained: usize) -> Text {
+        if value.len() > Self::MAX_CHUNK / 2 {
+            value
+        } else {
+            self.text(&value, retained)
+        }
+    }
+
+    /// [`Chunks::keep`] for bytes.
+    pub fn keep_bytes(&mut self, value: Bytes, retained: usize) -> Bytes {
+        if value.len() > Self::MAX_CHUNK / 2 {
+            value
+        } else {
+            self.bytes(&value, retained)
+        }
+    }
+
     /// Copies `value` into the current chunk (or a new one sized for `retained` bytes).
     pub fn text(&mut self, value: &str, retained: usize) -> Text {
         if value.is_empty() {

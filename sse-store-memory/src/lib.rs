@@ -252,11 +252,11 @@ impl Log {
     /// log retains.
     fn keep(&mut self, event: Event) -> Event {
         let retained = self.cost - self.events.len() * EVENT_OVERHEAD;
-        let mut copy = |text: &Text| self.chunks.text(text, retained);
+        let mut keep = |text: Text| self.chunks.keep(text, retained);
         Event {
-            data: copy(&event.data),
-            event: event.event.as_ref().map(&mut copy),
-            id: event.id.as_ref().map(&mut copy),
+            data: keep(event.data),
+            event: event.event.map(&mut keep),
+            id: event.id.map(&mut keep),
             ..event
         }
     }

@@ -114,6 +114,58 @@ async fn events_share_their_streams_name() {
     }
 }
 
+/// Retained events' text is kept in the log's chunks, side by side, not an allocation each
+/// (ADR 0031): a burst of connections leaves no page pinned by one small event. Large data
+/// is kept as it came, not copied.
+#[tokio::test]
+async fn retained_text_is_kept_in_chunks() {
+    let store = MemoryStore::default();
+    let name = unique_stream("chunked");
+    // Enough retained that a chunk holds many events.
+    for i in 0..200 {
+        let new = NewEvent::new(format!("{i:04}"))
+            .with_event("tick")
+            .unwrap()
+            .with_id(format!("id-{i:04}"))
+            .unwrap();
+        store.append(&name, new).await.unwrap();
+    }
+    let page = store.read(&name, 190, 10).await.unwrap();
+    assert_eq!(page.events[0].data, "0190");
+    // Each event's data, name and id, and then the next event's, follow one another in a
+    // chunk: of the 29 steps between the 30 values, at most one crosses into a new chunk.
+    let values: Vec<&str> = page
+        .events
+        .iter()
+        .flat_map(|e| {
+            [
+                &*e.data,
+                e.event.as_deref().unwrap(),
+                e.id.as_deref().unwrap(),
+            ]
+        })
+        .collect();
+    let adjacent = values
+        .windows(2)
+        .filter(|w| w[0].as_ptr() as usize + w[0].len() == w[1].as_ptr() as usize)
+        .count();
+    assert!(
+        adjacent >= 28,
+        "only {adjacent} of 29 values follow the one before"
+    );
+    // The publisher id still finds its event.
+    let again = NewEvent::new("dup").with_id("id-0195").unwrap();
+    assert!(store.append(&name, again).await.unwrap().duplicate);
+
+    let large = "L".repeat(64 << 10);
+    let kept = NewEvent::new(large.clone());
+    let at = kept.data().as_ptr();
+    store.append(&name, kept).await.unwrap();
+    let page = store.read(&name, 200, 1).await.unwrap();
+    assert_eq!(page.events[0].data, large);
+    assert_eq!(page.events[0].data.as_ptr(), at, "large data is not copied");
+}
+
 /// The budget counts an event's name and publisher id with its data (docs/limits.md): a
 /// budget that fits the data alone refuses the event once its name and id are counted.
 #[tokio::test]

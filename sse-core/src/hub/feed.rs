@@ -178,7 +178,7 @@ impl Inner {
                 }
                 if let (true, Some(event)) = (n.position == w.head() + 1, &n.event) {
                     let body = self.transport.encode_body(event);
-                    w.push(&body, self.config.hot_window, self.config.hot_window_bytes);
+                    w.push(body, self.config.hot_window, self.config.hot_window_bytes);
                     drop(w);
                     state.notify();
                     return Ok(());
@@ -273,7 +273,7 @@ impl Inner {
                 w.reset(page.epoch, start);
             }
             for body in bodies {
-                w.push(&body, self.config.hot_window, self.config.hot_window_bytes);
+                w.push(body, self.config.hot_window, self.config.hot_window_bytes);
             }
             if page.head > w.head() {
                 // Further behind than one page: restart the window at the head; readers

@@ -84,11 +84,11 @@ impl Window {
         self.bytes = 0;
     }
 
-    /// Appends (a copy in the window's chunks of) the body of position `head + 1`, dropping
-    /// the oldest beyond `cap` bodies or `cap_bytes` bytes (the newest body stays whatever its
+    /// Appends the body of position `head + 1` (kept in the window's chunks), dropping the
+    /// oldest beyond `cap` bodies or `cap_bytes` bytes (the newest body stays whatever its
     /// size).
-    pub(super) fn push(&mut self, body: &[u8], cap: usize, cap_bytes: usize) {
-        let body = self.chunks.bytes(body, self.bytes);
+    pub(super) fn push(&mut self, body: Bytes, cap: usize, cap_bytes: usize) {
+        let body = self.chunks.keep_bytes(body, self.bytes);
         self.bytes += body.len();
         self.entries.push_back(body);
         let mut dropped = 0;
@@ -250,5 +250,39 @@ impl Drop for Watch {
                 crate::collections::shrink_when_sparse(&mut streams);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bodies are kept in the window's chunks, side by side (ADR 0031); a large one as it
+    /// came. What the window answers is unchanged.
+    #[test]
+    fn bodies_are_kept_in_chunks() {
+        let mut window = Window::new();
+        window.reset(Some(Epoch::random()), 0);
+        for i in 0..100 {
+            window.push(Bytes::from(format!("data: {i:03}\n\n")), 1000, 1 << 20);
+        }
+        assert_eq!((window.len(), window.head()), (100, 100));
+        let adjacent = window
+            .entries
+            .iter()
+            .zip(window.entries.iter().skip(1))
+            .filter(|(a, b)| a.as_ptr() as usize + a.len() == b.as_ptr() as usize)
+            .count();
+        // A chunk is a quarter of what the window holds: about twenty new ones while it grows
+        // from nothing to a hundred bodies, the rest side by side.
+        assert!(
+            adjacent >= 75,
+            "only {adjacent} of 99 bodies follow the one before"
+        );
+        assert_eq!(&window.entries[42][..], b"data: 042\n\n");
+
+        let large = Bytes::from(vec![b'x'; 64 << 10]);
+        window.push(large.clone(), 1000, 1 << 20);
+        assert_eq!(window.entries.back().unwrap().as_ptr(), large.as_ptr());
     }
 }
