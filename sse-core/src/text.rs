@@ -51,6 +51,12 @@ impl Text {
     }
 
     /// The text as a `&str`.
+    ///
+    /// ```
+    /// use resumable_sse_core::Text;
+    ///
+    /// assert_eq!(Text::from("abc").as_str(), "abc");
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -131,6 +137,12 @@ impl PartialEq<Text> for str {
     }
 }
 
+impl PartialEq<Text> for String {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
 impl PartialEq<Text> for &str {
     fn eq(&self, other: &Text) -> bool {
         *self == other.as_str()
@@ -143,10 +155,11 @@ impl From<&str> for Text {
     }
 }
 
-/// Takes the string's buffer, without copying.
+/// Takes the string's buffer, without copying when it has no spare capacity (the spare
+/// capacity is given back first: a `Text` keeps its whole buffer for as long as it lives).
 impl From<String> for Text {
     fn from(value: String) -> Self {
-        Text(ByteString::from(value))
+        Text(ByteString::from(value.into_boxed_str()))
     }
 }
 
@@ -181,7 +194,8 @@ impl From<Text> for String {
     }
 }
 
-/// Checks that the bytes are UTF-8, without copying them.
+/// Checks that the bytes are UTF-8, without copying them. The `Text` keeps the buffer the
+/// bytes are a slice of, all of it, for as long as it lives.
 impl TryFrom<Bytes> for Text {
     type Error = std::str::Utf8Error;
 
@@ -205,13 +219,14 @@ impl<'de> serde::Deserialize<'de> for Text {
 /// Copies small values into shared chunks, so that values kept together (one stream's
 /// retained events) sit together in memory rather than one allocation each.
 ///
-/// Each copy is a slice of the current chunk; a chunk is freed when the last value in it is
-/// dropped. A new chunk is sized for what its owner retains (`retained`, in bytes): a quarter
-/// of it, between the value's own length and [`Chunks::MAX_CHUNK`]. So a stream holding a few
-/// short events pays a few bytes, a busy one 64 KiB chunks, and the room chunks hold beyond
-/// the values still alive in them (the unused end of the current one, the dropped start of
-/// the oldest) stays under about half of what is retained. Values of more than half a chunk
-/// get an allocation of their own.
+/// A value under [`Chunks::MAX_VALUE`] (1 KiB) is copied into the current chunk; a chunk is
+/// freed when the last value in it is dropped. A new chunk is sized for what its owner
+/// retains (`retained`, in bytes): a quarter of it, between the value's own length and
+/// [`Chunks::MAX_CHUNK`] (16 KiB). Larger values keep an allocation of their own, exactly
+/// their size: they fill whole pages anyway. So a stream holding a few short events pays a
+/// few bytes and a busy one 16 KiB chunks; a full chunk leaves less than 1 KiB unused; and a
+/// chunk sized for more than its owner still retains (the owner shrank) is found by
+/// [`Chunks::oversized`], so that the owner can copy what it keeps into new chunks.
 ///
 /// ```
 /// use resumable_sse_core::text::Chunks;
@@ -226,33 +241,44 @@ impl<'de> serde::Deserialize<'de> for Text {
 #[derive(Debug, Default)]
 pub struct Chunks {
     current: BytesMut,
+    /// The size the current chunk was made with.
+    size: usize,
 }
 
 impl Chunks {
-    /// The largest chunk: 64 KiB.
-    pub const MAX_CHUNK: usize = 64 << 10;
+    /// The largest chunk: 16 KiB.
+    pub const MAX_CHUNK: usize = 16 << 10;
+
+    /// Values this long or longer are not copied into chunks: 1 KiB.
+    pub const MAX_VALUE: usize = 1 << 10;
 
     /// No chunk yet: the first copy makes one.
+    ///
+    /// ```
+    /// use resumable_sse_core::text::Chunks;
+    ///
+    /// let chunks = Chunks::new();
+    /// assert!(!chunks.oversized(0));
+    /// ```
     pub fn new() -> Self {
         Chunks::default()
     }
 
     /// Keeps `value` with the others: a copy in the current chunk (or a new one sized for
-    /// `retained` bytes), or `value` itself, without a copy, when it is larger than half a
-    /// chunk (an allocation of its own already).
+    /// `retained` bytes), or `value` itself, uncopied, from [`Chunks::MAX_VALUE`] on.
     ///
     /// ```
     /// use resumable_sse_core::{text::Chunks, Text};
     ///
     /// let mut chunks = Chunks::new();
-    /// let large = Text::from("x".repeat(Chunks::MAX_CHUNK));
+    /// let large = Text::from("x".repeat(Chunks::MAX_VALUE));
     /// let kept = chunks.keep(large.clone(), 0);
     /// assert_eq!(kept.as_ptr(), large.as_ptr()); // not copied
     /// let small = Text::from("y");
     /// assert_ne!(chunks.keep(small.clone(), 0).as_ptr(), small.as_ptr()); // copied
     /// ```
     pub fn keep(&mut self, value: Text, retained: usize) -> Text {
-        if value.len() > Self::MAX_CHUNK / 2 {
+        if value.len() >= Self::MAX_VALUE {
             value
         } else {
             self.text(&value, retained)
@@ -260,15 +286,33 @@ impl Chunks {
     }
 
     /// [`Chunks::keep`] for bytes.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use resumable_sse_core::text::Chunks;
+    ///
+    /// let mut chunks = Chunks::new();
+    /// let body = Bytes::from(vec![b'x'; 4096]);
+    /// assert_eq!(chunks.keep_bytes(body.clone(), 0).as_ptr(), body.as_ptr());
+    /// ```
     pub fn keep_bytes(&mut self, value: Bytes, retained: usize) -> Bytes {
-        if value.len() > Self::MAX_CHUNK / 2 {
+        if value.len() >= Self::MAX_VALUE {
             value
         } else {
             self.bytes(&value, retained)
         }
     }
 
-    /// Copies `value` into the current chunk (or a new one sized for `retained` bytes).
+    /// Copies `value` into the current chunk (or a new one sized for `retained` bytes), or,
+    /// from [`Chunks::MAX_VALUE`] on, into an allocation of its own.
+    ///
+    /// ```
+    /// use resumable_sse_core::text::Chunks;
+    ///
+    /// let mut chunks = Chunks::new();
+    /// let text = chunks.text("née", 64);
+    /// assert_eq!(text, "née");
+    /// ```
     pub fn text(&mut self, value: &str, retained: usize) -> Text {
         if value.is_empty() {
             return Text::default();
@@ -278,7 +322,8 @@ impl Chunks {
         Text::try_from(bytes).unwrap_or_else(|_| Text::from(value))
     }
 
-    /// Copies `value` into the current chunk (or a new one sized for `retained` bytes).
+    /// Copies `value` into the current chunk (or a new one sized for `retained` bytes), or,
+    /// from [`Chunks::MAX_VALUE`] on, into an allocation of its own.
     ///
     /// ```
     /// use resumable_sse_core::text::Chunks;
@@ -288,15 +333,31 @@ impl Chunks {
     /// assert_eq!(&body[..], b"data: x\n\n");
     /// ```
     pub fn bytes(&mut self, value: &[u8], retained: usize) -> Bytes {
-        if value.len() > Self::MAX_CHUNK / 2 {
+        if value.len() >= Self::MAX_VALUE {
             return Bytes::copy_from_slice(value);
         }
         if self.current.capacity() - self.current.len() < value.len() {
-            let size = (retained / 4).clamp(value.len(), Self::MAX_CHUNK);
-            self.current = BytesMut::with_capacity(size);
+            self.size = (retained / 4).clamp(value.len(), Self::MAX_CHUNK);
+            self.current = BytesMut::with_capacity(self.size);
         }
         self.current.extend_from_slice(value);
         self.current.split().freeze()
+    }
+
+    /// Whether the current chunk is larger than all its owner still retains (`retained`
+    /// bytes, counted as at least [`Chunks::MAX_VALUE`]): the owner shrank since, and copying
+    /// what it keeps into new chunks would let the old ones go.
+    ///
+    /// ```
+    /// use resumable_sse_core::text::Chunks;
+    ///
+    /// let mut chunks = Chunks::new();
+    /// let _kept = chunks.text("x", 64 << 10); // a 16 KiB chunk
+    /// assert!(!chunks.oversized(64 << 10));
+    /// assert!(chunks.oversized(1)); // all but one byte of it went
+    /// ```
+    pub fn oversized(&self, retained: usize) -> bool {
+        self.size > retained.max(Self::MAX_VALUE)
     }
 }
 
@@ -332,7 +393,7 @@ mod tests {
     fn large_values_get_their_own_allocation() {
         let mut chunks = Chunks::new();
         let small = chunks.bytes(b"x", 1 << 30);
-        let big = vec![7u8; Chunks::MAX_CHUNK / 2 + 1];
+        let big = vec![7u8; Chunks::MAX_VALUE];
         let copy = chunks.bytes(&big, 1 << 30);
         assert_eq!(copy, big);
         // The current chunk was not used: the next small value follows the first.
@@ -354,6 +415,18 @@ mod tests {
         for (i, value) in values.iter().enumerate() {
             assert_eq!(map.get(*value), Some(&i));
         }
+    }
+
+    #[test]
+    fn a_string_gives_back_its_spare_capacity() {
+        let mut spare = String::with_capacity(4096);
+        spare.push_str("short");
+        let held = Text::from(spare)
+            .into_bytes()
+            .try_into_mut()
+            .expect("the only handle");
+        // The buffer is exactly as long as the text, not the string's 4 KiB.
+        assert_eq!(held.capacity(), 5);
     }
 
     #[test]

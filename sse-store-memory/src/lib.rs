@@ -87,9 +87,10 @@ pub struct MemoryConfig {
     pub max_streams: usize,
 }
 
-/// What an event costs in [`MemoryConfig::budget`] beyond its data, name and id: its
-/// record, its place in the ring and in the publisher-id map.
-pub const EVENT_OVERHEAD: usize = 160;
+/// What an event costs in [`MemoryConfig::budget`] beyond its data, name and id: its record
+/// in the log (128 bytes), its entry in the publisher-id map (40 bytes and the map's spare
+/// room) and its share of a chunk's bookkeeping and unused end (ADR 0031).
+pub const EVENT_OVERHEAD: usize = 224;
 
 /// What a stream costs in [`MemoryConfig::budget`] before any event: its log and map entry.
 pub const STREAM_OVERHEAD: usize = 256;
@@ -251,7 +252,7 @@ impl Log {
     /// `event` with its text copied into the log's chunks, which are sized for the text the
     /// log retains.
     fn keep(&mut self, event: Event) -> Event {
-        let retained = self.cost - self.events.len() * EVENT_OVERHEAD;
+        let retained = self.text_bytes();
         let mut keep = |text: Text| self.chunks.keep(text, retained);
         Event {
             data: keep(event.data),
@@ -300,8 +301,32 @@ impl Log {
         freed
     }
 
-    /// Gives back the room of events that have gone (a burst, then quiet), at each sweep.
+    /// The retained events' text: data, names and ids.
+    fn text_bytes(&self) -> usize {
+        self.cost - self.events.len() * EVENT_OVERHEAD
+    }
+
+    /// Gives back the room of events that have gone (a burst, then quiet), at each sweep:
+    /// the maps' and the chunks'. A log whose chunks were sized for far more than it now
+    /// retains copies its events' text into new ones (ADR 0031), so that a few events left
+    /// from a burst do not hold its chunks.
     fn compact(&mut self) {
+        let retained = self.text_bytes();
+        if self.chunks.oversized(retained) {
+            let mut chunks = Chunks::new();
+            let mut keep = |text: Text| chunks.keep(text, retained);
+            for event in &mut self.events {
+                event.data = keep(event.data.clone());
+                event.event = event.event.take().map(&mut keep);
+                event.id = event.id.take().map(&mut keep);
+            }
+            self.ids = self
+                .events
+                .iter()
+                .filter_map(|e| Some((e.id.clone()?, e.position)))
+                .collect();
+            self.chunks = chunks;
+        }
         shrink_when_sparse(&mut self.ids);
         shrink_deque_when_sparse(&mut self.events);
     }

@@ -166,6 +166,72 @@ async fn retained_text_is_kept_in_chunks() {
     assert_eq!(page.events[0].data.as_ptr(), at, "large data is not copied");
 }
 
+/// A stream that retains far less than its chunks were sized for (large events, then small
+/// ones) has its text copied into new chunks at the next sweep: the few events left do not
+/// hold the old chunks (ADR 0031). Publisher ids still find their events.
+#[tokio::test]
+async fn a_shrunk_stream_moves_its_text_to_new_chunks() {
+    let store = MemoryStore::new(
+        MemoryConfig::default().with_retention(Retention::new(10, Duration::from_secs(3600))),
+    );
+    let name = unique_stream("shrunk");
+    for _ in 0..10 {
+        store
+            .append(&name, NewEvent::new("x".repeat(900)))
+            .await
+            .unwrap();
+    }
+    // Ten small events push the large ones out: 60 bytes retained, in a chunk of 2 KiB.
+    for i in 0..10 {
+        let small = NewEvent::new(format!("s{i}"))
+            .with_id(format!("id{i}"))
+            .unwrap();
+        store.append(&name, small).await.unwrap();
+    }
+    let before: Vec<usize> = store
+        .read(&name, 0, 10)
+        .await
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e.data.as_ptr() as usize)
+        .collect();
+    store.sweep();
+    let page = store.read(&name, 0, 10).await.unwrap();
+    let data: Vec<&str> = page.events.iter().map(|e| &*e.data).collect();
+    assert_eq!(
+        data,
+        ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9"]
+    );
+    for (event, was) in page.events.iter().zip(&before) {
+        assert_ne!(
+            event.data.as_ptr() as usize,
+            *was,
+            "copied into a new chunk"
+        );
+    }
+    let again = NewEvent::new("dup").with_id("id4").unwrap();
+    let appended = store.append(&name, again).await.unwrap();
+    assert!(appended.duplicate);
+    assert_eq!(appended.position, 15);
+    // A second sweep has nothing to move.
+    let moved: Vec<usize> = page
+        .events
+        .iter()
+        .map(|e| e.data.as_ptr() as usize)
+        .collect();
+    store.sweep();
+    let now: Vec<usize> = store
+        .read(&name, 0, 10)
+        .await
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e.data.as_ptr() as usize)
+        .collect();
+    assert_eq!(now, moved);
+}
+
 /// The budget counts an event's name and publisher id with its data (docs/limits.md): a
 /// budget that fits the data alone refuses the event once its name and id are counted.
 #[tokio::test]

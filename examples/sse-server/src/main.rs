@@ -309,7 +309,7 @@ async fn run(
 ) -> Result<(), Box<dyn std::error::Error>> {
     args.ops.init_logging();
     if let Some(err) = restart {
-        tracing::warn!(error = %err, "could not start again without glibc's per-thread caches: memory freed after a spike stays partly resident");
+        tracing::warn!(error = %err, "could not start again with glibc's tunables (no per-thread caches nor free arena tops): memory freed after a spike stays partly resident");
     }
     let metrics = args.ops.install_metrics()?;
     // Before anything is opened: a configuration that is refused changes nothing.

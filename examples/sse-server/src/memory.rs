@@ -40,9 +40,9 @@ pub(crate) struct MemoryArgs {
     memory_max_streams: usize,
     /// Give memory freed after a spike back to the system: with glibc, no per-thread caches
     /// and no free top kept in its arenas (`GLIBC_TUNABLES`, set by starting the process
-    /// again, once; a tunable the variable already sets is kept) and `malloc_trim` once the
-    /// freed memory glibc holds grew by 16 KiB (checked every 5 s); elsewhere nothing (other
-    /// allocators do it themselves).
+    /// again, once; a tunable the operator set is kept) and `malloc_trim` once the freed
+    /// memory glibc holds grew by 16 KiB and a 64th of what is in use (checked every 5 s);
+    /// elsewhere nothing (other allocators do it themselves).
     #[arg(long, value_name = "BOOL", env = "SSE_RELEASE_MEMORY", default_value_t = true, action = clap::ArgAction::Set)]
     release_memory: bool,
 }

@@ -7,7 +7,8 @@
 //!
 //! - **`malloc_trim(0)`**, which gives back every whole free page of every arena. Every
 //!   [`CHECK_EVERY`] a task reads how many freed bytes glibc holds; once that has grown by
-//!   [`MIN_FREED`] since the last trim (from the least it held since), it trims. Free bytes
+//!   [`MIN_FREED`] and a 64th of the heap since the last trim (from the least it held since),
+//!   it trims. Free bytes
 //!   count what a spike left however short it was (a peak sampled every few seconds could
 //!   miss it), and a spike's memory is freed in steps (connections close, their sessions
 //!   expire later): each step is given back. A steady server trims rarely, and a trim of a
@@ -36,9 +37,12 @@ pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(5);
 pub(crate) const MIN_FREED: usize = 16 << 10;
 
 /// Whether a trim is due: glibc holds `free` bytes freed and not given back, at least `low`
-/// at every check since the last trim.
-pub(crate) fn due(low: usize, free: usize) -> bool {
-    free.saturating_sub(low) >= MIN_FREED
+/// at every check since the last trim, with `in_use` bytes in use: [`MIN_FREED`] more
+/// freed since, and a 64th of the heap (a large heap's ordinary churn does not make it trim
+/// every few seconds: a trim walks every free block with its arena locked).
+pub(crate) fn due(low: usize, free: usize, in_use: usize) -> bool {
+    let freed = free.saturating_sub(low);
+    freed >= MIN_FREED && freed >= in_use / 64
 }
 
 /// Starts the task on the current runtime.
@@ -53,7 +57,7 @@ pub(crate) fn spawn() {
                 return;
             };
             low = low.min(free);
-            if due(low, free) {
+            if due(low, free, in_use) {
                 // It walks and locks each arena in turn.
                 let started = std::time::Instant::now();
                 let released = glibc::trim();
@@ -88,16 +92,21 @@ pub(crate) fn record_heap() {
 }
 
 /// The glibc tunables the server runs with: no per-thread caches, and no free top kept in
-/// any arena.
-pub(crate) const TUNABLES: [(&str, &str); 3] = [
-    ("glibc.malloc.tcache_count", "0"),
-    ("glibc.malloc.trim_threshold", "4096"),
-    ("glibc.malloc.top_pad", "0"),
+/// any arena; with the environment variable glibc also reads for each, if any.
+pub(crate) const TUNABLES: [(&str, &str, Option<&str>); 3] = [
+    ("glibc.malloc.tcache_count", "0", None),
+    (
+        "glibc.malloc.trim_threshold",
+        "4096",
+        Some("MALLOC_TRIM_THRESHOLD_"),
+    ),
+    ("glibc.malloc.top_pad", "0", Some("MALLOC_TOP_PAD_")),
 ];
 
-/// `GLIBC_TUNABLES` with [`TUNABLES`] added, each unless the variable sets it already (the
-/// operator's setting wins), or `None` when it sets them all.
-fn tunables(current: Option<&str>) -> Option<String> {
+/// `GLIBC_TUNABLES` with [`TUNABLES`] added, each unless the variable (`current`) or its
+/// own environment variable (`is_set`) sets it already: the operator's setting wins. `None`
+/// when nothing is to be added.
+fn tunables(current: Option<&str>, is_set: impl Fn(&str) -> bool) -> Option<String> {
     let current = current.unwrap_or("");
     let set = |key: &str| {
         current
@@ -106,8 +115,8 @@ fn tunables(current: Option<&str>) -> Option<String> {
     };
     let missing: Vec<String> = TUNABLES
         .iter()
-        .filter(|(key, _)| !set(key))
-        .map(|(key, value)| format!("{key}={value}"))
+        .filter(|(key, _, alias)| !set(key) && !alias.is_some_and(&is_set))
+        .map(|(key, value, _)| format!("{key}={value}"))
         .collect();
     match (missing.is_empty(), current.is_empty()) {
         (true, _) => None,
@@ -119,8 +128,8 @@ fn tunables(current: Option<&str>) -> Option<String> {
 /// Set in the environment of the process started again, to the tunables it was given: it is
 /// started again once at most (glibc drops tunables from the environment of a privileged
 /// program, say one given `cap_net_bind_service`; without this it would start itself again
-/// forever). glibc also rewrites `GLIBC_TUNABLES` as it reads it (`/proc/PID/environ` then
-/// shows the first tunable only): this says what was asked.
+/// forever). glibc 2.36 also writes NULs over the colons of `GLIBC_TUNABLES` as it reads it
+/// (`/proc/PID/environ` then shows its first tunable only): this says what was asked.
 const RESTARTED: &str = "SSE_SERVER_RESTARTED";
 
 /// Starts this process again (`exec`: the same process id, arguments and descriptors) with
@@ -135,8 +144,13 @@ pub(crate) fn with_tunables() -> Option<std::io::Error> {
     if std::env::var_os(RESTARTED).is_some() {
         return None;
     }
-    let current = std::env::var_os("GLIBC_TUNABLES");
-    let value = tunables(current.as_ref().map(|v| v.to_string_lossy()).as_deref())?;
+    let current = match std::env::var("GLIBC_TUNABLES") {
+        Ok(current) => Some(current),
+        Err(std::env::VarError::NotPresent) => None,
+        // Not ours to rewrite: run as the operator set it.
+        Err(std::env::VarError::NotUnicode(_)) => return None,
+    };
+    let value = tunables(current.as_deref(), |name| std::env::var_os(name).is_some())?;
     // The binary's path (not `/proc/self/exe`, which would rename the process `exe`).
     let binary = match std::env::current_exe() {
         Ok(binary) => binary,
@@ -230,26 +244,30 @@ mod tests {
         let kib = 1 << 10;
         let mib = 1 << 20;
         // A steady server: its free bytes move a little.
-        assert!(!due(3 * mib, 3 * mib));
-        assert!(!due(3 * mib, 3 * mib + 15 * kib));
-        assert!(!due(3 * mib, 2 * mib));
-        // 16 KiB more free than the least since the last trim.
-        assert!(due(3 * mib, 3 * mib + 16 * kib));
-        assert!(due(0, 4 * mib));
+        assert!(!due(3 * mib, 3 * mib, 8 * mib));
+        assert!(!due(3 * mib, 3 * mib + 15 * kib, 8 * mib));
+        assert!(!due(3 * mib, 2 * mib, 8 * mib));
+        // 16 KiB more free than the least since the last trim, on a small heap.
+        assert!(due(3 * mib, 3 * mib + 16 * kib, mib));
+        assert!(due(0, 4 * mib, 8 * mib));
+        // A large heap needs a 64th of it freed: 16 MiB of 1 GiB.
+        assert!(!due(0, 15 * mib, 1024 * mib));
+        assert!(due(0, 16 * mib, 1024 * mib));
     }
 
     #[test]
     fn tunables_are_added_unless_the_operator_set_them() {
+        let none = |_: &str| false;
         let ours = "glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=4096:\
                     glibc.malloc.top_pad=0";
-        assert_eq!(tunables(None).as_deref(), Some(ours));
-        assert_eq!(tunables(Some("")).as_deref(), Some(ours));
+        assert_eq!(tunables(None, none).as_deref(), Some(ours));
+        assert_eq!(tunables(Some(""), none).as_deref(), Some(ours));
         assert_eq!(
-            tunables(Some("glibc.malloc.arena_max=2")),
+            tunables(Some("glibc.malloc.arena_max=2"), none),
             Some(format!("glibc.malloc.arena_max=2:{ours}"))
         );
         assert_eq!(
-            tunables(Some("glibc.malloc.tcache_count=3")).as_deref(),
+            tunables(Some("glibc.malloc.tcache_count=3"), none).as_deref(),
             Some(
                 "glibc.malloc.tcache_count=3:glibc.malloc.trim_threshold=4096:\
                  glibc.malloc.top_pad=0"
@@ -257,16 +275,27 @@ mod tests {
         );
         // A key is matched whole, not as a prefix of another.
         assert_eq!(
-            tunables(Some(
-                "glibc.malloc.top_pad=65536:glibc.malloc.tcache_count_x=1"
-            ))
+            tunables(
+                Some("glibc.malloc.top_pad=65536:glibc.malloc.tcache_count_x=1"),
+                none
+            )
             .as_deref(),
             Some(
                 "glibc.malloc.top_pad=65536:glibc.malloc.tcache_count_x=1:\
                  glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=4096"
             )
         );
+        // glibc's own variables for two of them count as set.
+        assert_eq!(
+            tunables(None, |name| name == "MALLOC_TOP_PAD_").as_deref(),
+            Some("glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=4096")
+        );
+        assert_eq!(
+            tunables(Some("glibc.malloc.tcache_count=1"), |name| name
+                .starts_with("MALLOC_")),
+            None
+        );
         // Already restarted: no loop.
-        assert_eq!(tunables(Some(ours)), None);
+        assert_eq!(tunables(Some(ours), none), None);
     }
 }

@@ -38,14 +38,22 @@ fn release_memory_restarts_once_with_glibc_tunables() {
         raw.split(|b| *b == 0)
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .filter(|v| v.starts_with("GLIBC_TUNABLES=") || v.starts_with("SSE_SERVER_RESTARTED="))
+            // glibc 2.36 writes NULs over GLIBC_TUNABLES' colons as it reads it, so that only
+            // its first tunable shows here; later glibc leaves it whole. The first is
+            // compared; SSE_SERVER_RESTARTED says what the server asked for.
+            .map(|v| match v.strip_prefix("GLIBC_TUNABLES=") {
+                Some(tunables) => format!(
+                    "GLIBC_TUNABLES={}",
+                    tunables.split(':').next().unwrap_or_default()
+                ),
+                None => v,
+            })
             .collect()
     };
     let args = ["--listen", "127.0.0.1:0", "--retry", "1s"];
     let server = Server::start_with(&args).unwrap_or_else(|err| panic!("{err}"));
     let mut seen = environ(&server);
     seen.sort();
-    // glibc rewrites GLIBC_TUNABLES as it reads it (the first tunable is left); the
-    // marker says what the server asked for.
     assert_eq!(
         seen,
         [

@@ -82,6 +82,8 @@ impl Window {
         metrics::gauge!(crate::metrics::WINDOW_EVENTS).decrement(self.entries.len() as f64);
         self.entries.clear();
         self.bytes = 0;
+        // Its chunks go with the bodies: the next ones are sized for what it holds then.
+        self.chunks = Chunks::new();
     }
 
     /// Appends the body of position `head + 1` (kept in the window's chunks), dropping the

@@ -283,7 +283,8 @@ impl Server {
     }
 
     /// Sends SIGTERM (a graceful shutdown) and waits, at most `within`, for the process to
-    /// exit; its exit status.
+    /// exit; its exit status. Returns once its output was read to the end: `log` then holds
+    /// every line it wrote (its last lines could otherwise still be in the pipe).
     pub(crate) fn terminate(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
         let sent = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -295,6 +296,9 @@ impl Server {
         let deadline = std::time::Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().ctx("cannot wait for sse-server")? {
+                for reader in std::mem::take(&mut self.readers) {
+                    let _ = reader.join();
+                }
                 return Ok(status);
             }
             if std::time::Instant::now() > deadline {
