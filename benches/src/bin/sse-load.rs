@@ -119,6 +119,10 @@ struct FanoutArgs {
     /// must arrive in the order it published them.
     #[arg(long, default_value_t = 4)]
     publishers: usize,
+    /// Bytes of padding added to each event's data (large events: the allocator's paths for
+    /// blocks of 128 KiB and more, the memory store's values kept uncopied).
+    #[arg(long, default_value_t = 0)]
+    pad: usize,
 }
 
 #[derive(Serialize, Debug, Clone, Default)]
@@ -298,7 +302,8 @@ async fn fanout(args: FanoutArgs) -> FanoutReport {
     report
 }
 
-/// Publishes `args.events` events (`"<seq> <unix nanos>"`); returns publish latencies in µs.
+/// Publishes `args.events` events (`"<seq> <unix nanos> <publisher>"`, then `args.pad` bytes
+/// of padding); returns publish latencies in µs.
 async fn publish_all(args: &FanoutArgs, stream: &str) -> (Histogram<u64>, u64) {
     let next = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -310,6 +315,11 @@ async fn publish_all(args: &FanoutArgs, stream: &str) -> (Histogram<u64>, u64) {
         let target = args.target.clone();
         let stream = stream.to_owned();
         let (events, rate) = (args.events, args.rate);
+        let pad = if args.pad == 0 {
+            String::new()
+        } else {
+            format!(" {}", "x".repeat(args.pad))
+        };
         handles.push(tokio::spawn(async move {
             let mut poster = target.poster();
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
@@ -322,7 +332,7 @@ async fn publish_all(args: &FanoutArgs, stream: &str) -> (Histogram<u64>, u64) {
                     let due = start + Duration::from_secs_f64(seq as f64 / rate as f64);
                     tokio::time::sleep_until(due.into()).await;
                 }
-                let body = target.body(&stream, &format!("{seq} {} {publisher}", now_nanos()));
+                let body = target.body(&stream, &format!("{seq} {} {publisher}{pad}", now_nanos()));
                 let t = Instant::now();
                 match poster.post(&body).await {
                     Ok((200, _)) => {}
@@ -831,6 +841,7 @@ async fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
                 events: args.events,
                 rate: 0,
                 publishers: args.publishers,
+                pad: 0,
             })
             .await;
             eprintln!("{}: {report:?}", s.name);
@@ -899,6 +910,7 @@ async fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
                 events: 200,
                 rate: 20,
                 publishers: 1,
+                pad: 0,
             })
             .await;
             out.push_str(&format!(
