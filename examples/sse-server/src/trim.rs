@@ -17,10 +17,12 @@
 //!   per thread, never given back). The blocks freed last are scattered over the pages a
 //!   spike used, and each pins its page: measured after 1 000 connections, 2.5 MB of a
 //!   3.9 MB residue.
-//! - **Arenas that keep no free top**: glibc keeps up to 128 KiB free at the top of each
-//!   arena (`top_pad`), more once its trim threshold has risen after large blocks were freed,
-//!   and `malloc_trim` does not give back the tops of the per-thread arenas. With
-//!   `top_pad=0` and `trim_threshold=4096` a free top goes back when it is freed.
+//! - **Arenas that keep no free top**: glibc keeps 128 KiB free at the top of each arena
+//!   when it trims one (`top_pad`), and `malloc_trim` does not give back the tops of the
+//!   per-thread arenas. With `top_pad=0` a free top goes back whole when it is freed. (A low
+//!   `trim_threshold` as well gave back a little more, but setting it fixes glibc's mmap
+//!   threshold at 128 KiB, and each large event then cost fresh mappings: 1.4 times the CPU
+//!   per delivery of 200 KB events, docs/benchmarks.md.)
 //!
 //! glibc reads its tunables only when a process starts, so [`with_tunables`] starts the
 //! server again with them ([`TUNABLES`]). What they and the trims cost is in
@@ -93,13 +95,8 @@ pub(crate) fn record_heap() {
 
 /// The glibc tunables the server runs with: no per-thread caches, and no free top kept in
 /// any arena; with the environment variable glibc also reads for each, if any.
-pub(crate) const TUNABLES: [(&str, &str, Option<&str>); 3] = [
+pub(crate) const TUNABLES: [(&str, &str, Option<&str>); 2] = [
     ("glibc.malloc.tcache_count", "0", None),
-    (
-        "glibc.malloc.trim_threshold",
-        "4096",
-        Some("MALLOC_TRIM_THRESHOLD_"),
-    ),
     ("glibc.malloc.top_pad", "0", Some("MALLOC_TOP_PAD_")),
 ];
 
@@ -258,8 +255,7 @@ mod tests {
     #[test]
     fn tunables_are_added_unless_the_operator_set_them() {
         let none = |_: &str| false;
-        let ours = "glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=4096:\
-                    glibc.malloc.top_pad=0";
+        let ours = "glibc.malloc.tcache_count=0:glibc.malloc.top_pad=0";
         assert_eq!(tunables(None, none).as_deref(), Some(ours));
         assert_eq!(tunables(Some(""), none).as_deref(), Some(ours));
         assert_eq!(
@@ -268,10 +264,7 @@ mod tests {
         );
         assert_eq!(
             tunables(Some("glibc.malloc.tcache_count=3"), none).as_deref(),
-            Some(
-                "glibc.malloc.tcache_count=3:glibc.malloc.trim_threshold=4096:\
-                 glibc.malloc.top_pad=0"
-            )
+            Some("glibc.malloc.tcache_count=3:glibc.malloc.top_pad=0")
         );
         // A key is matched whole, not as a prefix of another.
         assert_eq!(
@@ -282,13 +275,13 @@ mod tests {
             .as_deref(),
             Some(
                 "glibc.malloc.top_pad=65536:glibc.malloc.tcache_count_x=1:\
-                 glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=4096"
+                 glibc.malloc.tcache_count=0"
             )
         );
-        // glibc's own variables for two of them count as set.
+        // glibc's own variable for the top pad counts as set.
         assert_eq!(
             tunables(None, |name| name == "MALLOC_TOP_PAD_").as_deref(),
-            Some("glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=4096")
+            Some("glibc.malloc.tcache_count=0")
         );
         assert_eq!(
             tunables(Some("glibc.malloc.tcache_count=1"), |name| name

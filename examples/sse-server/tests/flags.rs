@@ -58,8 +58,7 @@ fn release_memory_restarts_once_with_glibc_tunables() {
         seen,
         [
             "GLIBC_TUNABLES=glibc.malloc.tcache_count=0",
-            "SSE_SERVER_RESTARTED=glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=4096:\
-             glibc.malloc.top_pad=0"
+            "SSE_SERVER_RESTARTED=glibc.malloc.tcache_count=0:glibc.malloc.top_pad=0"
         ]
     );
     let pid = server.pid();
@@ -74,8 +73,7 @@ fn release_memory_restarts_once_with_glibc_tunables() {
     assert_eq!(cmdline[1..], args, "{cmdline:?}");
 
     // The operator's settings are kept; the server adds none when they set all three.
-    let all = "glibc.malloc.tcache_count=3:glibc.malloc.trim_threshold=131072:\
-               glibc.malloc.top_pad=65536";
+    let all = "glibc.malloc.tcache_count=3:glibc.malloc.top_pad=65536";
     let server = Server::start_with_env(&args, &[("GLIBC_TUNABLES", all)])
         .unwrap_or_else(|err| panic!("{err}"));
     assert_eq!(
@@ -91,8 +89,7 @@ fn release_memory_restarts_once_with_glibc_tunables() {
         seen,
         [
             "GLIBC_TUNABLES=glibc.malloc.tcache_count=3",
-            "SSE_SERVER_RESTARTED=glibc.malloc.tcache_count=3:glibc.malloc.trim_threshold=4096:\
-             glibc.malloc.top_pad=0"
+            "SSE_SERVER_RESTARTED=glibc.malloc.tcache_count=3:glibc.malloc.top_pad=0"
         ]
     );
 

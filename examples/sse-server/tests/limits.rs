@@ -34,8 +34,8 @@ const HEAP_KEPT: u64 = 3 * 512 * 1024;
 
 /// The share of what 1 000 connections added to the server's anonymous resident memory that
 /// it must give back once they left and their sessions expired: two thirds. Measured
-/// (2026-12-04, debug build, six waves in a row and other runs): 81 to 93 % (with 1 000
-/// held it grows by 4 to 5 MB; 0.3 to 1.0 MB stays, a few pages of blocks that outlived the
+/// (2026-12-04, debug build, six waves in a row): 80 to 92 % (with 1 000 held it grows by
+/// 4 to 5 MB; 0.3 to 1.0 MB stays, a few pages of blocks that outlived the
 /// wave, and no more after the sixth wave than after the first). Without the retained events
 /// in chunks of their own, or without glibc's free arena tops given back, 0.7 to 1.6 MB
 /// stayed after two waves and it grew with each; before freed memory went back to the
