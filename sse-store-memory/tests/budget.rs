@@ -188,14 +188,15 @@ async fn a_shrunk_stream_moves_its_text_to_new_chunks() {
             .unwrap();
         store.append(&name, small).await.unwrap();
     }
-    let before: Vec<usize> = store
-        .read(&name, 0, 10)
-        .await
-        .unwrap()
-        .events
-        .iter()
-        .map(|e| e.data.as_ptr() as usize)
-        .collect();
+    // Where each retained event's data is.
+    let places = || async {
+        let page = store.read(&name, 0, 10).await.unwrap();
+        page.events
+            .iter()
+            .map(|e| e.data.as_ptr() as usize)
+            .collect::<Vec<_>>()
+    };
+    let before = places().await;
     store.sweep();
     let page = store.read(&name, 0, 10).await.unwrap();
     let data: Vec<&str> = page.events.iter().map(|e| &*e.data).collect();
@@ -215,21 +216,9 @@ async fn a_shrunk_stream_moves_its_text_to_new_chunks() {
     assert!(appended.duplicate);
     assert_eq!(appended.position, 15);
     // A second sweep has nothing to move.
-    let moved: Vec<usize> = page
-        .events
-        .iter()
-        .map(|e| e.data.as_ptr() as usize)
-        .collect();
+    let moved = places().await;
     store.sweep();
-    let now: Vec<usize> = store
-        .read(&name, 0, 10)
-        .await
-        .unwrap()
-        .events
-        .iter()
-        .map(|e| e.data.as_ptr() as usize)
-        .collect();
-    assert_eq!(now, moved);
+    assert_eq!(places().await, moved);
 }
 
 /// The budget counts an event's name and publisher id with its data (docs/limits.md): a
