@@ -19,10 +19,11 @@
 //!   3.9 MB residue.
 //! - **Arenas that keep no free top**: glibc keeps 128 KiB free at the top of each arena
 //!   when it trims one (`top_pad`), and `malloc_trim` does not give back the tops of the
-//!   per-thread arenas. With `top_pad=0` a free top goes back whole when it is freed. (A low
-//!   `trim_threshold` as well gave back a little more, but setting it fixes glibc's mmap
-//!   threshold at 128 KiB, and each large event then cost fresh mappings: 1.4 times the CPU
-//!   per delivery of 200 KB events, docs/benchmarks.md.)
+//!   per-thread arenas. With `top_pad=0` a free top goes back whole when it is freed. Setting
+//!   it (as setting any of glibc's thresholds) also fixes glibc's mmap threshold at 128 KiB:
+//!   each block of 128 KiB or more is mapped on its own, so events that large cost fresh
+//!   pages, 1.35 to 1.4 times the CPU per delivery of 200 KB events (docs/benchmarks.md);
+//!   smaller events are unaffected. `--release-memory false` avoids it.
 //!
 //! glibc reads its tunables only when a process starts, so [`with_tunables`] starts the
 //! server again with them ([`TUNABLES`]). What they and the trims cost is in
