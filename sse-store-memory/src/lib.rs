@@ -223,6 +223,17 @@ fn sizes(data: usize, event: Option<&str>, id: Option<&str>) -> (usize, usize) {
     (data, data + extra + EVENT_OVERHEAD)
 }
 
+/// `event` with its data, name and id kept in `chunks`, sized for `retained` bytes of text.
+fn kept_in(chunks: &mut Chunks, event: Event, retained: usize) -> Event {
+    let mut keep = |text: Text| chunks.keep(text, retained);
+    Event {
+        data: keep(event.data),
+        event: event.event.map(&mut keep),
+        id: event.id.map(&mut keep),
+        ..event
+    }
+}
+
 fn event_sizes(e: &Event) -> (usize, usize) {
     sizes(e.data.len(), e.event.as_deref(), e.id.as_deref())
 }
@@ -253,13 +264,7 @@ impl Log {
     /// log retains.
     fn keep(&mut self, event: Event) -> Event {
         let retained = self.text_bytes();
-        let mut keep = |text: Text| self.chunks.keep(text, retained);
-        Event {
-            data: keep(event.data),
-            event: event.event.map(&mut keep),
-            id: event.id.map(&mut keep),
-            ..event
-        }
+        kept_in(&mut self.chunks, event, retained)
     }
 
     fn push(&mut self, event: Event) {
@@ -314,11 +319,8 @@ impl Log {
         let retained = self.text_bytes();
         if self.chunks.oversized(retained) {
             let mut chunks = Chunks::new();
-            let mut keep = |text: Text| chunks.keep(text, retained);
             for event in &mut self.events {
-                event.data = keep(event.data.clone());
-                event.event = event.event.take().map(&mut keep);
-                event.id = event.id.take().map(&mut keep);
+                *event = kept_in(&mut chunks, event.clone(), retained);
             }
             self.ids = self
                 .events

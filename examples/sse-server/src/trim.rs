@@ -8,10 +8,9 @@
 //! - **`malloc_trim(0)`**, which gives back every whole free page of every arena. Every
 //!   [`CHECK_EVERY`] a task reads how many freed bytes glibc holds; once that has grown by
 //!   [`MIN_FREED`] and a 64th of the heap since the last trim (from the least it held since),
-//!   it trims. Free bytes
-//!   count what a spike left however short it was (a peak sampled every few seconds could
-//!   miss it), and a spike's memory is freed in steps (connections close, their sessions
-//!   expire later): each step is given back. A steady server trims rarely, and a trim of a
+//!   it trims. Free bytes count what a spike left however short it was (a peak sampled every
+//!   few seconds could miss it), and a spike's memory is freed in steps (connections close,
+//!   their sessions expire later): each step is given back. A steady server trims rarely, and a trim of a
 //!   heap of a few MB takes well under a millisecond.
 //! - **No per-thread caches** (glibc's tcache: up to 7 freed blocks of each size up to 1 KiB,
 //!   per thread, never given back). The blocks freed last are scattered over the pages a
@@ -132,9 +131,9 @@ const RESTARTED: &str = "SSE_SERVER_RESTARTED";
 
 /// Starts this process again (`exec`: the same process id, arguments and descriptors) with
 /// [`TUNABLES`], unless `GLIBC_TUNABLES` already sets them all or this is the process started
-/// again. Returns only when it did not: `None` when nothing was needed,
-/// the error when `exec` failed (the server then runs with the caches). Call it before any
-/// thread starts.
+/// again. Returns only when it did not: `None` when nothing was needed, the error when
+/// `exec` failed (the server then runs with glibc's defaults). Call it before any thread
+/// starts.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub(crate) fn with_tunables() -> Option<std::io::Error> {
     use std::os::unix::process::CommandExt;
